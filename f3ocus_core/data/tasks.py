@@ -3,12 +3,35 @@
 A recipe turns (settings, partition id, number of partitions) into that client's :class:`ClientData`.
 The same call serves simulation (``data_path`` from the run config) and deployment (``data_path`` from
 the SuperNode's ``data-path`` node config).
+
+Tasks (short aliases ``"1"`` .. ``"6"``); ``data_path`` is the root folder laid out as in
+``docs/data.md`` (``slake/``, ``vqa-rad/``, ``vqa-med-2019/`` ... ``open-i/``, ``mimic-cxr-jpg/``,
+``medvqa-fl/``):
+
+=================== ======= ===============================================================
+task                clients  partition id -> client
+=================== ======= ===============================================================
+``easy-vqa``        any      a share of the easy-vqa package's data (no files needed)
+``task1-domain``    5        SLAKE, VQA-RAD, VQA-Med 2019, 2020, 2021 (official splits)
+``task2-modality``  8        CT, MRI, X-ray (SLAKE by modality); ultrasound, dermoscopy,
+                             fundus, histology, OCT (MedVQA-FL clients)
+``task3-medvqa-fl`` 9        the MedVQA-FL clients, in :data:`medvqa.CLIENT_NAMES` order
+``task4-openi``     4        Open-I, Dirichlet(``alpha``) label-shift parts, 15 classes
+``task5-mimic-cxr`` 10       MIMIC-CXR-JPG, Dirichlet(``alpha``) label-shift parts, 15 classes
+``task6-mixed``     5        VQA: SLAKE, VQA-RAD, VQA-Med 2019; classification: Open-I, MIMIC-CXR
+=================== ======= ===============================================================
+
+Tasks 1-6 fix their clients, so ``partitioning`` applies to ``easy-vqa`` only; tasks 4 and 5 are
+always Dirichlet label shift (their definition in the paper), with concentration ``alpha``. VQA
+clients' ``labels`` are the sorted answers of all their train and test rows (MedVQA-FL: as saved by
+the build); classification clients' ``labels`` are :data:`chest_xray.CHEST_LABELS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from f3ocus_core.data import ClientData
 
@@ -26,7 +49,7 @@ class DataSettings:
     partitioning : {"iid", "dirichlet"}
         How tasks that split one data set among clients do it.
     alpha : float
-        Dirichlet concentration for ``partitioning="dirichlet"``.
+        Dirichlet concentration for ``partitioning="dirichlet"`` (and for tasks 4 and 5).
     seed : int
         Seed of every random split.
     max_train, max_test : int
@@ -44,6 +67,110 @@ class DataSettings:
 
 Recipe = Callable[[DataSettings, int, int], ClientData]
 
+#: Sub-folders of ``data_path`` for each source (see docs/data.md).
+SOURCE_DIRS: dict[str, str] = {
+    "slake": "slake",
+    "vqa-rad": "vqa-rad",
+    "vqa-med-2019": "vqa-med-2019",
+    "vqa-med-2020": "vqa-med-2020",
+    "vqa-med-2021": "vqa-med-2021",
+    "medvqa-fl": "medvqa-fl",
+    "open-i": "open-i",
+    "mimic-cxr": "mimic-cxr-jpg",
+}
+
+TASK1_CLIENTS: tuple[str, ...] = ("slake", "vqa-rad", "vqa-med-2019", "vqa-med-2020", "vqa-med-2021")
+#: Task 2: (client, source, SLAKE modality or MedVQA-FL client).
+TASK2_CLIENTS: tuple[tuple[str, str, str], ...] = (
+    ("ct", "slake", "CT"),
+    ("mri", "slake", "MRI"),
+    ("x-ray", "slake", "X-Ray"),
+    ("ultrasound", "medvqa-fl", "breast-ultrasound"),
+    ("dermoscopy", "medvqa-fl", "dermoscopy"),
+    ("fundus", "medvqa-fl", "fundus"),
+    ("histology", "medvqa-fl", "colon-pathology"),
+    ("oct", "medvqa-fl", "oct"),
+)
+TASK6_CLIENTS: tuple[str, ...] = ("slake", "vqa-rad", "vqa-med-2019", "open-i", "mimic-cxr")
+
+
+def source_dir(settings: DataSettings, source: str) -> Path:
+    """``data_path/<folder of source>``; an error naming ``data.path`` if it is unset."""
+    if not settings.data_path:
+        raise ValueError(
+            f"data.path: task {settings.task!r} reads files ({source}); set data.path in the run config "
+            "(simulation) or data-path in the SuperNode's node config (deployment). See docs/data.md."
+        )
+    return Path(settings.data_path) / SOURCE_DIRS[source]
+
+
+def _vqa_rows(settings: DataSettings, source: str) -> tuple[dict, ...]:
+    folder = str(source_dir(settings, source))
+    if source == "slake":
+        from f3ocus_core.data.slake import read_slake
+
+        return read_slake(folder)
+    if source == "vqa-rad":
+        from f3ocus_core.data.vqa_rad import read_vqa_rad
+
+        return read_vqa_rad(folder)
+    from f3ocus_core.data.vqa_med import read_vqa_med
+
+    return read_vqa_med(folder, int(source.rsplit("-", 1)[1]))
+
+
+def _vqa_client(settings: DataSettings, name: str, rows) -> ClientData:
+    from f3ocus_core.data.records import make_client
+
+    return make_client(
+        name, "vqa", rows, None, max_train=settings.max_train, max_test=settings.max_test, seed=settings.seed
+    )
+
+
+def _chest_rows(settings: DataSettings, source: str) -> tuple[dict, ...]:
+    from f3ocus_core.data.chest_xray import read_mimic, read_openi
+
+    folder = str(source_dir(settings, source))
+    return read_openi(folder) if source == "open-i" else read_mimic(folder)
+
+
+def _chest_whole(settings: DataSettings, name: str, source: str) -> ClientData:
+    from f3ocus_core.data.chest_xray import chest_client
+
+    rows = _chest_rows(settings, source)
+    caps = {"max_train": settings.max_train, "max_test": settings.max_test}
+    return chest_client(name, rows, **caps, seed=settings.seed)
+
+
+def _chest_part(
+    settings: DataSettings, task: str, source: str, partition_id: int, num_partitions: int
+) -> ClientData:
+    from f3ocus_core.data.chest_xray import chest_client, partition
+
+    rows = _chest_rows(settings, source)
+    part = partition(rows, num_partitions, settings.alpha, settings.seed)[partition_id]
+    return chest_client(
+        f"{task}/{source}-{partition_id}",
+        [rows[i] for i in part],
+        max_train=settings.max_train,
+        max_test=settings.max_test,
+        seed=settings.seed,
+    )
+
+
+def _medvqa(settings: DataSettings, task: str, client: str, name: str) -> ClientData:
+    from f3ocus_core.data.medvqa import load_medvqa_client
+
+    root = Path(settings.data_path) if settings.data_path else source_dir(settings, "medvqa-fl")
+    return load_medvqa_client(
+        root,
+        client,
+        max_train=settings.max_train,
+        max_test=settings.max_test,
+        seed=settings.seed,
+        name=f"{task}/{name}",
+    )
+
 
 def _easy_vqa(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
     from f3ocus_core.data.easy_vqa import load_client
@@ -51,11 +178,62 @@ def _easy_vqa(settings: DataSettings, partition_id: int, num_partitions: int) ->
     return load_client(settings, partition_id, num_partitions)
 
 
-#: Task name -> recipe.
-TASKS: dict[str, Recipe] = {"easy-vqa": _easy_vqa}
+def _task1(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    source = TASK1_CLIENTS[partition_id]
+    return _vqa_client(settings, f"task1-domain/{source}", _vqa_rows(settings, source))
 
-#: Task name -> the number of clients the recipe defines (tasks missing here take any number).
-FIXED_CLIENTS: dict[str, int] = {}
+
+def _task2(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    name, source, selector = TASK2_CLIENTS[partition_id]
+    if source == "medvqa-fl":
+        return _medvqa(settings, "task2-modality", selector, name)
+    rows = [row for row in _vqa_rows(settings, "slake") if row["modality"] == selector]
+    return _vqa_client(settings, f"task2-modality/{name}", rows)
+
+
+def _task3(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    from f3ocus_core.data.medvqa import CLIENT_NAMES
+
+    return _medvqa(settings, "task3-medvqa-fl", CLIENT_NAMES[partition_id], CLIENT_NAMES[partition_id])
+
+
+def _task4(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    return _chest_part(settings, "task4-openi", "open-i", partition_id, num_partitions)
+
+
+def _task5(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    return _chest_part(settings, "task5-mimic-cxr", "mimic-cxr", partition_id, num_partitions)
+
+
+def _task6(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    source = TASK6_CLIENTS[partition_id]
+    if source in ("open-i", "mimic-cxr"):
+        return _chest_whole(settings, f"task6-mixed/{source}", source)
+    return _vqa_client(settings, f"task6-mixed/{source}", _vqa_rows(settings, source))
+
+
+_MEDICAL: dict[str, tuple[str, Recipe, int]] = {
+    "task1-domain": ("1", _task1, len(TASK1_CLIENTS)),
+    "task2-modality": ("2", _task2, len(TASK2_CLIENTS)),
+    "task3-medvqa-fl": ("3", _task3, 9),
+    "task4-openi": ("4", _task4, 4),
+    "task5-mimic-cxr": ("5", _task5, 10),
+    "task6-mixed": ("6", _task6, len(TASK6_CLIENTS)),
+}
+
+#: Short alias -> task name.
+ALIASES: dict[str, str] = {alias: name for name, (alias, _, _) in _MEDICAL.items()}
+
+#: Task name (or alias) -> recipe.
+TASKS: dict[str, Recipe] = {
+    "easy-vqa": _easy_vqa,
+    **{key: recipe for name, (alias, recipe, _) in _MEDICAL.items() for key in (name, alias)},
+}
+
+#: Task name (or alias) -> the number of clients the recipe defines (tasks missing here take any number).
+FIXED_CLIENTS: dict[str, int] = {
+    key: clients for name, (alias, _, clients) in _MEDICAL.items() for key in (name, alias)
+}
 
 
 def check_settings(settings: DataSettings, num_partitions: int) -> None:

@@ -1,0 +1,102 @@
+"""The embedded default data: the ``easy-vqa`` package's real VQA set (4,000 train and 1,000 test
+images of coloured shapes, 13 answers), split among clients.
+
+The split, all seeded:
+
+1. A quarter of the training images form the *base pool*: only the base checkpoint
+   (:mod:`f3ocus_core.pretrain`) trains on their questions; no client holds them.
+2. The questions of the other training images and of all test images form the *client pool*, which
+   is partitioned among the clients, IID or with a Dirichlet skew over answers.
+3. Each client splits its part 80/20 into train and test by image, so no image is in both.
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import lru_cache
+
+import datasets
+import easy_vqa
+import numpy as np
+
+from f3ocus_core.data import ClientData
+from f3ocus_core.data.partition import dirichlet_partition, iid_partition
+from f3ocus_core.data.tasks import DataSettings
+
+#: Share of the training images that only the base checkpoint sees.
+BASE_SHARE = 0.25
+#: Share of a client's images that go to its test part.
+TEST_SHARE = 0.2
+#: The 13 answers, sorted: the label set of every easy-vqa client and of the base checkpoint.
+ANSWERS: list[str] = sorted(easy_vqa.get_answers())
+
+
+@lru_cache(maxsize=4)
+def _pools(seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(base pool, client pool) as datasets with image paths; see the module docstring."""
+    train_q, train_a, train_ids = easy_vqa.get_train_questions()
+    test_q, test_a, test_ids = easy_vqa.get_test_questions()
+    train_paths = easy_vqa.get_train_image_paths()
+    test_paths = easy_vqa.get_test_image_paths()
+    image_ids = np.array(sorted(train_paths))
+    rng = np.random.default_rng(seed)
+    base_images = set(rng.permutation(image_ids)[: int(len(image_ids) * BASE_SHARE)].tolist())
+
+    base: dict[str, list] = {"image": [], "question": [], "answers": [], "image_key": []}
+    pool: dict[str, list] = {"image": [], "question": [], "answers": [], "image_key": []}
+    for question, answer, image_id in zip(train_q, train_a, train_ids):
+        target = base if image_id in base_images else pool
+        _append(target, train_paths[image_id], question, answer, f"train/{image_id}")
+    for question, answer, image_id in zip(test_q, test_a, test_ids):
+        _append(pool, test_paths[image_id], question, answer, f"test/{image_id}")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answers": datasets.Sequence(datasets.Value("string")),
+            "image_key": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(base, features), datasets.Dataset.from_dict(pool, features)
+
+
+def _append(target: dict[str, list], path: str, question: str, answer: str, key: str) -> None:
+    target["image"].append(path)
+    target["question"].append(question)
+    target["answers"].append([answer])
+    target["image_key"].append(key)
+
+
+def base_pool(seed: int = 0) -> datasets.Dataset:
+    """The questions of the training images that no client holds (for the base checkpoint)."""
+    return _pools(seed)[0]
+
+
+def load_client(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
+    """Client ``partition_id``'s part of the client pool, split 80/20 by image."""
+    pool = _pools(settings.seed)[1]
+    answers = [answers[0] for answers in pool["answers"]]
+    if settings.partitioning == "dirichlet":
+        parts = dirichlet_partition(answers, num_partitions, settings.alpha, settings.seed, min_size=10)
+    else:
+        parts = iid_partition(len(answers), num_partitions, settings.seed)
+    part = pool.select(parts[partition_id])
+    is_test = np.array([_in_test(key, settings.seed) for key in part["image_key"]])
+    train = _cap(part.select(np.flatnonzero(~is_test)), settings.max_train, settings.seed)
+    test = _cap(part.select(np.flatnonzero(is_test)), settings.max_test, settings.seed + 1)
+    return ClientData(
+        name=f"easy-vqa/{partition_id}", kind="vqa", labels=list(ANSWERS), train=train, test=test
+    )
+
+
+def _in_test(image_key: str, seed: int) -> bool:
+    """Seeded, stable assignment of an image to the test part (same image, same side, any client)."""
+    return (zlib.crc32(f"{seed}:{image_key}".encode()) % 1000) < TEST_SHARE * 1000
+
+
+def _cap(dataset: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
+    """A seeded subsample of at most ``limit`` rows (``limit`` 0 keeps all)."""
+    if limit <= 0 or len(dataset) <= limit:
+        return dataset
+    rows = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
+    return dataset.select(rows)
