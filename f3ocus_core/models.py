@@ -15,7 +15,7 @@ from transformers import ViltConfig, ViltForQuestionAnswering
 
 
 def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: object) -> ViltConfig:
-    """A ViLT small enough for CPU tests: hidden 64, 4 layers, 64 x 64 images in 8 x 8 patches.
+    """A ViLT small enough for CPU tests: hidden 64, 4 layers, 64 x 64 images in 16 x 16 patches.
 
     Eager attention, so that forward-mode and double-backward autodiff work through it.
     """
@@ -25,7 +25,7 @@ def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: o
         num_attention_heads=4,
         intermediate_size=128,
         image_size=64,
-        patch_size=8,
+        patch_size=16,
         max_position_embeddings=40,
         vocab_size=vocab_size,
         num_labels=num_labels,
@@ -77,3 +77,101 @@ def loss_of(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tenso
     averaged over examples (ViLT's VQA loss)."""
     labels = batch["labels"].to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
+
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def build_processor(texts: list[str], image_size: int = 64) -> "ViltProcessor":
+    """An offline ViLT processor: a WordPiece tokenizer whose vocabulary is the words of ``texts``
+    (lower-cased, BERT pre-tokenisation) and an image processor that resizes to ``image_size``.
+
+    Built with the ``tokenizers`` library, so that it works with no hub access; save it with
+    ``save_pretrained`` and it loads with ``ViltProcessor.from_pretrained`` like any hub processor.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertTokenizerFast, ViltImageProcessorPil, ViltProcessor
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted(
+        {
+            word
+            for text in texts
+            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        }
+    )
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    images = ViltImageProcessorPil(
+        size={"shortest_edge": image_size}, size_divisor=image_size // 2, do_pad=True
+    )
+    return ViltProcessor(image_processor=images, tokenizer=fast)
+
+
+def set_answer_head(model: torch.nn.Module, labels: list[str], seed: int = 0) -> None:
+    """Give ``model`` an answer head over ``labels``, keeping the trained rows of known answers.
+
+    Rows of answers that the current head already has (by ``config.id2label``) are copied; the rest
+    start from a seeded random initialisation. Updates ``config.id2label``/``label2id``/``num_labels``.
+    """
+    if not labels:
+        raise ValueError("The answer head needs at least one label.")
+    if len(set(labels)) != len(labels):
+        raise ValueError("The labels of an answer head must be distinct.")
+    old = model.classifier[-1]
+    known = {str(label): i for i, label in model.config.id2label.items()}
+    generator = torch.Generator().manual_seed(seed)
+    new = torch.nn.Linear(old.in_features, len(labels))
+    with torch.no_grad():
+        new.weight.normal_(0.0, model.config.initializer_range, generator=generator)
+        new.bias.zero_()
+        for row, label in enumerate(labels):
+            if label in known:
+                new.weight[row] = old.weight[known[label]]
+                new.bias[row] = old.bias[known[label]]
+    model.classifier[-1] = new
+    model.config.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def load_vqa_model(path: str, attn_implementation: str = "eager") -> tuple[ViltForQuestionAnswering, object]:
+    """Load a ViLT question-answering model and its processor with ``from_pretrained``.
+
+    ``path`` is a local folder or a Hugging Face hub id (such as
+    ``dandelin/vilt-b32-finetuned-vqa``); hub ids need network access or a filled HF cache.
+
+    Raises
+    ------
+    ValueError
+        Naming ``model.name`` when nothing loadable is found there.
+    """
+    from transformers import ViltProcessor
+
+    try:
+        processor = ViltProcessor.from_pretrained(path)
+        model = ViltForQuestionAnswering.from_pretrained(path, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"model.name: cannot load a ViLT question-answering model and processor from {path!r} "
+            f"({error}). Give a local folder written by save_pretrained, a hub id with network "
+            "access, or the built-in default 'builtin:tiny-vilt-easyvqa'."
+        ) from error
+    return model.eval(), processor

@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` (a real federated F3OCUS run) and `make test`.
+# Both create .venv if it is missing and install the project with the CPU torch pin.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test clean
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Extra run-config overrides: make run RUN_CONFIG="num-server-rounds=5 selection.algorithm='aco'"
+run: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" scripts/run-simulation.sh $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+
+# Extra pytest arguments: make test PYTEST_ARGS="-m 'not slow'"
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .flwr outputs .pytest_cache

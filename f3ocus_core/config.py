@@ -1,0 +1,232 @@
+"""The run configuration: every key a user can set, parsed from Flower's flat run config into typed
+settings and checked before any training.
+
+Keys live in ``[tool.flwr.app.config]`` of ``pyproject.toml`` and can be overridden with
+``flwr run . --run-config "key=value ..."``; ``docs/config.md`` lists them all. A bad value raises
+:class:`ConfigError`, whose message starts with the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from f3ocus_core.data.tasks import DataSettings
+from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
+from f3ocus_core.training import TrainSettings
+
+
+class ConfigError(ValueError):
+    """A run-config value that cannot work; the message names the key."""
+
+
+@dataclass
+class ModelSettings:
+    """``model.*``: which model to fine-tune and where the built-in base checkpoint is cached."""
+
+    name: str = "builtin:tiny-vilt-easyvqa"
+    cache_dir: str = ""
+    pretrain_steps: int = 300
+
+
+@dataclass
+class ScoringSettings:
+    """``scoring.*``: the layer scorer clients run every round."""
+
+    method: str = "lntk"
+    batch_size: int = 8
+    reduction: str = "projection"
+    projection_dim: int = 1
+
+
+@dataclass
+class SelectionSettings:
+    """``selection.*``: the server's layer assignment."""
+
+    algorithm: str = "nsga2"
+    budget: tuple[int, ...] = (2,)
+    pick: str = "knee"
+    exact_budget: bool = True
+    params: dict[str, float] = field(default_factory=dict)
+
+    def budgets_for(self, num_clients: int) -> list[int]:
+        """One budget per client: the single value repeated, or the list as given."""
+        if len(self.budget) == 1:
+            return [self.budget[0]] * num_clients
+        if len(self.budget) != num_clients:
+            raise ConfigError(
+                f"selection.budget: {len(self.budget)} budgets given for {num_clients} clients; "
+                "give one number, or one per client."
+            )
+        return list(self.budget)
+
+
+@dataclass
+class RunSettings:
+    """All settings of one run."""
+
+    num_rounds: int = 3
+    run_name: str = ""
+    output_dir: str = "outputs"
+    seed: int = 0
+    min_clients: int = 2
+    round_timeout: float = 3600.0
+    model: ModelSettings = field(default_factory=ModelSettings)
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval_batch_size: int = 64
+
+    def as_dict(self) -> dict:
+        """A JSON-ready view (written to the run's ``config.json``)."""
+        return asdict(self)
+
+
+def parse_budget(value: object) -> tuple[int, ...]:
+    """``4``, ``"4"`` or ``"4,2,3"`` -> a tuple of ints."""
+    if isinstance(value, bool):
+        raise ConfigError("selection.budget: expected a number or a comma-separated list of numbers.")
+    if isinstance(value, int):
+        return (value,)
+    try:
+        budgets = tuple(int(part) for part in str(value).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise ConfigError(
+            f"selection.budget: {value!r} is not a number or a comma-separated list of numbers."
+        ) from None
+    if not budgets:
+        raise ConfigError("selection.budget: empty.")
+    return budgets
+
+
+def parse_selector_params(value: str) -> dict[str, float]:
+    """``"population=60,generations=80"`` -> ``{"population": 60, "generations": 80}``."""
+    params: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"selection.params: {item!r} is not key=value.")
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ConfigError(f"selection.params: value of {key!r} is not a number: {raw!r}.") from None
+        params[key.strip()] = int(number) if number.is_integer() else number
+    return params
+
+
+class _Reader:
+    """Typed access to the flat run config that names the key in every error."""
+
+    def __init__(self, config: Mapping[str, object]) -> None:
+        self.config = config
+
+    def get(self, key: str, kind: type, default: object) -> object:
+        value = self.config.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}.")
+        return value
+
+    def positive(self, key: str, kind: type, default: object, allow_zero: bool = False) -> object:
+        value = self.get(key, kind, default)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)}.")
+        return value
+
+
+def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], selectors: tuple[str, ...]) -> RunSettings:
+    """Build and check :class:`RunSettings` from a flat run config.
+
+    Parameters
+    ----------
+    config : Mapping[str, object]
+        ``context.run_config``: ``[tool.flwr.app.config]`` plus ``--run-config`` overrides.
+    scorers, selectors : tuple[str, ...]
+        The valid ``scoring.method`` and ``selection.algorithm`` names.
+    """
+    from f3ocus_core.data.tasks import TASKS
+
+    r = _Reader(config)
+    defaults = RunSettings()
+    settings = RunSettings(
+        num_rounds=r.positive("num-server-rounds", int, defaults.num_rounds),
+        run_name=r.get("run-name", str, defaults.run_name),
+        output_dir=r.get("output-dir", str, defaults.output_dir),
+        seed=r.get("seed", int, defaults.seed),
+        min_clients=r.positive("min-clients", int, defaults.min_clients),
+        round_timeout=r.positive("round-timeout", float, defaults.round_timeout),
+        model=ModelSettings(
+            name=r.get("model.name", str, ModelSettings.name),
+            cache_dir=r.get("model.cache-dir", str, ModelSettings.cache_dir),
+            pretrain_steps=r.positive("model.pretrain-steps", int, ModelSettings.pretrain_steps),
+        ),
+        peft=PeftSettings(
+            method=r.choice("peft.method", PeftSettings.method, PEFT_METHODS),
+            rank=r.positive("peft.lora-rank", int, PeftSettings.rank),
+            alpha=r.positive("peft.lora-alpha", int, PeftSettings.alpha),
+            dropout=r.positive("peft.lora-dropout", float, PeftSettings.dropout, allow_zero=True),
+            target_modules=tuple(
+                part.strip()
+                for part in r.get("peft.target-modules", str, ",".join(PeftSettings.target_modules)).split(",")
+                if part.strip()
+            ),
+        ),
+        data=DataSettings(
+            task=r.choice("task", DataSettings.task, tuple(TASKS)),
+            data_path=r.get("data.path", str, DataSettings.data_path),
+            partitioning=r.choice("data.partitioning", DataSettings.partitioning, ("iid", "dirichlet")),
+            alpha=r.positive("data.alpha", float, DataSettings.alpha),
+            seed=r.get("seed", int, defaults.seed),
+            max_train=r.positive("data.max-train-per-client", int, DataSettings.max_train, allow_zero=True),
+            max_test=r.positive("data.max-test-per-client", int, DataSettings.max_test, allow_zero=True),
+        ),
+        scoring=ScoringSettings(
+            method=r.choice("scoring.method", ScoringSettings.method, scorers),
+            batch_size=r.positive("scoring.batch-size", int, ScoringSettings.batch_size),
+            reduction=r.choice("scoring.reduction", ScoringSettings.reduction, ("logits", "projection")),
+            projection_dim=r.positive("scoring.projection-dim", int, ScoringSettings.projection_dim),
+        ),
+        selection=SelectionSettings(
+            algorithm=r.choice("selection.algorithm", SelectionSettings.algorithm, selectors),
+            budget=parse_budget(config.get("selection.budget", "2")),
+            pick=r.choice("selection.pick", SelectionSettings.pick, ("knee", "weighted-sum")),
+            exact_budget=r.get("selection.exact-budget", bool, SelectionSettings.exact_budget),
+            params=parse_selector_params(r.get("selection.params", str, "")),
+        ),
+        train=TrainSettings(
+            epochs=r.positive("train.local-epochs", int, TrainSettings.epochs),
+            lr=r.positive("train.lr", float, TrainSettings.lr),
+            weight_decay=r.positive("train.weight-decay", float, TrainSettings.weight_decay, allow_zero=True),
+            batch_size=r.positive("train.batch-size", int, TrainSettings.batch_size),
+            warmup=r.positive("train.warmup", float, TrainSettings.warmup, allow_zero=True),
+            max_steps=r.positive("train.max-steps", int, TrainSettings.max_steps, allow_zero=True),
+        ),
+        eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
+    )
+    if not settings.peft.target_modules:
+        raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
+    if not settings.model.name:
+        raise ConfigError("model.name: empty; give a local folder, a hub id or builtin:tiny-vilt-easyvqa.")
+    if any(b < 1 for b in settings.selection.budget):
+        raise ConfigError(f"selection.budget: every budget must be >= 1, got {list(settings.selection.budget)}.")
+    return settings
+
+
+def check_against_model(settings: RunSettings, num_layers: int) -> None:
+    """Checks that need the model: budgets within 1..L."""
+    too_big = [b for b in settings.selection.budget if b > num_layers]
+    if too_big:
+        raise ConfigError(
+            f"selection.budget: {too_big} exceed the model's {num_layers} layers; budgets must be 1..{num_layers}."
+        )

@@ -1,0 +1,188 @@
+"""Local training and evaluation: batching a client's data through the processor, the train loop,
+and the metrics (accuracy for VQA, F1 for multi-label classification).
+
+Only parameters with ``requires_grad`` train; :mod:`f3ocus_core.peft_units` decides which those are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+from f3ocus_core.models import logits_of, loss_of
+
+Batch = dict[str, torch.Tensor]
+Collate = Callable[[list[dict]], Batch]
+
+
+def make_collate(processor: object, labels: list[str], max_text_len: int = 40) -> Collate:
+    """A function that turns rows (``image``, ``question``, ``answers``) into a model batch.
+
+    Images are converted to RGB (medical sets are often grey-scale); answers become a multi-hot
+    ``labels`` target over ``labels``; answers outside ``labels`` contribute nothing to the target.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+
+    def collate(rows: list[dict]) -> Batch:
+        images = [row["image"].convert("RGB") for row in rows]
+        encoded = processor(
+            images=images,
+            text=[row["question"] for row in rows],
+            padding="longest",
+            truncation=True,
+            max_length=max_text_len,
+            return_tensors="pt",
+        )
+        target = torch.zeros(len(rows), len(labels))
+        for i, row in enumerate(rows):
+            for answer in row["answers"]:
+                if answer in index:
+                    target[i, index[answer]] = 1.0
+        batch = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        batch["labels"] = target
+        return batch
+
+    return collate
+
+
+def iterate_batches(
+    dataset: datasets.Dataset, collate: Collate, batch_size: int, shuffle: bool = False, seed: int = 0
+) -> Iterator[Batch]:
+    """Batches of ``dataset`` in order, or in a seeded shuffled order."""
+    order = np.arange(len(dataset))
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(dataset))
+    for start in range(0, len(order), batch_size):
+        yield collate([dataset[int(i)] for i in order[start : start + batch_size]])
+
+
+def first_batch(dataset: datasets.Dataset, collate: Collate, size: int, seed: int) -> Batch:
+    """A seeded random batch of ``size`` rows: the local batch that layer scoring uses."""
+    if len(dataset) == 0:
+        raise ValueError("Cannot draw a batch from an empty dataset.")
+    return next(iterate_batches(dataset, collate, size, shuffle=True, seed=seed))
+
+
+@dataclass
+class TrainSettings:
+    """Local optimisation: AdamW with linear warm-up then linear decay (FedDAT's ViLT recipe).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the local train part.
+    lr : float
+        Peak learning rate.
+    weight_decay : float
+        AdamW weight decay.
+    batch_size : int
+        Examples per step.
+    warmup : float
+        Share of the steps spent warming up.
+    max_steps : int
+        Stop after this many steps (0: no limit).
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    warmup: float = 0.1
+    max_steps: int = 0
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    collate: Collate,
+    settings: TrainSettings,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model``'s trainable parameters on ``dataset``; return ``loss`` (mean) and ``steps``.
+
+    Raises
+    ------
+    ValueError
+        If nothing is trainable, the dataset is empty, or the loss stops being finite.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("No trainable parameters: nothing to train.")
+    if len(dataset) == 0:
+        raise ValueError("Cannot train on an empty dataset.")
+    steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    if settings.max_steps > 0:
+        total = min(total, settings.max_steps)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = max(1, int(settings.warmup * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+    )
+    model.train()
+    losses: list[float] = []
+    step = 0
+    for epoch in range(settings.epochs):
+        for batch in iterate_batches(dataset, collate, settings.batch_size, True, seed + epoch):
+            loss = loss_of(logits_of(model, batch), batch)
+            if not torch.isfinite(loss):
+                raise ValueError(f"Training loss became {loss.item()} at step {step}; lower the learning rate.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if step >= total:
+                break
+        if step >= total:
+            break
+    model.eval()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(np.mean(losses)), "steps": float(step)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, dataset: datasets.Dataset, collate: Collate, kind: str, batch_size: int = 64
+) -> dict[str, float]:
+    """Loss and task metric of ``model`` on ``dataset``.
+
+    VQA (``kind="vqa"``): ``accuracy``, the share of examples whose top answer is one of its answers.
+    Multi-label: ``f1``, micro-averaged F1 of sigmoid > 0.5 decisions. Both also give ``score`` (the
+    task's metric) and ``loss``.
+    """
+    if len(dataset) == 0:
+        raise ValueError("Cannot evaluate on an empty dataset.")
+    model.eval()
+    total_loss, correct = 0.0, 0.0
+    tp = fp = fn = 0.0
+    for batch in iterate_batches(dataset, collate, batch_size):
+        logits = logits_of(model, batch)
+        labels = batch["labels"]
+        total_loss += loss_of(logits, batch).item() * len(labels)
+        if kind == "vqa":
+            top = logits.argmax(dim=1)
+            correct += labels[torch.arange(len(labels)), top].clamp(max=1).sum().item()
+        else:
+            decided = (torch.sigmoid(logits) > 0.5).float()
+            tp += (decided * labels).sum().item()
+            fp += (decided * (1 - labels)).sum().item()
+            fn += ((1 - decided) * labels).sum().item()
+    n = len(dataset)
+    metrics = {"loss": total_loss / n}
+    if kind == "vqa":
+        metrics["accuracy"] = correct / n
+        metrics["score"] = metrics["accuracy"]
+    else:
+        metrics["f1"] = 2 * tp / max(1.0, 2 * tp + fp + fn)
+        metrics["score"] = metrics["f1"]
+    return metrics

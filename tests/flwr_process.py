@@ -1,0 +1,59 @@
+"""Running Flower's own processes in tests: a Flower home of the test's own, free ports, and
+stopping every process that was started (the SuperLink that `flwr run` starts lives on otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for `flwr` commands: own home, own local-SuperLink ports, no dependency sync."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of processes whose command line contains ``text`` (e.g. a test's Flower home)."""
+    result = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    return [int(pid) for pid in result.stdout.split() if int(pid) != os.getpid()]
+
+
+def stop(pids: list[int], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL what is still alive after ``timeout`` seconds."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

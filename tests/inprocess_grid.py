@@ -1,0 +1,63 @@
+"""A Grid that delivers messages to the ClientApp's functions in this process: strategy tests
+without a SuperLink. Each node has its own Context (state persists across rounds, as on a SuperNode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+
+
+class InProcessGrid:
+    """Nodes ``1..num_nodes`` with partition ids ``0..num_nodes-1``.
+
+    Parameters
+    ----------
+    run_config : dict
+        The run config every node sees.
+    handlers : dict[str, Callable]
+        Message type -> client function ``(msg, context) -> Message``.
+    num_nodes : int
+        How many clients.
+    fail : Callable[[int, str, int], bool] | None
+        ``fail(node_id, message_type, call_number)``: make that call raise, to test failures.
+    """
+
+    def __init__(self, run_config: dict, handlers: dict[str, Callable], num_nodes: int,
+                 fail: Callable[[int, str, int], bool] | None = None) -> None:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # What the runtime sets in a ServerApp process before messages can be created.
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+        self.handlers = handlers
+        self.fail = fail
+        self.calls: list[tuple[int, str]] = []
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": num_nodes},
+                          state=RecordDict(), run_config=dict(run_config))
+            for node in range(1, num_nodes + 1)
+        }
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            kind = msg.metadata.message_type
+            self.calls.append((node, kind))
+            try:
+                if self.fail and self.fail(node, kind, len(self.calls)):
+                    raise RuntimeError(f"injected failure on node {node} ({kind})")
+                replies.append(self.handlers[kind](msg, self.contexts[node]))
+            except Exception as error:  # the runtime turns a ClientApp exception into an error reply
+                replies.append(Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=msg))
+        return replies
+
+
+def client_handlers() -> dict[str, Callable]:
+    from client_app import app as client
+
+    return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn, MessageType.EVALUATE: client.evaluate_fn}

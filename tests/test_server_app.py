@@ -1,0 +1,79 @@
+"""The ServerApp's whole round protocol against the real ClientApp functions, in one process."""
+
+import json
+
+import numpy as np
+from flwr.app import Context, MessageType, RecordDict
+from peft import PeftModel
+
+from server_app.app import main
+from tests.inprocess_grid import InProcessGrid, client_handlers
+
+OUTPUT_FILES = ("config.json", "metrics.jsonl", "selection.jsonl", "assignments.png", "accuracy.png",
+                "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+
+
+def _run(config: dict, num_nodes: int, fail=None, spy=None) -> tuple[InProcessGrid, list[dict]]:
+    handlers = client_handlers()
+    if spy is not None:
+        handlers[MessageType.TRAIN] = spy(handlers[MessageType.TRAIN])
+    grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    out = f"{config['output-dir']}/{config['run-name']}"
+    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    return grid, rows
+
+
+def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything(small_run_config):
+    sent: list[tuple[list[int], list[str]]] = []
+
+    def spy(train):
+        def wrapped(msg, context):
+            reply = train(msg, context)
+            layers = list(msg.content.config_records["config"]["layers"])
+            sent.append((layers, list(reply.content.array_records["arrays"].keys())))
+            return reply
+        return wrapped
+
+    config = dict(small_run_config, **{"selection.budget": "1,2,1"})
+    grid, rows = _run(config, num_nodes=3, spy=spy)
+
+    out = f"{config['output-dir']}/{config['run-name']}"
+    for name in OUTPUT_FILES:
+        assert (__import__("pathlib").Path(out) / name).exists(), name
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert set(row["accuracy_per_client"]) == {"easy-vqa/0", "easy-vqa/1", "easy-vqa/2"}
+        for key in ("loss", "bytes_up", "bytes_down", "seconds_score", "seconds_select", "seconds_train"):
+            assert key in row
+    assert rows[1]["bytes_down"]["easy-vqa/0"] > rows[0]["bytes_down"]["easy-vqa/0"]  # query + train + eval
+    # Every client got exactly its budget and sent back exactly the units of those layers.
+    budgets = {"easy-vqa/0": 1, "easy-vqa/1": 2, "easy-vqa/2": 1}
+    for row in rows[1:]:
+        assert {client: len(layers) for client, layers in row["assignment"].items()} == budgets
+    assert len(sent) == 6
+    for layers, keys in sent:
+        assert keys and all(any(f"encoder.layer.{l}." in k for l in layers) for k in keys)
+        assert {l for l in layers if any(f"encoder.layer.{l}." in k for k in keys)} == set(layers)
+    # Upload is only the assigned units: a client with budget 2 sends twice the bytes of budget 1.
+    up = rows[1]["bytes_up"]
+    assert abs(up["easy-vqa/1"] - 2 * up["easy-vqa/0"]) < 0.05 * up["easy-vqa/0"]
+    selection = [json.loads(line) for line in open(f"{out}/selection.jsonl")]
+    assert len(selection) == 2 and np.asarray(selection[0]["scores"]).shape == (3, 4)
+    np.testing.assert_allclose(np.asarray(selection[0]["scores"]).sum(axis=1), 1.0, rtol=1e-6)
+    # The saved adapter loads with PEFT onto the base model.
+    from f3ocus_core.models import load_vqa_model
+
+    base, _ = load_vqa_model(json.load(open(f"{out}/config.json"))["model_path"])
+    assert isinstance(PeftModel.from_pretrained(base, f"{out}/adapter"), PeftModel)
+
+
+def test_a_failing_client_is_logged_and_the_round_goes_on(small_run_config):
+    def fail(node, kind, _):
+        return node == 2 and kind == MessageType.TRAIN
+
+    _, rows = _run(dict(small_run_config, **{"num-server-rounds": 1}), num_nodes=3, fail=fail)
+    assert rows[1]["failed"] and rows[1]["failed"][0]["client"] == "easy-vqa/1"
+    assert set(rows[1]["bytes_up"]) == {"easy-vqa/0", "easy-vqa/2"}
+    assert len(rows[1]["accuracy_per_client"]) == 3  # it still evaluates
