@@ -60,3 +60,25 @@ def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
     assert json.loads((out / "config.json").read_text())["settings"]["num_rounds"] == 2
     assert (out / "adapter" / "adapter_config.json").exists()
     assert "Round 2/2" in log
+
+
+@pytest.mark.slow
+def test_flwr_run_on_the_task3_medvqa_fl_fixture(tmp_path, small_run_config):
+    """Issue 5: a federated run on MedVQA-FL (9 modality clients) built from MedMNIST-format files."""
+    from f3ocus_core.data.fixtures import write_task_fixture
+
+    data = write_task_fixture(tmp_path / "data", "task3-medvqa-fl")
+    config = {key: small_run_config[key] for key in (
+        "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps", "train.batch-size")}
+    config.update({"num-server-rounds": 1, "task": "task3-medvqa-fl", "data.path": str(data),
+                   "data.max-train-per-client": 0, "data.max-test-per-client": 0, "min-clients": 9})
+    result = run_flwr(tmp_path, config, num_supernodes=9)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    out = Path(config["output-dir"]) / config["run-name"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1]
+    assert len(rows[1]["accuracy_per_client"]) == 9 and not rows[1]["failed"]
+    assert len(rows[1]["assignment"]) == 9
+    labels = sorted(p.name for p in (out / "labels").iterdir())
+    assert len(labels) == 9 and "task3-medvqa-fl_oct.json" in labels
