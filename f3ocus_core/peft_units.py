@@ -47,7 +47,7 @@ class PeftSettings:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] = ("query", "value", "dense")
 
 
 def target_regex(layer_map: LayerMap, modules: tuple[str, ...]) -> str:

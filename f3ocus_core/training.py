@@ -88,8 +88,8 @@ class TrainSettings:
         Stop after this many steps (0: no limit).
     """
 
-    epochs: int = 1
-    lr: float = 1e-3
+    epochs: int = 2
+    lr: float = 5e-3
     weight_decay: float = 0.01
     batch_size: int = 32
     warmup: float = 0.1

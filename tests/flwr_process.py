@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,10 +19,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: The folder of this interpreter's console scripts (`flwr`, `flower-superlink`, ...).
+BIN = Path(sys.executable).parent
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for `flwr` commands: own home, own local-SuperLink ports, no dependency sync."""
+    """Environment for `flwr` commands: own home, own local-SuperLink ports, no dependency sync, and
+    this interpreter's scripts first on PATH (so `flwr` starts the SuperLink of this environment)."""
     env = dict(os.environ)
     env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),

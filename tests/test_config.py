@@ -28,7 +28,8 @@ def test_the_shipped_defaults_parse():
     assert settings.data.task == "easy-vqa"
     assert settings.selection.algorithm == "nsga2"
     assert settings.selection.budgets_for(4) == [2, 2, 2, 2]
-    assert settings.peft.target_modules == ("query", "value")
+    assert settings.peft.target_modules == ("query", "value", "dense")
+    assert settings.data.partitioning == "dirichlet"
 
 
 def test_budget_lists_are_one_per_client():

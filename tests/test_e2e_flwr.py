@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
-from tests.flwr_process import flower_env, processes_mentioning, stop
+from tests.flwr_process import BIN, flower_env, processes_mentioning, stop
 
 
 def _toml_value(value) -> str:
@@ -29,7 +29,7 @@ def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2, timeout:
     )
     overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
     try:
-        return subprocess.run(["flwr", "run", str(ROOT), "--stream", "--run-config", overrides],
+        return subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", overrides],
                               env=flower_env(home), cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
     finally:
         stop(processes_mentioning(str(home)))
