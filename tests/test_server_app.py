@@ -13,10 +13,11 @@ OUTPUT_FILES = ("config.json", "metrics.jsonl", "selection.jsonl", "assignments.
                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
 
 
-def _run(config: dict, num_nodes: int, fail=None, spy=None) -> tuple[InProcessGrid, list[dict]]:
+def _run(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
+    """Run the ServerApp in process; ``wrap`` maps a message type to a decorator of its handler."""
     handlers = client_handlers()
-    if spy is not None:
-        handlers[MessageType.TRAIN] = spy(handlers[MessageType.TRAIN])
+    for kind, decorate in (wrap or {}).items():
+        handlers[kind] = decorate(handlers[kind])
     grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
     out = f"{config['output-dir']}/{config['run-name']}"
@@ -36,7 +37,7 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
         return wrapped
 
     config = dict(small_run_config, **{"selection.budget": "1,2,1"})
-    grid, rows = _run(config, num_nodes=3, spy=spy)
+    grid, rows = _run(config, num_nodes=3, wrap={MessageType.TRAIN: spy})
 
     out = f"{config['output-dir']}/{config['run-name']}"
     for name in OUTPUT_FILES:
