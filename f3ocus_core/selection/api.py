@@ -1,0 +1,91 @@
+"""One entry point for the server: :func:`select` runs a selector and picks one point of its front."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from f3ocus_core.selection import aco, annealing, bee_colony, exact, mopso, nsga2
+from f3ocus_core.selection.evolution import Archive
+from f3ocus_core.selection.front import PICK_RULES, nondominated, pick_point
+from f3ocus_core.selection.params import resolve_params
+from f3ocus_core.selection.problem import Problem
+from f3ocus_core.selection.result import SelectionResult
+
+
+def _local(problem: Problem, rng: np.random.Generator, params: None) -> tuple[np.ndarray, dict]:
+    """Every client takes its own top-b layers: the paper's "LNTK alone" baseline, no optimisation."""
+    del rng, params
+    return problem.top_b()[None], {}
+
+
+_SELECTORS: dict[str, tuple[Callable, Any]] = {
+    "nsga2": (nsga2.run, nsga2.NSGA2Params()),
+    "mopso": (mopso.run, mopso.MOPSOParams()),
+    "aco": (aco.run, aco.ACOParams()),
+    "abc": (bee_colony.run, bee_colony.ABCParams()),
+    "sa": (annealing.run, annealing.SAParams()),
+    "exact": (exact.run, exact.ExactParams()),
+    "local": (_local, None),
+}
+
+#: Names accepted by :func:`select`.
+ALGORITHMS: tuple[str, ...] = tuple(_SELECTORS)
+
+
+def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "nsga2", seed: int = 0,
+           pick: str = "knee", exact_budget: bool = True, **params: Any) -> SelectionResult:
+    """Assign layers to clients: run a selector on the F3OCUS server problem and pick one point.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        ``(N, L)`` non-negative finite layer scores, one row per client.
+    budgets : int or sequence of int
+        Layers per client, one number for all or one per client, each in ``1..L``.
+    algorithm : str
+        One of :data:`ALGORITHMS`: ``nsga2``, ``mopso``, ``aco``, ``abc``, ``sa`` (metaheuristics),
+        ``exact`` (the true front by an epsilon-constraint MILP sweep) or ``local`` (each client's own
+        top-b, no optimisation).
+    seed : int
+        Seed of the selector's random generator; the same seed gives the same result.
+    pick : str
+        Rule that chooses one point of the front: ``"knee"`` or ``"weighted-sum"`` (see
+        :mod:`f3ocus_core.selection.front`).
+    exact_budget : bool
+        True: every client trains exactly ``b_i`` layers. False: between 1 and ``b_i``.
+    **params
+        Hyperparameters of the selector (see the ``*Params`` dataclass of each selector module);
+        an unknown name raises ``ValueError``.
+
+    Returns
+    -------
+    SelectionResult
+        The chosen masks, the whole non-dominated set found, and the index of the chosen point.
+    """
+    started = time.perf_counter()
+    if algorithm not in _SELECTORS:
+        raise ValueError(f"unknown selection algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}.")
+    if pick not in PICK_RULES:
+        raise ValueError(f"unknown pick rule {pick!r}; choose one of {', '.join(PICK_RULES)}.")
+    problem = Problem.create(scores, budgets, exact_budget)
+    runner, defaults = _SELECTORS[algorithm]
+    if defaults is None and params:
+        raise ValueError(f"unknown parameter {next(iter(params))!r} for selector {algorithm!r}; "
+                         "it takes no parameters.")
+    settings = None if defaults is None else resolve_params(defaults, algorithm, params)
+    rng = np.random.default_rng(seed)
+    found, info = runner(problem, rng, settings)
+    masks = found.masks() if isinstance(found, Archive) else found
+    importance, variance = problem.evaluate(masks)
+    keep = nondominated(importance, variance)
+    front = np.column_stack([importance[keep], variance[keep]])
+    front_masks = masks[keep]
+    chosen = pick_point(front, pick)
+    if defaults is not None:
+        info = {**info, "params": {k: getattr(settings, k) for k in defaults.__dataclass_fields__}}
+    return SelectionResult(masks=front_masks[chosen].copy(), front=front, front_masks=front_masks, chosen=chosen,
+                           algorithm=algorithm, seconds=time.perf_counter() - started, pick=pick, info=info)

@@ -1,0 +1,133 @@
+"""DEAP plumbing shared by the metaheuristics: individual types, a Pareto archive, crossover.
+
+Individuals are ``(N, L)`` bool arrays made by DEAP's ``creator`` (``np.ndarray`` base) with a
+two-objective fitness, weights ``(+1, -1)``: importance up, coverage variance down. The creator
+classes are global, so they are created once under names unlikely to clash with other code.
+
+Everything random draws from one ``numpy.random.Generator`` passed in by the caller; Python's
+``random`` module (which DEAP's own operators use) is never touched, so a seed fixes the answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from deap import base, creator, tools
+
+from f3ocus_core.selection.front import nondominated
+
+FITNESS_NAME = "F3ocusSelectionFitness"
+INDIVIDUAL_NAME = "F3ocusSelectionAssignment"
+
+
+def individual_class() -> type:
+    """The DEAP individual class (created on first use, reused afterwards)."""
+    if not hasattr(creator, FITNESS_NAME):
+        creator.create(FITNESS_NAME, base.Fitness, weights=(1.0, -1.0))
+    if not hasattr(creator, INDIVIDUAL_NAME):
+        creator.create(INDIVIDUAL_NAME, np.ndarray, fitness=getattr(creator, FITNESS_NAME))
+    return getattr(creator, INDIVIDUAL_NAME)
+
+
+def make_individuals(masks: np.ndarray, importance: np.ndarray, variance: np.ndarray) -> list:
+    """DEAP individuals holding copies of ``masks`` with their fitness values set."""
+    cls = individual_class()
+    fitness_cls = getattr(creator, FITNESS_NAME)
+    population = []
+    for mask, imp, var in zip(masks, importance, variance):
+        ind = np.array(mask, dtype=bool).view(cls)
+        ind.fitness = fitness_cls((float(imp), float(var)))
+        population.append(ind)
+    return population
+
+
+def as_masks(population: list) -> np.ndarray:
+    """Stack individuals into a ``(P, N, L)`` bool array."""
+    return np.stack([np.asarray(ind, dtype=bool) for ind in population])
+
+
+class Archive:
+    """Every non-dominated assignment seen so far, held in a :class:`deap.tools.ParetoFront`.
+
+    Offspring dominated by (or equal in objectives to) an archive member are rejected with numpy
+    before any DEAP individual is built; one assignment is kept per objective pair.
+    """
+
+    def __init__(self) -> None:
+        self.front = tools.ParetoFront(similar=np.array_equal)
+        self._imp = np.zeros(0)
+        self._var = np.zeros(0)
+
+    def covered(self, importance: np.ndarray, variance: np.ndarray) -> np.ndarray:
+        """Whether each objective pair is dominated by, or equal to, an archive member."""
+        importance, variance = np.asarray(importance), np.asarray(variance)
+        if not len(self._imp):
+            return np.zeros(importance.shape, dtype=bool)
+        return ((self._imp[None, :] >= importance[:, None]) & (self._var[None, :] <= variance[:, None])).any(1)
+
+    def update(self, masks: np.ndarray, importance: np.ndarray, variance: np.ndarray) -> int:
+        """Offer a population; returns how many assignments entered the archive.
+
+        Dominance is decided with numpy; the ``ParetoFront`` container only sees the removals and the
+        insertions (``HallOfFame.remove`` / ``insert``), so an update costs O(changes) Python steps
+        rather than O(archive size) per candidate as ``ParetoFront.update`` would.
+        """
+        candidates = np.flatnonzero(~self.covered(importance, variance))
+        if candidates.size == 0:
+            return 0
+        best = candidates[nondominated(importance[candidates], variance[candidates])]
+        beaten = ((importance[best][None, :] >= self._imp[:, None]) & (variance[best][None, :] <= self._var[:, None])).any(1)
+        for index in np.flatnonzero(beaten)[::-1]:
+            self.front.remove(int(index))
+        for ind in make_individuals(masks[best], importance[best], variance[best]):
+            self.front.insert(ind)
+        values = np.array([ind.fitness.values for ind in self.front], dtype=float).reshape(-1, 2)
+        self._imp, self._var = values[:, 0], values[:, 1]
+        return len(best)
+
+    def __len__(self) -> int:
+        return len(self.front)
+
+    def objectives(self) -> np.ndarray:
+        """``(F, 2)`` (importance, variance) of the archive members."""
+        return np.column_stack([self._imp, self._var])
+
+    def masks(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """``(F, N, L)`` assignments of the archive members (or of the members at ``indices``)."""
+        members = list(self.front) if indices is None else [self.front[int(k)] for k in indices]
+        return as_masks(members)
+
+    def sample(self, rng: np.random.Generator, size: int, crowded: bool = True) -> np.ndarray:
+        """Indices of ``size`` members; with ``crowded`` a binary tournament on crowding distance.
+
+        Less crowded members (and the two extremes) win, which spreads leaders and parents along the
+        front (as in MOPSO-CD, Raquel and Naval, 2005).
+        """
+        count = len(self._imp)
+        picks = rng.integers(count, size=(size, 2))
+        if not crowded or count < 3:
+            return picks[:, 0]
+        distance = crowding_distance(self._imp, self._var)
+        return np.where(distance[picks[:, 0]] >= distance[picks[:, 1]], picks[:, 0], picks[:, 1])
+
+
+def crowding_distance(importance: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of 2-D points (extremes get ``inf``)."""
+    count = len(importance)
+    distance = np.zeros(count)
+    if count < 3:
+        return np.full(count, np.inf)
+    for values in (importance, variance):
+        order = np.argsort(values, kind="stable")
+        span = values[order[-1]] - values[order[0]]
+        distance[order[[0, -1]]] = np.inf
+        if span > 0:
+            distance[order[1:-1]] += (values[order[2:]] - values[order[:-2]]) / span
+    return distance
+
+
+def row_crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform crossover of whole client rows: each child row comes from one parent, so budgets hold."""
+    take = rng.random(first.shape[:2]) < 0.5
+    child_a = np.where(take[..., None], first, second)
+    child_b = np.where(take[..., None], second, first)
+    return child_a, child_b

@@ -1,0 +1,94 @@
+"""NSGA-II (Deb, Pratap, Agarwal and Meyarivan, 2002) on DEAP for the layer-assignment problem.
+
+Each generation: binary tournaments on (non-domination rank, crowding distance) pick parents; uniform
+crossover of whole client rows and budget-keeping single-client moves make offspring; the next
+population is the best ``population`` of parents plus offspring by ``deap.tools.selNSGA2``
+(non-dominated sorting, then crowding distance). Every evaluated assignment is offered to a Pareto
+archive, which is what the selector returns. Offspring always keep every budget, so no penalty or
+repair is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from deap import tools
+
+from f3ocus_core.selection.evolution import Archive, make_individuals, row_crossover
+from f3ocus_core.selection.moves import initial_population, mutate
+from f3ocus_core.selection.params import at_least, positive, unit
+from f3ocus_core.selection.problem import Problem
+
+
+@dataclass(frozen=True)
+class NSGA2Params:
+    """Hyperparameters of :func:`run`.
+
+    population : int
+        Individuals per generation, at least 4 (an odd number is rounded up).
+    generations : int
+        Number of generations.
+    crossover : float
+        Probability that a parent pair is recombined (row-wise uniform crossover).
+    mutation : float
+        Mean number of single-client moves per offspring (at least one).
+    guided : float
+        Share of moves that balance coverage rather than being uniform (see ``mutate``).
+    seeds : int
+        Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
+        archive, as many as fit into the first population); 0 starts from random assignments.
+    """
+
+    population: int = 60
+    generations: int = 100
+    crossover: float = 0.9
+    mutation: float = 1.5
+    guided: float = 0.5
+    seeds: int = 64
+
+    def check(self) -> None:
+        positive("seeds", self.seeds, "nsga2", allow_zero=True)
+        at_least("population", self.population, 4, "nsga2")
+        positive("generations", self.generations, "nsga2", allow_zero=True)
+        unit("crossover", self.crossover, "nsga2")
+        positive("mutation", self.mutation, "nsga2")
+        unit("guided", self.guided, "nsga2")
+
+
+def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tuple[Archive, dict]:
+    """Evolve a population and return the archive of every non-dominated assignment seen."""
+    size = params.population + params.population % 2
+    archive = Archive()
+    masks, seeded = initial_population(problem, rng, size, params.seeds)
+    importance, variance = problem.evaluate(masks)
+    archive.update(seeded, *problem.evaluate(seeded))
+    archive.update(masks, importance, variance)
+    population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
+    evaluations = size + len(seeded)
+    for _ in range(params.generations):
+        parents = _tournament(population, rng, size)
+        first, second = parents[0::2], parents[1::2]
+        child_a, child_b = row_crossover(first, second, rng)
+        keep = rng.random(len(first)) >= params.crossover
+        child_a[keep], child_b[keep] = first[keep], second[keep]
+        children = mutate(problem, np.concatenate([child_a, child_b]), rng, params.mutation, params.guided)
+        importance, variance = problem.evaluate(children)
+        evaluations += len(children)
+        archive.update(children, importance, variance)
+        population = tools.selNSGA2(population + make_individuals(children, importance, variance), size, nd="log")
+    return archive, {"evaluations": evaluations}
+
+
+def _tournament(population: list, rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` parents by binary tournament: lower rank wins, then larger crowding distance."""
+    rank = np.empty(len(population), dtype=int)
+    position = {id(ind): k for k, ind in enumerate(population)}
+    for level, front in enumerate(tools.sortLogNondominated(population, len(population))):
+        for ind in front:
+            rank[position[id(ind)]] = level
+    crowd = np.array([getattr(ind.fitness, "crowding_dist", 0.0) for ind in population])
+    a, b = rng.integers(len(population), size=(2, size))
+    a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
+    winners = np.where(a_wins, a, b)
+    return np.stack([np.asarray(population[k], dtype=bool) for k in winners])
