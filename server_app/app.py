@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from logging import ERROR, INFO
 from pathlib import Path
@@ -21,6 +22,13 @@ from f3ocus_core.selection import ALGORITHMS
 from server_app.strategy import F3ocusStrategy, from_record, to_record
 
 app = ServerApp()
+
+# Progress of long steps inside f3ocus_core (the base checkpoint build) goes to Flower's log stream.
+_core_log = logging.getLogger("f3ocus_core")
+_core_log.setLevel(INFO)
+for _handler in logging.getLogger("flwr").handlers:
+    if _handler not in _core_log.handlers:
+        _core_log.addHandler(_handler)
 
 
 @app.main()
