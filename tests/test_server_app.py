@@ -78,3 +78,15 @@ def test_a_failing_client_is_logged_and_the_round_goes_on(small_run_config):
     assert rows[1]["failed"] and rows[1]["failed"][0]["client"] == "easy-vqa/1"
     assert set(rows[1]["bytes_up"]) == {"easy-vqa/0", "easy-vqa/2"}
     assert len(rows[1]["accuracy_per_client"]) == 3  # it still evaluates
+
+
+def test_missing_data_stops_the_run_before_training(small_run_config, tmp_path):
+    import pytest
+
+    config = dict(small_run_config, **{"task": "task3-medvqa-fl", "data.path": str(tmp_path / "nothing-here")})
+    handlers = client_handlers()
+    grid = InProcessGrid(config, handlers, 9)
+    with pytest.raises(RuntimeError, match="before training") as error:
+        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    assert "nothing-here" in str(error.value) or "data.path" in str(error.value)
+    assert all(kind != MessageType.TRAIN for _, kind in grid.calls)
