@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import initial_population, mutate
+from f3ocus_core.selection.moves import mutate, seeded_start
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -77,13 +77,8 @@ class ABCParams:
 def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[Archive, dict]:
     """Run the colony and return the archive of non-dominated assignments."""
     size = params.sources
-    archive = Archive()
-    food, seeded = initial_population(problem, rng, size, params.seeds)
-    importance, variance = problem.evaluate(food)
-    archive.update(seeded, *problem.evaluate(seeded))
-    archive.update(food, importance, variance)
+    food, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
     trials = np.zeros(size, dtype=int)
-    evaluations = size + len(seeded)
     for _ in range(params.cycles):
         candidate = _neighbours(problem, food, food, rng, params.mutation)
         cand_imp, cand_var = problem.evaluate(candidate)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import initial_population, mutate
+from f3ocus_core.selection.moves import mutate, seeded_start
 from f3ocus_core.selection.params import positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -72,15 +72,10 @@ class MOPSOParams:
 def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tuple[Archive, dict]:
     """Fly the swarm and return the repository of non-dominated assignments."""
     size = params.particles
-    archive = Archive()
-    position, seeded = initial_population(problem, rng, size, params.seeds)
-    importance, variance = problem.evaluate(position)
-    archive.update(seeded, *problem.evaluate(seeded))
-    archive.update(position, importance, variance)
+    position, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
     best, best_imp, best_var = position.copy(), importance.copy(), variance.copy()
     weights = np.array([params.inertia, params.cognitive, params.social], dtype=float)
     cumulative = np.cumsum(weights / weights.sum())
-    evaluations = size + len(seeded)
     for step in range(params.iterations):
         leaders = archive.masks(archive.sample(rng, size))
         source = np.searchsorted(cumulative, rng.random((size, problem.n_clients)), side="right")

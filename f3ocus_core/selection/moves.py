@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from f3ocus_core.selection.evolution import Archive
 from f3ocus_core.selection.problem import Problem
 
 
@@ -78,6 +79,21 @@ def initial_population(problem: Problem, rng: np.random.Generator, size: int,
     if seeds >= size:
         return seeded[np.unique(np.linspace(0, seeds - 1, size).round().astype(int))], seeded
     return np.concatenate([seeded, problem.random_masks(rng, size - seeds)]), seeded
+
+
+def seeded_start(problem: Problem, rng: np.random.Generator, size: int,
+                 seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
+    """The first population of a population-based selector, ready to iterate.
+
+    Returns the ``size`` starting assignments, their importance and variance, an archive that
+    already holds them and every seed, and the number of evaluations spent so far.
+    """
+    masks, seeded = initial_population(problem, rng, size, seeds)
+    importance, variance = problem.evaluate(masks)
+    archive = Archive()
+    archive.update(seeded, *problem.evaluate(seeded))
+    archive.update(masks, importance, variance)
+    return masks, importance, variance, archive, size + len(seeded)
 
 
 def mutate(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float,

@@ -16,7 +16,7 @@ import numpy as np
 from deap import tools
 
 from f3ocus_core.selection.evolution import Archive, make_individuals, row_crossover
-from f3ocus_core.selection.moves import initial_population, mutate
+from f3ocus_core.selection.moves import mutate, seeded_start
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -59,13 +59,8 @@ class NSGA2Params:
 def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tuple[Archive, dict]:
     """Evolve a population and return the archive of every non-dominated assignment seen."""
     size = params.population + params.population % 2
-    archive = Archive()
-    masks, seeded = initial_population(problem, rng, size, params.seeds)
-    importance, variance = problem.evaluate(masks)
-    archive.update(seeded, *problem.evaluate(seeded))
-    archive.update(masks, importance, variance)
+    masks, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
     population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
-    evaluations = size + len(seeded)
     for _ in range(params.generations):
         parents = _tournament(population, rng, size)
         first, second = parents[0::2], parents[1::2]
