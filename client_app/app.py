@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -52,8 +53,6 @@ def _setup(context: Context) -> tuple[RunSettings, ClientData, object, object, L
     node = context.node_config
     data_settings = settings.data
     if "data-path" in node:
-        from dataclasses import replace
-
         data_settings = replace(data_settings, data_path=str(node["data-path"]))
     data = _data(data_settings, int(node["partition-id"]), int(node["num-partitions"]))
     path = resolve_model_path(settings.model.name, settings.model.cache_dir, settings.model.pretrain_steps, settings.seed)

@@ -295,7 +295,6 @@ class F3ocusStrategy(Strategy):
         names = sorted(per_client)
         vqa = [c for c in names if "accuracy" in per_client[c]]
         multilabel = [c for c in names if "f1" in per_client[c]]
-        by_name = lambda values: {self._name(node): int(v) for node, v in sorted(values.items())}  # noqa: E731
         row = {
             "round": server_round,
             "accuracy": weighted("accuracy", vqa),
@@ -304,8 +303,8 @@ class F3ocusStrategy(Strategy):
             "score_per_client": {c: per_client[c]["score"] for c in names},
             "loss": weighted("loss", names),
             "train_loss": self._round.get("train_loss"),
-            "bytes_up": by_name(self._round.get("bytes_up", {})),
-            "bytes_down": by_name(self._round.get("bytes_down", {})),
+            "bytes_up": self._by_name(self._round.get("bytes_up", {})),
+            "bytes_down": self._by_name(self._round.get("bytes_down", {})),
             "seconds_score": self._round.get("seconds_score", 0.0),
             "seconds_select": self._round.get("seconds_select", 0.0),
             "seconds_train": self._round.get("seconds_train", 0.0),
@@ -321,6 +320,10 @@ class F3ocusStrategy(Strategy):
             row["assignment"] = {self._name(n): layers for n, layers in sorted(self.assignment.items())}
             row["coverage"] = self._round.get("coverage", [])
         return row
+
+    def _by_name(self, per_node: dict[int, int]) -> dict[str, int]:
+        """A per-node count keyed by client name."""
+        return {self._name(node): int(value) for node, value in sorted(per_node.items())}
 
     def _log_row(self, row: dict) -> None:
         metric = "accuracy" if row["accuracy"] is not None else "score"
