@@ -59,12 +59,6 @@ class LayerMap:
                 return self.names.index(name) if name in self.names else None
         return None
 
-    def block_regex(self, layer: int) -> str:
-        """A regex that matches the module names inside layer ``layer`` (for PEFT ``target_modules``)."""
-        tower, block = self.names[layer].rsplit(".", 1)
-        pattern = dict(self.towers)[tower]
-        return pattern.replace(r"(\d+)", block)
-
     def own_parameters(self, model: torch.nn.Module) -> list[list[tuple[str, torch.nn.Parameter]]]:
         """Per layer, the (name, parameter) pairs of the layer's own weights, PEFT units left out.
 

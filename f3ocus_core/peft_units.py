@@ -93,10 +93,6 @@ class UnitMap:
     def all_keys(self) -> list[str]:
         return self.keys_of(list(range(len(self.names))))
 
-    def layer_of(self) -> dict[str, int]:
-        """Unit name -> layer index."""
-        return {name: layer for layer, names in enumerate(self.names) for name in names}
-
 
 def unit_map(model: torch.nn.Module, layer_map: LayerMap, method: str) -> UnitMap:
     """The :class:`UnitMap` of a model prepared by :func:`attach_units`.
