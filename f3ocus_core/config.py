@@ -12,12 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from f3ocus_core.data.tasks import DataSettings
+from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
 from f3ocus_core.training import TrainSettings
-
-
-class ConfigError(ValueError):
-    """A run-config value that cannot work; the message names the key."""
 
 
 @dataclass
@@ -155,8 +152,6 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
     scorers, selectors : tuple[str, ...]
         The valid ``scoring.method`` and ``selection.algorithm`` names.
     """
-    from f3ocus_core.data.tasks import TASKS
-
     r = _Reader(config)
     defaults = RunSettings()
     settings = RunSettings(
@@ -183,13 +178,13 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             ),
         ),
         data=DataSettings(
-            task=r.choice("task", DataSettings.task, tuple(TASKS)),
+            task=r.get("task", str, DataSettings.task),
             data_path=r.get("data.path", str, DataSettings.data_path),
-            partitioning=r.choice("data.partitioning", DataSettings.partitioning, ("iid", "dirichlet")),
-            alpha=r.positive("data.alpha", float, DataSettings.alpha),
+            partitioning=r.get("data.partitioning", str, DataSettings.partitioning),
+            alpha=r.get("data.alpha", float, DataSettings.alpha),
             seed=r.get("seed", int, defaults.seed),
-            max_train=r.positive("data.max-train-per-client", int, DataSettings.max_train, allow_zero=True),
-            max_test=r.positive("data.max-test-per-client", int, DataSettings.max_test, allow_zero=True),
+            max_train=r.get("data.max-train-per-client", int, DataSettings.max_train),
+            max_test=r.get("data.max-test-per-client", int, DataSettings.max_test),
         ),
         scoring=ScoringSettings(
             method=r.choice("scoring.method", ScoringSettings.method, scorers),

@@ -1,7 +1,9 @@
-"""Shared fixtures: a small run config and a prebuilt tiny base checkpoint shared by the tests."""
+"""Shared fixtures: a small run config, a prebuilt tiny base checkpoint and a tree of data fixtures."""
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -18,10 +20,31 @@ def model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A ``data.path`` root holding the fixtures of all six medical tasks (MedVQA-FL built), once per session.
+
+    Tests must not modify it; a test that corrupts files copies what it needs into ``tmp_path`` first.
+    """
+    from tests.data_fixtures import MEDICAL_TASKS, write_task_fixture
+
+    root = tmp_path_factory.mktemp("data")
+    for task in MEDICAL_TASKS:
+        write_task_fixture(root, task)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shipped_run_config() -> Mapping[str, object]:
+    """``[tool.flwr.app.config]`` of pyproject.toml (read-only): the run config ``flwr run .`` starts from."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return MappingProxyType(pyproject["tool"]["flwr"]["app"]["config"])
+
+
 @pytest.fixture()
-def small_run_config(model_cache, tmp_path) -> dict:
+def small_run_config(shipped_run_config, model_cache, tmp_path) -> dict:
     """The shipped run config, shrunk to seconds: 2 rounds, tiny data, quick base checkpoint."""
-    config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    config = dict(shipped_run_config)
     config.update({
         "num-server-rounds": 2,
         "run-name": "test-run",

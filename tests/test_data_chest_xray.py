@@ -22,7 +22,7 @@ from f3ocus_core.data.chest_xray import (
     read_mimic,
     read_openi,
 )
-from f3ocus_core.data.fixtures import OPENI_MESH_EXAMPLES, write_mimic_fixture, write_openi_fixture
+from tests.data_fixtures import OPENI_MESH_EXAMPLES, write_mimic_fixture, write_openi_fixture
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,12 @@ import datasets
 import numpy as np
 import pytest
 
-from f3ocus_core.data.fixtures import write_medmnist_fixture
 from f3ocus_core.data.medmnist_classes import MEDMNIST_2D, SPLITS
 from f3ocus_core.data.medmnist_npz import inspect_npz, iter_images, read_labels
-from f3ocus_core.data.medvqa import (
-    CLIENTS,
-    MANIFEST,
-    build_medvqa_fl,
-    expected_shares,
-    load_medvqa_client,
-    main,
-    type_counts,
-)
+from f3ocus_core.data.medvqa import CLIENTS, MANIFEST, load_medvqa_client
+from f3ocus_core.data.medvqa_build import build_medvqa_fl, expected_shares, main, type_counts
 from f3ocus_core.data.question_templates import PAPER_SHARES, TEMPLATES, display_name
+from tests.data_fixtures import write_medmnist_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -306,7 +299,7 @@ def test_cli_reports_errors_with_exit_code(tmp_path: Path, capsys: pytest.Captur
 def test_module_entry_point_builds(npz_dir: Path, tmp_path: Path):
     source = _copy_npz(npz_dir, tmp_path / "npz", ["breastmnist"])
     result = subprocess.run(
-        [sys.executable, "-m", "f3ocus_core.data.medvqa", "--allow-missing"]
+        [sys.executable, "-m", "f3ocus_core.data.medvqa_build", "--allow-missing"]
         + ["--medmnist-dir", str(source), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from f3ocus_core.data.fixtures import (
-    write_slake_fixture,
-    write_vqa_med_fixture,
-    write_vqa_rad_fixture,
-)
 from f3ocus_core.data.slake import find_slake, read_slake
 from f3ocus_core.data.vqa_med import read_vqa_med
 from f3ocus_core.data.vqa_rad import JSON_NAME, read_vqa_rad
+from tests.data_fixtures import write_slake_fixture, write_vqa_med_fixture, write_vqa_rad_fixture
 
 
 @pytest.fixture(scope="module")

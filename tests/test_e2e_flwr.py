@@ -65,7 +65,7 @@ def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
 @pytest.mark.slow
 def test_flwr_run_on_the_task3_medvqa_fl_fixture(tmp_path, small_run_config):
     """Issue 5: a federated run on MedVQA-FL (9 modality clients) built from MedMNIST-format files."""
-    from f3ocus_core.data.fixtures import write_task_fixture
+    from tests.data_fixtures import write_task_fixture
 
     data = write_task_fixture(tmp_path / "data", "task3-medvqa-fl")
     config = {key: small_run_config[key] for key in (

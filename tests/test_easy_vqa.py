@@ -11,7 +11,7 @@ def _keys(dataset):
 
 
 def test_clients_are_disjoint_and_never_hold_base_images():
-    settings = DataSettings(seed=3)
+    settings = DataSettings(partitioning="iid", seed=3, max_train=0, max_test=0)
     clients = [load_client_data(settings, i, 3) for i in range(3)]
     base = {f"train/{k}" for k in easy_vqa.base_pool(3)["image_key"]} | set(easy_vqa.base_pool(3)["image_key"])
     for i, client in enumerate(clients):
@@ -25,17 +25,17 @@ def test_clients_are_disjoint_and_never_hold_base_images():
 
 
 def test_split_is_seeded_and_capped():
-    settings = DataSettings(seed=1, max_train=50, max_test=20)
+    settings = DataSettings(partitioning="iid", seed=1, max_train=50, max_test=20)
     a, b = load_client_data(settings, 1, 4), load_client_data(settings, 1, 4)
     assert (len(a.train), len(a.test)) == (50, 20)
     assert a.train["question"] == b.train["question"]
-    c = load_client_data(DataSettings(seed=2, max_train=50, max_test=20), 1, 4)
+    c = load_client_data(DataSettings(partitioning="iid", seed=2, max_train=50, max_test=20), 1, 4)
     assert a.train["question"] != c.train["question"]
 
 
 def test_dirichlet_skews_answers_more_than_iid():
     def skew(partitioning: str) -> float:
-        settings = DataSettings(partitioning=partitioning, alpha=0.1, seed=0)
+        settings = DataSettings(partitioning=partitioning, alpha=0.1, seed=0, max_train=0, max_test=0)
         shares = []
         for i in range(4):
             answers = [a[0] for a in load_client_data(settings, i, 4).train["answers"]]

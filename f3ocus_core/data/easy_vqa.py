@@ -21,7 +21,7 @@ import numpy as np
 
 from f3ocus_core.data import ClientData
 from f3ocus_core.data.partition import dirichlet_partition, iid_partition
-from f3ocus_core.data.tasks import DataSettings
+from f3ocus_core.data.records import cap_dataset
 
 #: Share of the training images that only the base checkpoint sees.
 BASE_SHARE = 0.25
@@ -72,18 +72,32 @@ def base_pool(seed: int = 0) -> datasets.Dataset:
     return _pools(seed)[0]
 
 
-def load_client(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
-    """Client ``partition_id``'s part of the client pool, split 80/20 by image."""
-    pool = _pools(settings.seed)[1]
+def load_client(
+    partition_id: int,
+    num_partitions: int,
+    *,
+    partitioning: str,
+    alpha: float,
+    seed: int,
+    max_train: int,
+    max_test: int,
+) -> ClientData:
+    """Client ``partition_id``'s part of the client pool, split 80/20 by image.
+
+    The keywords are those of :class:`f3ocus_core.data.tasks.DataSettings` (``partitioning`` is
+    ``"iid"`` or ``"dirichlet"`` with concentration ``alpha``; caps of 0 keep every row), passed one by
+    one so that this module does not import the task table that imports it.
+    """
+    pool = _pools(seed)[1]
     answers = [answers[0] for answers in pool["answers"]]
-    if settings.partitioning == "dirichlet":
-        parts = dirichlet_partition(answers, num_partitions, settings.alpha, settings.seed, min_size=10)
+    if partitioning == "dirichlet":
+        parts = dirichlet_partition(answers, num_partitions, alpha, seed, min_size=10)
     else:
-        parts = iid_partition(len(answers), num_partitions, settings.seed)
+        parts = iid_partition(len(answers), num_partitions, seed)
     part = pool.select(parts[partition_id])
-    is_test = np.array([_in_test(key, settings.seed) for key in part["image_key"]])
-    train = _cap(part.select(np.flatnonzero(~is_test)), settings.max_train, settings.seed)
-    test = _cap(part.select(np.flatnonzero(is_test)), settings.max_test, settings.seed + 1)
+    is_test = np.array([_in_test(key, seed) for key in part["image_key"]])
+    train = cap_dataset(part.select(np.flatnonzero(~is_test)), max_train, seed)
+    test = cap_dataset(part.select(np.flatnonzero(is_test)), max_test, seed + 1)
     return ClientData(
         name=f"easy-vqa/{partition_id}", kind="vqa", labels=list(ANSWERS), train=train, test=test
     )
@@ -93,10 +107,3 @@ def _in_test(image_key: str, seed: int) -> bool:
     """Seeded, stable assignment of an image to the test part (same image, same side, any client)."""
     return (zlib.crc32(f"{seed}:{image_key}".encode()) % 1000) < TEST_SHARE * 1000
 
-
-def _cap(dataset: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
-    """A seeded subsample of at most ``limit`` rows (``limit`` 0 keeps all)."""
-    if limit <= 0 or len(dataset) <= limit:
-        return dataset
-    rows = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
-    return dataset.select(rows)

@@ -1,6 +1,7 @@
 """Question templates that turn a MedMNIST image's class label into a VQA question and answer.
 
-MedVQA-FL (PAPER.md) asks one question per image; its answer comes from the image's class label.
+MedVQA-FL (Saha et al., CVPR 2025, arXiv 2411.11912) asks one question per image; its answer comes
+from the image's class label.
 Each question type has several phrasings, drawn at random with the builder's seeded generator:
 
 - ``modality``: the imaging modality (fixed per source, e.g. "x-ray", "optical coherence tomography");

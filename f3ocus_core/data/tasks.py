@@ -34,11 +34,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from f3ocus_core.data import ClientData
+from f3ocus_core.data.easy_vqa import load_client
+from f3ocus_core.errors import ConfigError
+
+#: The run-config key of each :class:`DataSettings` field (``seed`` is the run's seed).
+CONFIG_KEYS: dict[str, str] = {
+    "task": "task",
+    "data_path": "data.path",
+    "partitioning": "data.partitioning",
+    "alpha": "data.alpha",
+    "seed": "seed",
+    "max_train": "data.max-train-per-client",
+    "max_test": "data.max-test-per-client",
+}
+
+#: The values of ``data.partitioning``.
+PARTITIONINGS: tuple[str, ...] = ("iid", "dirichlet")
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """How a client finds and splits its data.
+    """How a client finds and splits its data; the defaults are those of ``pyproject.toml``.
 
     Parameters
     ----------
@@ -54,15 +70,32 @@ class DataSettings:
         Seed of every random split.
     max_train, max_test : int
         Cap on a client's train / test examples after partitioning (seeded subsample); 0 = no cap.
+
+    Raises :class:`~f3ocus_core.errors.ConfigError`, its message starting with the config key (see
+    :data:`CONFIG_KEYS`), if a value cannot work.
     """
 
     task: str = "easy-vqa"
     data_path: str = ""
-    partitioning: str = "iid"
+    partitioning: str = "dirichlet"
     alpha: float = 0.5
     seed: int = 0
-    max_train: int = 0
-    max_test: int = 0
+    max_train: int = 800
+    max_test: int = 200
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task: unknown task {self.task!r}; choose one of {sorted(TASKS)}.")
+        if self.partitioning not in PARTITIONINGS:
+            raise ConfigError(
+                f"data.partitioning: must be one of {list(PARTITIONINGS)}, got {self.partitioning!r}."
+            )
+        if not self.alpha > 0:
+            raise ConfigError(f"data.alpha: must be > 0, got {self.alpha}.")
+        for name in ("max_train", "max_test"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"{CONFIG_KEYS[name]}: must be >= 0 (0 = no cap), got {value}.")
 
 
 Recipe = Callable[[DataSettings, int, int], ClientData]
@@ -97,7 +130,7 @@ TASK6_CLIENTS: tuple[str, ...] = ("slake", "vqa-rad", "vqa-med-2019", "open-i", 
 def source_dir(settings: DataSettings, source: str) -> Path:
     """``data_path/<folder of source>``; an error naming ``data.path`` if it is unset."""
     if not settings.data_path:
-        raise ValueError(
+        raise ConfigError(
             f"data.path: task {settings.task!r} reads files ({source}); set data.path in the run config "
             "(simulation) or data-path in the SuperNode's node config (deployment). See docs/data.md."
         )
@@ -173,9 +206,15 @@ def _medvqa(settings: DataSettings, task: str, client: str, name: str) -> Client
 
 
 def _easy_vqa(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
-    from f3ocus_core.data.easy_vqa import load_client
-
-    return load_client(settings, partition_id, num_partitions)
+    return load_client(
+        partition_id,
+        num_partitions,
+        partitioning=settings.partitioning,
+        alpha=settings.alpha,
+        seed=settings.seed,
+        max_train=settings.max_train,
+        max_test=settings.max_test,
+    )
 
 
 def _task1(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
@@ -237,19 +276,16 @@ FIXED_CLIENTS: dict[str, int] = {
 
 
 def check_settings(settings: DataSettings, num_partitions: int) -> None:
-    """Raise ``ValueError`` naming the config key if ``settings`` cannot give ``num_partitions`` clients."""
-    if settings.task not in TASKS:
-        raise ValueError(f"task: unknown task {settings.task!r}; choose one of {sorted(TASKS)}.")
+    """Raise :class:`ConfigError` naming ``task`` if ``settings.task`` cannot have ``num_partitions`` clients.
+
+    The values themselves were checked when ``settings`` was made (:meth:`DataSettings.__post_init__`).
+    """
     fixed = FIXED_CLIENTS.get(settings.task)
     if fixed is not None and fixed != num_partitions:
-        raise ValueError(
+        raise ConfigError(
             f"task: {settings.task!r} defines {fixed} clients, but the federation has "
             f"{num_partitions}; run it with num-supernodes={fixed}."
         )
-    if settings.partitioning not in ("iid", "dirichlet"):
-        raise ValueError(f"data.partitioning: must be 'iid' or 'dirichlet', got {settings.partitioning!r}.")
-    if not settings.alpha > 0:
-        raise ValueError(f"data.alpha: must be > 0, got {settings.alpha}.")
 
 
 def load_client_data(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:

@@ -1,8 +1,9 @@
-"""Tiny stand-ins for the medical data sets, written in each release's real on-disk format.
+"""Test support: tiny stand-ins for the medical data sets, written in each release's real on-disk format.
 
-Tests, examples and the end-to-end ``flwr run`` check use them: they contain a few synthetic images
-per class (random pixels whose brightness depends on the class, so a model can learn something) but
-the real file names, folder layouts, keys, shapes, dtypes and field names. Nothing is downloaded.
+The data tests and the end-to-end ``flwr run`` check use them; they live under ``tests/``, outside
+the installed package. They contain a few synthetic images per class (random pixels whose brightness
+depends on the class, so a model can learn something) but the real file names, folder layouts, keys,
+shapes, dtypes and field names. Nothing is downloaded.
 
 :func:`write_task_fixture` lays out everything a task needs under one root, in the layout that
 ``data.path`` expects (see ``docs/data.md``), building MedVQA-FL where the task uses it.
@@ -11,6 +12,7 @@ the real file names, folder layouts, keys, shapes, dtypes and field names. Nothi
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +22,18 @@ from PIL import Image
 
 from f3ocus_core.data.chest_xray import CHEXPERT_LABELS
 from f3ocus_core.data.medmnist_classes import MEDMNIST_2D, SPLITS
+from f3ocus_core.data.medvqa_build import build_medvqa_fl
+from f3ocus_core.data.tasks import ALIASES, SOURCE_DIRS, TASKS
 
+#: The six medical tasks, in alias order ("1" .. "6"); :func:`write_task_fixture` writes each.
+MEDICAL_TASKS: tuple[str, ...] = (
+    "task1-domain",
+    "task2-modality",
+    "task3-medvqa-fl",
+    "task4-openi",
+    "task5-mimic-cxr",
+    "task6-mixed",
+)
 
 def _pixels(rng: np.random.Generator, shape: tuple[int, ...], level: int, levels: int) -> np.ndarray:
     """Noise around a brightness that encodes ``level`` of ``levels``."""
@@ -361,8 +374,6 @@ def write_mimic_fixture(directory: Path | str, studies: int = 200, seed: int = 0
     ViewPosition, ...) and ``files/p1x/p<subject>/s<study>/<dicom_id>.jpg``: per study one frontal
     (PA or AP) and one lateral image. Returns ``directory``.
     """
-    import gzip
-
     root = Path(directory)
     rng = np.random.default_rng(seed)
     label_rows, meta_rows = [], []
@@ -409,14 +420,11 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def write_task_fixture(root: Path | str, task: str, *, per_class: int = 2, seed: int = 0) -> Path:
-    """Everything ``task`` (a name or alias of :data:`tasks.TASKS`) reads, laid out under ``root``.
+    """Everything ``task`` (a name or alias of :data:`f3ocus_core.data.tasks.TASKS`) reads, under ``root``.
 
     Run the task with ``data.path = root``. MedVQA-FL is built from a MedMNIST fixture
     (``root/medmnist-npz``) into ``root/medvqa-fl``. Returns ``root``.
     """
-    from f3ocus_core.data.medvqa import build_medvqa_fl
-    from f3ocus_core.data.tasks import ALIASES, SOURCE_DIRS, TASKS
-
     task = ALIASES.get(task, task)
     sources = {
         "easy-vqa": (),
