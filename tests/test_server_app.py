@@ -7,22 +7,10 @@ from flwr.app import Context, MessageType, RecordDict
 from peft import PeftModel
 
 from server_app.app import main
-from tests.inprocess_grid import InProcessGrid, client_handlers
+from tests.inprocess_grid import InProcessGrid, client_handlers, run_server_app
 
 OUTPUT_FILES = ("config.json", "metrics.jsonl", "selection.jsonl", "assignments.png", "accuracy.png",
                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
-
-
-def _run(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
-    """Run the ServerApp in process; ``wrap`` maps a message type to a decorator of its handler."""
-    handlers = client_handlers()
-    for kind, decorate in (wrap or {}).items():
-        handlers[kind] = decorate(handlers[kind])
-    grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
-    out = f"{config['output-dir']}/{config['run-name']}"
-    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
-    return grid, rows
 
 
 def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything(small_run_config):
@@ -37,7 +25,7 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
         return wrapped
 
     config = dict(small_run_config, **{"selection.budget": "1,2,1"})
-    grid, rows = _run(config, num_nodes=3, wrap={MessageType.TRAIN: spy})
+    grid, rows = run_server_app(config, num_nodes=3, wrap={MessageType.TRAIN: spy})
 
     out = f"{config['output-dir']}/{config['run-name']}"
     for name in OUTPUT_FILES:
@@ -74,7 +62,7 @@ def test_a_failing_client_is_logged_and_the_round_goes_on(small_run_config):
     def fail(node, kind, _):
         return node == 2 and kind == MessageType.TRAIN
 
-    _, rows = _run(dict(small_run_config, **{"num-server-rounds": 1}), num_nodes=3, fail=fail)
+    _, rows = run_server_app(dict(small_run_config, **{"num-server-rounds": 1}), num_nodes=3, fail=fail)
     assert rows[1]["failed"] and rows[1]["failed"][0]["client"] == "easy-vqa/1"
     assert set(rows[1]["bytes_up"]) == {"easy-vqa/0", "easy-vqa/2"}
     assert len(rows[1]["accuracy_per_client"]) == 3  # it still evaluates
