@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from f3ocus_core.aggregation import LORA_SCHEMES
 from f3ocus_core.data.tasks import DataSettings
+from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
 from f3ocus_core.training import TrainSettings
@@ -75,6 +77,8 @@ class RunSettings:
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval_batch_size: int = 64
+    aggregation_lora: str = "product"
+    device: str = "auto"
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -206,9 +210,16 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             batch_size=r.positive("train.batch-size", int, TrainSettings.batch_size),
             warmup=r.positive("train.warmup", float, TrainSettings.warmup, allow_zero=True),
             max_steps=r.positive("train.max-steps", int, TrainSettings.max_steps, allow_zero=True),
+            precision=r.choice("train.precision", TrainSettings.precision, PRECISIONS),
         ),
         eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
+        aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
+        device=r.get("device", str, defaults.device),
     )
+    try:
+        settings.device = check_device_name(settings.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if not settings.peft.target_modules:
         raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
     if not settings.model.name:

@@ -137,12 +137,13 @@ def set_trainable(model: torch.nn.Module, units: UnitMap, layers: list[int], hea
 
 
 def get_state(model: torch.nn.Module, names: list[str]) -> dict[str, np.ndarray]:
-    """Copies of the named parameters as numpy arrays (what travels in an ``ArrayRecord``)."""
+    """Copies of the named parameters as float32 numpy arrays on the CPU (what travels in an
+    ``ArrayRecord``), whatever the model's device and dtype."""
     params = dict(model.named_parameters())
     missing = [name for name in names if name not in params]
     if missing:
         raise KeyError(f"The model has no parameters named {missing[:3]}.")
-    return {name: params[name].detach().cpu().numpy().copy() for name in names}
+    return {name: params[name].detach().to("cpu", torch.float32).numpy().copy() for name in names}
 
 
 def set_state(model: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
