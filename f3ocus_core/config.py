@@ -34,8 +34,8 @@ class ScoringSettings:
 
     method: str = "lntk"
     batch_size: int = 8
-    reduction: str = "projection"
-    projection_dim: int = 1
+    reduction: str = "head"
+    projection_dim: int = 2
 
 
 @dataclass
@@ -193,7 +193,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         scoring=ScoringSettings(
             method=r.choice("scoring.method", ScoringSettings.method, scorers),
             batch_size=r.positive("scoring.batch-size", int, ScoringSettings.batch_size),
-            reduction=r.choice("scoring.reduction", ScoringSettings.reduction, ("logits", "projection")),
+            reduction=r.choice("scoring.reduction", ScoringSettings.reduction, ("head", "logits", "projection")),
             projection_dim=r.positive("scoring.projection-dim", int, ScoringSettings.projection_dim),
         ),
         selection=SelectionSettings(

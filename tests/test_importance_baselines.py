@@ -8,7 +8,7 @@ import torch
 
 from f3ocus_core.importance import SCORERS, score_layers
 from f3ocus_core.importance.gradient import loss_gradients
-from f3ocus_core.importance.session import ScoringContext, scoring_state
+from f3ocus_core.importance.context import ScoringContext, scoring_state
 from f3ocus_core.layers import layer_map_for
 from f3ocus_core.models import random_batch, tiny_vilt
 
@@ -163,3 +163,21 @@ def test_grasp_matches_a_finite_difference_of_the_gradient_norm(model, layer_map
     directional = (gradient_norm(1 + eps) - gradient_norm(1 - eps)) / (2 * eps)
     got = score_layers(model, batch, layer_map, method="grasp").raw[layer]
     np.testing.assert_allclose(got, abs(directional), rtol=2e-2)
+
+
+def test_fd_draws_per_client_and_round_and_repeats_for_the_same_pair(model, layer_map):
+    batch = random_batch(model.config, n=2, seed=0)
+
+    def draw(seed, client):
+        return score_layers(model, batch, layer_map, method="fd", seed=seed, client_seed=client).raw
+
+    np.testing.assert_array_equal(draw(5, 1), draw(5, 1))
+    assert not np.allclose(draw(5, 1), draw(5, 2))
+    assert not np.allclose(draw(5, 1), draw(6, 1))
+    tops = {tuple(sorted(np.argsort(-draw(5, client))[:2])) for client in range(8)}
+    assert len(tops) > 1
+
+
+def test_negative_seeds_are_rejected(model, layer_map):
+    with pytest.raises(ValueError, match="client_seed"):
+        score_layers(model, random_batch(model.config, n=2), layer_map, method="fd", client_seed=-1)

@@ -21,7 +21,7 @@ from f3ocus_core.importance.outputs import (
     check_reduction,
 )
 from f3ocus_core.importance.scores import LayerScores, layer_scores_from_raw
-from f3ocus_core.importance.session import ScoringContext, scoring_state
+from f3ocus_core.importance.context import ScoringContext, scoring_state
 from f3ocus_core.layers import LayerMap
 
 Scorer = Callable[[ScoringContext], np.ndarray]
@@ -54,6 +54,7 @@ def score_layers(
     reduction: str = DEFAULT_REDUCTION,
     projection_dim: int = DEFAULT_PROJECTION_DIM,
     seed: int = 0,
+    client_seed: int = 0,
 ) -> LayerScores:
     """Score every layer of ``model`` on ``batch`` with scorer ``method``.
 
@@ -70,17 +71,24 @@ def score_layers(
     reduction, projection_dim : str, int
         Which outputs the NTK is taken over (LNTK only; see :mod:`.outputs`).
     seed : int
-        Seeds the output projection and the random scorer ("fd").
+        The run's seed for this round, the same on every client: seeds the ``"projection"``
+        reduction's P (shared, so that all clients measure the same outputs) and, with
+        ``client_seed``, the random scorer "fd".
+    client_seed : int
+        A non-negative number that differs between clients and stays fixed for a client (the client
+        app passes its partition id), so that "fd" draws different layers per client and round.
 
     Raises
     ------
     ValueError
-        Unknown method or reduction, empty batch, a layer with no parameters (named), non-finite
+        Unknown method or reduction, negative seeds, empty batch, a layer with no parameters (named), non-finite
         outputs or scores (the layer named), or every score exactly zero.
     """
     if method not in SCORER_FUNCTIONS:
         raise ValueError(f"Unknown scoring method {method!r}; choose one of {SCORERS}.")
     check_reduction(reduction, projection_dim)
+    if seed < 0 or client_seed < 0:
+        raise ValueError(f"seed and client_seed must be >= 0, got {seed} and {client_seed}.")
     check_batch(batch)
     layer_params = layer_map.own_parameters(model)
     _check_weights(layer_map, layer_params)
@@ -92,6 +100,7 @@ def score_layers(
         reduction=reduction,
         projection_dim=projection_dim,
         seed=seed,
+        client_seed=client_seed,
     )
     with scoring_state(model, layer_params):
         raw = SCORER_FUNCTIONS[method](ctx)

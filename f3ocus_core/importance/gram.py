@@ -44,8 +44,6 @@ STRATEGIES: tuple[str, ...] = ("auto", "rows")
 
 #: Largest number of float elements one working tensor may have (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
-#: Largest number of rows (n·κ) for which a dense (nκ x nκ) Gram per layer is formed.
-MAX_ROWS = 4096
 
 
 @dataclass
@@ -109,12 +107,16 @@ def layer_grams(
     """Θ^l for every layer: float64 ``(nκ x nκ)`` Grams of the per-row Jacobians of ``output_fn``.
 
     The model must already be in scoring state (eval mode, own parameters requiring grad, autograd on;
-    see :func:`~f3ocus_core.importance.session.scoring_state`). Nothing is written to ``.grad``.
+    see :func:`~f3ocus_core.importance.context.scoring_state`). Nothing is written to ``.grad``.
+
+    Memory: the Grams hold ``L·(nκ)²`` float64 numbers and the output-gradients ``nκ`` copies of
+    every hooked module's output, so keep nκ in the low thousands (the ``"logits"`` reduction already
+    reduces κ to the head's width; see :mod:`.outputs`).
 
     Raises
     ------
     ValueError
-        If the outputs are not a finite ``(n, κ)`` tensor, or nκ exceeds :data:`MAX_ROWS`.
+        If the outputs are not a finite ``(n, κ)`` tensor.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown Gram strategy {strategy!r}; choose one of {STRATEGIES}.")
@@ -130,11 +132,6 @@ def layer_grams(
     check_finite(outputs, "scoring outputs")
     n, kappa = outputs.shape
     rows = n * kappa
-    if rows > MAX_ROWS:
-        raise ValueError(
-            f"{n} samples x {kappa} outputs = {rows} NTK rows is more than {MAX_ROWS}; use the "
-            "'projection' reduction with a small projection_dim, or a smaller scoring batch."
-        )
     for cap in captures:
         cap.valid = cap.valid and bool(cap.outputs) and all(
             x.shape[0] == n and y.shape[0] == n and y.requires_grad

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from f3ocus_core.importance.gradient import loss_gradients
-from f3ocus_core.importance.session import ScoringContext
+from f3ocus_core.importance.context import ScoringContext
 
 
 def grasp_scores(ctx: ScoringContext) -> np.ndarray:

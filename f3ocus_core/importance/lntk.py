@@ -7,24 +7,34 @@ outputs on this data, so it measures how much training that layer can change the
 Clients send S^l = λ_1^l / Σ_k λ_1^k; there is no normalisation by parameter count.
 
 Θ^l is formed exactly by :func:`~f3ocus_core.importance.gram.layer_grams` (never the whole-model
-Jacobian) and its eigenvalues by ``torch.linalg.eigvalsh`` in float64, which for nκ ≤ a few hundred
-costs far less than the Gram itself.
+Jacobian) over the outputs of the configured reduction (:mod:`.outputs`). λ_1 comes from float64
+``eigvalsh`` for up to :data:`DENSE_ROWS` rows and from Lanczos iteration (ARPACK ``eigsh``, which
+needs only products with Θ^l) above that, so the eigen step costs O(rows²) per iteration rather than
+O(rows³).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 
+from f3ocus_core.importance.context import ScoringContext
 from f3ocus_core.importance.gram import layer_grams
 from f3ocus_core.importance.outputs import reduced_outputs
-from f3ocus_core.importance.session import ScoringContext
+
+#: Largest Gram for which all eigenvalues are computed densely; larger ones use Lanczos.
+DENSE_ROWS = 1024
 
 
 def principal_eigenvalue(gram: torch.Tensor) -> float:
-    """Largest eigenvalue of a symmetric positive semi-definite matrix (float64 ``eigvalsh``)."""
-    symmetric = 0.5 * (gram + gram.T)
-    return float(torch.linalg.eigvalsh(symmetric.double())[-1].clamp_min(0.0))
+    """Largest eigenvalue of a symmetric positive semi-definite matrix, in float64."""
+    symmetric = 0.5 * (gram + gram.T).double()
+    if symmetric.shape[0] <= DENSE_ROWS:
+        return float(torch.linalg.eigvalsh(symmetric)[-1].clamp_min(0.0))
+    start = np.ones(symmetric.shape[0])
+    value = eigsh(symmetric.cpu().numpy(), k=1, which="LA", v0=start, return_eigenvectors=False)[0]
+    return max(0.0, float(value))
 
 
 def lntk_scores(ctx: ScoringContext, strategy: str = "auto") -> np.ndarray:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from f3ocus_core.importance.session import ScoringContext
+from f3ocus_core.importance.context import ScoringContext
 
 
 def fd_scores(ctx: ScoringContext) -> np.ndarray:
-    """FD, federated dropout: a uniformly random score per layer, drawn from ``ctx.seed``.
+    """FD, federated dropout: a uniformly random score per layer, drawn per client and round.
 
-    ``raw_l ~ U(0, 1]`` i.i.d., so the top-b layers are a uniformly random b-subset. Reference:
-    Caldas et al., "Expanding the Reach of Federated Learning by Reducing Client Resource
-    Requirements", arXiv 1812.07210 (2018). Pass a different seed per client and round to redraw.
+    ``raw_l ~ U(0, 1]`` i.i.d. from the pair ``(ctx.seed, ctx.client_seed)``, so the top-b layers are
+    a uniformly random b-subset, different between clients and rounds and the same when a client
+    rescores a round. Reference: Caldas et al., "Expanding the Reach of Federated Learning by Reducing
+    Client Resource Requirements", arXiv 1812.07210 (2018).
     """
-    rng = np.random.default_rng(ctx.seed)
+    rng = np.random.default_rng([ctx.seed, ctx.client_seed])
     return 1.0 - rng.random(len(ctx.layer_map))
 
 

@@ -1,4 +1,4 @@
-"""Put a model into the state scoring needs, and give it back exactly as it was.
+"""The scoring context: what a scorer may read, and the model state scoring needs (given back as it was).
 
 Scoring must (a) differentiate with respect to each layer's own weights even when they are frozen
 (PEFT sets ``requires_grad=False`` on base weights, and a fresh LoRA adapter's ``B = 0`` makes adapter
@@ -22,7 +22,12 @@ NamedParams = list[tuple[str, torch.nn.Parameter]]
 
 @dataclass(frozen=True)
 class ScoringContext:
-    """Everything a scorer may read: the model (already in scoring state), the batch, the layers."""
+    """Everything a scorer may read: the model (already in scoring state), the batch, the layers.
+
+    ``seed`` is the run's seed for this round (shared by all clients: the ``"projection"``
+    reduction's P); ``client_seed`` tells clients apart, so that random scorers (FD) draw per client
+    and round from the pair ``(seed, client_seed)``.
+    """
 
     model: torch.nn.Module
     batch: dict[str, torch.Tensor]
@@ -31,6 +36,7 @@ class ScoringContext:
     reduction: str
     projection_dim: int
     seed: int
+    client_seed: int = 0
 
     @property
     def batch_size(self) -> int:
