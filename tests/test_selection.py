@@ -214,8 +214,8 @@ def test_select_rejects_unknown_names(scores):
 
 
 def test_params_arrive_as_numbers_from_run_configs(scores):
-    result = select(scores, 2, algorithm="sa", seed=1, steps=30, chains=4, seeds=0, exchange=0.5)
-    assert result.info["params"]["seeds"] == 0 and isinstance(result.info["params"]["seeds"], int)
+    result = select(scores, 2, algorithm="sa", seed=1, steps=30, chains=4, lagrangian_start=0, exchange=0.5)
+    assert result.info["params"]["lagrangian_start"] == 0 and isinstance(result.info["params"]["lagrangian_start"], int)
     assert result.info["params"]["steps"] == 30
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from f3ocus_core.selection import ALGORITHMS, Problem, hypervolume, nondominated, select
-from f3ocus_core.selection.moves import lagrangian_seeds, mutate
+from f3ocus_core.selection.moves import lagrangian_assignments, mutate
 from f3ocus_core.selection.synthetic import lntk_like_scores
 
 METAHEURISTICS = ("nsga2", "mopso", "aco", "abc", "sa")
@@ -67,7 +67,7 @@ def test_same_seed_same_answer(algorithm):
 
 def test_different_seeds_explore_differently():
     scores = lntk_like_scores(6, 12, seed=2)
-    fronts = {select(scores, 3, algorithm="nsga2", seed=s, seeds=0, **QUICK["nsga2"]).front.tobytes() for s in range(3)}
+    fronts = {select(scores, 3, algorithm="nsga2", seed=s, lagrangian_start=0, **QUICK["nsga2"]).front.tobytes() for s in range(3)}
     assert len(fronts) > 1
 
 
@@ -115,7 +115,7 @@ def test_seeds_span_the_front_and_mutation_keeps_budgets():
     scores = lntk_like_scores(8, 16, seed=4)
     for exact_budget in (True, False):
         problem = Problem.create(scores, [1, 2, 3, 4, 4, 3, 2, 1], exact_budget)
-        seeds = lagrangian_seeds(problem, 12)
+        seeds = lagrangian_assignments(problem, 12)
         importance, variance = problem.evaluate(seeds)
         top = problem.evaluate(problem.top_b())
         assert importance[0] == pytest.approx(top[0]) and variance[0] == top[1]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from f3ocus_core.selection import aco, annealing, bee_colony, exact, mopso, nsga2
-from f3ocus_core.selection.evolution import Archive
+from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.front import PICK_RULES, nondominated, pick_point
 from f3ocus_core.selection.params import resolve_params
 from f3ocus_core.selection.problem import Problem
