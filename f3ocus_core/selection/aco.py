@@ -87,6 +87,9 @@ class ACOParams:
         positive("tau_min", self.tau_min, "aco")
         positive("daemon", self.daemon, "aco", allow_zero=True)
         positive("stages", self.stages, "aco")
+        if self.iterations == 0 and self.lagrangian_start == 0:
+            raise ValueError("selector 'aco' with iterations=0 and lagrangian_start=0 builds no assignment; "
+                             "set one of them above 0.")
         if self.tau_max < self.tau_min:
             raise ValueError(f"parameter 'tau_max' of selector 'aco' must be >= tau_min ({self.tau_min}); "
                              f"got {self.tau_max}.")

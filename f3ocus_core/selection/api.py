@@ -53,8 +53,9 @@ def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "n
     seed : int
         Seed of the selector's random generator; the same seed gives the same result.
     pick : str
-        Rule that chooses one point of the front: ``"knee"`` or ``"weighted-sum"`` (see
-        :mod:`f3ocus_core.selection.front`).
+        Rule that chooses one point of the front: ``"knee"`` or ``"weighted-sum"`` (vertices of the
+        front's convex hull only) or ``"tchebycheff"`` (any point); see
+        :mod:`f3ocus_core.selection.front`.
     exact_budget : bool
         True: every client trains exactly ``b_i`` layers. False: between 1 and ``b_i``.
     **params
