@@ -199,7 +199,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         selection=SelectionSettings(
             algorithm=r.choice("selection.algorithm", SelectionSettings.algorithm, selectors),
             budget=parse_budget(config.get("selection.budget", "2")),
-            pick=r.choice("selection.pick", SelectionSettings.pick, ("knee", "weighted-sum")),
+            pick=r.choice("selection.pick", SelectionSettings.pick, ("knee", "tchebycheff", "weighted-sum")),
             exact_budget=r.get("selection.exact-budget", bool, SelectionSettings.exact_budget),
             params=parse_selector_params(r.get("selection.params", str, "")),
         ),

@@ -11,8 +11,10 @@ from f3ocus_core.selection import (
     Problem,
     SelectionResult,
     coverage_variance,
+    fair_reference,
     hypervolume,
     nondominated,
+    pareto_optimal,
     pick_point,
     select,
     top_b_masks,
@@ -159,6 +161,7 @@ def test_pick_rules():
     imp = (front[:, 0] - 1.0) / 2.1
     var = front[:, 1] / 3.0
     assert pick_point(front, "weighted-sum") == int(np.argmax(imp - var))
+    assert pick_point(front, "tchebycheff") == int(np.argmin(np.maximum(1 - imp, var)))
     knee = pick_point(front, "knee")
     assert knee in _upper_hull(imp, var)[1:-1]
     assert knee == 2
@@ -171,6 +174,31 @@ def test_knee_ignores_points_in_concave_dents():
     assert _upper_hull(front[:, 0], front[:, 1]).tolist() == [0, 2, 3]
     assert pick_point(front, "knee") == 2
     assert pick_point(front, "weighted-sum") == 2
+
+
+def test_tchebycheff_can_pick_a_point_off_the_hull():
+    """Point 2 sits in a concave dent: hull-only rules cannot return it, Tchebycheff does."""
+    front = np.array([[0.0, 0.0], [0.4, 0.1], [0.55, 0.45], [0.9, 0.5], [1.0, 1.0]])
+    assert 2 not in _upper_hull(front[:, 0], front[:, 1])
+    assert pick_point(front, "tchebycheff") == 2
+    assert pick_point(front, "knee") == 3 and pick_point(front, "weighted-sum") == 3
+    for rule in PICK_RULES:
+        assert pick_point(front[:2], rule) == 1
+
+
+def test_fair_reference_is_the_pushed_out_nadir():
+    front = np.array([[2.0, 0.5], [3.0, 1.5], [4.0, 2.5]])
+    assert fair_reference(front) == pytest.approx((1.8, 2.7))
+    two_points = front[[0, 2]]
+    reference = fair_reference(front)
+    assert hypervolume(two_points, reference) / hypervolume(front, reference) < 0.75
+    assert fair_reference(front[:1]) == pytest.approx((1.9, 0.6))
+
+
+def test_pareto_optimal_against_a_true_front():
+    truth = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 4.0]])
+    points = np.array([[2.0, 1.0], [1.9, 1.0], [2.0, 2.0], [2.5, 2.0], [3.0, 4.0 + 1e-3], [1.0 + 1e-12, 0.0]])
+    assert pareto_optimal(points, truth).tolist() == [True, False, False, True, False, True]
 
 
 def test_hypervolume_matches_manual_area():
@@ -214,8 +242,8 @@ def test_select_rejects_unknown_names(scores):
 
 
 def test_params_arrive_as_numbers_from_run_configs(scores):
-    result = select(scores, 2, algorithm="sa", seed=1, steps=30, chains=4, seeds=0, exchange=0.5)
-    assert result.info["params"]["seeds"] == 0 and isinstance(result.info["params"]["seeds"], int)
+    result = select(scores, 2, algorithm="sa", seed=1, steps=30, chains=4, lagrangian_start=0, exchange=0.5)
+    assert result.info["params"]["lagrangian_start"] == 0 and isinstance(result.info["params"]["lagrangian_start"], int)
     assert result.info["params"]["steps"] == 30
 
 

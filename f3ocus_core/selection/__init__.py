@@ -11,11 +11,22 @@ returns a :class:`SelectionResult` with the chosen assignment and the whole non-
     result.front        # (F, 2): (importance, variance) per non-dominated point
     result.chosen       # index into result.front
 
+Around the selector, the server strategy uses :func:`client_budgets`, :func:`check_scores` and
+:func:`fallback_assignment` (per-client budgets, usable scores, layers for a client without them).
+
 See ``docs/selection.md`` for the problem, the selectors and how to choose one.
 """
 
 from f3ocus_core.selection.api import ALGORITHMS, select
-from f3ocus_core.selection.front import PICK_RULES, hypervolume, nondominated, pick_point
+from f3ocus_core.selection.clients import check_scores, client_budgets, fallback_assignment
+from f3ocus_core.selection.front import (
+    PICK_RULES,
+    fair_reference,
+    hypervolume,
+    nondominated,
+    pareto_optimal,
+    pick_point,
+)
 from f3ocus_core.selection.problem import Problem, coverage_variance, top_b_masks, validate_problem
 from f3ocus_core.selection.result import SelectionResult
 
@@ -24,9 +35,14 @@ __all__ = [
     "PICK_RULES",
     "Problem",
     "SelectionResult",
+    "check_scores",
+    "client_budgets",
     "coverage_variance",
+    "fair_reference",
+    "fallback_assignment",
     "hypervolume",
     "nondominated",
+    "pareto_optimal",
     "pick_point",
     "select",
     "top_b_masks",

@@ -20,7 +20,7 @@ Daemon actions (Dorigo and Stuetzle, 2004) refine the archive: each colony, ``da
 members chosen by a crowding tournament get one budget-keeping move (``moves.mutate``) and are offered
 back. After each colony the trails evaporate by ``rho``; the best and second-best ant for each objective
 deposit 1 and 1/2 on that objective's trail (and on the count trail); trails are clipped to
-``[tau_min, tau_max]``. The archive of all non-dominated assignments is the result; with ``seeds``
+``[tau_min, tau_max]``. The archive of all non-dominated assignments is the result; with ``lagrangian_start``
 it starts with the Lagrangian coverage-balancing variants of the clients' top-b, which also lay the
 first trails.
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import lagrangian_seeds, mutate
+from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.moves import lagrangian_assignments, mutate
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -61,8 +61,8 @@ class ACOParams:
     stages : int
         Construction stages: an ant's clients (in its random order) choose in this many groups, each
         group seeing the coverage built by the earlier ones (``stages >= N``: one client at a time).
-    seeds : int
-        Lagrangian coverage-balancing variants of the clients' top-b that seed the archive and lay the
+    lagrangian_start : int
+        Lagrangian coverage-balancing variants of the clients' top-b that fill the archive and lay the
         first trails; 0 starts from uniform trails and an empty archive.
     """
 
@@ -75,10 +75,10 @@ class ACOParams:
     tau_max: float = 5.0
     daemon: int = 60
     stages: int = 10
-    seeds: int = 64
+    lagrangian_start: int = 64
 
     def check(self) -> None:
-        positive("seeds", self.seeds, "aco", allow_zero=True)
+        positive("lagrangian_start", self.lagrangian_start, "aco", allow_zero=True)
         at_least("ants", self.ants, 2, "aco")
         positive("iterations", self.iterations, "aco", allow_zero=True)
         positive("alpha", self.alpha, "aco", allow_zero=True)
@@ -87,6 +87,9 @@ class ACOParams:
         positive("tau_min", self.tau_min, "aco")
         positive("daemon", self.daemon, "aco", allow_zero=True)
         positive("stages", self.stages, "aco")
+        if self.iterations == 0 and self.lagrangian_start == 0:
+            raise ValueError("selector 'aco' with iterations=0 and lagrangian_start=0 builds no assignment; "
+                             "set one of them above 0.")
         if self.tau_max < self.tau_min:
             raise ValueError(f"parameter 'tau_max' of selector 'aco' must be >= tau_min ({self.tau_min}); "
                              f"got {self.tau_max}.")
@@ -101,12 +104,12 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     tau_count = np.ones((n_clients, int(problem.budgets.max())))
     weights = np.linspace(0.0, 1.0, params.ants)
     evaluations = 0
-    if params.seeds:
-        seeds = lagrangian_seeds(problem, params.seeds)
-        importance, variance = problem.evaluate(seeds)
-        archive.update(seeds, importance, variance)
-        evaluations += len(seeds)
-        _deposit(tau_imp, tau_bal, tau_count, seeds, importance, variance, params)
+    if params.lagrangian_start:
+        start = lagrangian_assignments(problem, params.lagrangian_start)
+        importance, variance = problem.evaluate(start)
+        archive.update(start, importance, variance)
+        evaluations += len(start)
+        _deposit(tau_imp, tau_bal, tau_count, start, importance, variance, params)
     top = problem.scores.max(axis=1, keepdims=True)
     desirability = np.log(np.where(top > 0, problem.scores / np.where(top > 0, top, 1.0), 0.0) + 1e-3)
     for _ in range(params.iterations):

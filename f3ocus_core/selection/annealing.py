@@ -6,7 +6,7 @@ A family of Metropolis chains, one per scalarising weight (Ulungu, Teghem, Forte
     f_k(m) = w_k * I(m) / I_span - (1 - w_k) * V(m) / V_span,
 
 with ``I_span`` and ``V_span`` the distances between the clients' top-b and the most balanced
-Lagrangian seed, so both terms are on the same scale. Each step every chain proposes one
+Lagrangian assignment, so both terms are on the same scale. Each step every chain proposes one
 budget-keeping move (:mod:`f3ocus_core.selection.moves`): an exchange between two clients with
 probability ``exchange``, otherwise a swap of one client (with ``exact_budget=False`` a third of these
 drop or add a layer instead), evaluated incrementally from the edited entries and the coverage counts,
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import lagrangian_seeds
+from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.moves import lagrangian_assignments
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem, coverage_variance
 
@@ -46,7 +46,7 @@ class SAParams:
     restart : int
         Every ``restart`` steps each chain returns to base: it restarts from an archive member chosen
         by a crowding tournament (Suppapitnarm, Seffen, Parks and Clarkson, 2000). 0 disables.
-    seeds : int
+    lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b the chains start from, spread
         over the chains in order of balance (the most balanced to the chain that weighs variance
         most); 0 starts every chain at a random assignment.
@@ -58,10 +58,10 @@ class SAParams:
     restart: int = 250
     t_start: float = 0.05
     t_end: float = 0.0005
-    seeds: int = 64
+    lagrangian_start: int = 64
 
     def check(self) -> None:
-        positive("seeds", self.seeds, "sa", allow_zero=True)
+        positive("lagrangian_start", self.lagrangian_start, "sa", allow_zero=True)
         at_least("chains", self.chains, 2, "sa")
         positive("steps", self.steps, "sa", allow_zero=True)
         positive("t_start", self.t_start, "sa")
@@ -74,19 +74,19 @@ def run(problem: Problem, rng: np.random.Generator, params: SAParams) -> tuple[A
     """Anneal all chains and return the archive of non-dominated assignments."""
     chains = params.chains
     weights = np.linspace(0.0, 1.0, chains)
-    anchors = lagrangian_seeds(problem, 2)
+    anchors = lagrangian_assignments(problem, 2)
     anchor_imp, anchor_var = problem.evaluate(anchors)
     imp_span = max(float(anchor_imp[0] - anchor_imp[-1]), 1e-9)
     var_span = max(float(anchor_var[0] - anchor_var[-1]), 1e-9)
-    if params.seeds:
-        seeded = lagrangian_seeds(problem, params.seeds)
-        masks = seeded[np.linspace(params.seeds - 1, 0, chains).round().astype(int)]
+    if params.lagrangian_start:
+        start = lagrangian_assignments(problem, params.lagrangian_start)
+        masks = start[np.linspace(params.lagrangian_start - 1, 0, chains).round().astype(int)]
     else:
-        seeded, masks = problem.random_masks(rng, 0), problem.random_masks(rng, chains)
+        start, masks = problem.random_masks(rng, 0), problem.random_masks(rng, chains)
     counts = masks.sum(axis=1).astype(np.int64)
     importance, variance = problem.evaluate(masks)
     archive = Archive()
-    archive.update(seeded, *problem.evaluate(seeded))
+    archive.update(start, *problem.evaluate(start))
     archive.update(masks, importance, variance)
     cooling = (params.t_end / params.t_start) ** (1.0 / max(params.steps - 1, 1))
     temperature = params.t_start

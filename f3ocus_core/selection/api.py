@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from f3ocus_core.selection import aco, annealing, bee_colony, exact, mopso, nsga2
-from f3ocus_core.selection.evolution import Archive
+from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.front import PICK_RULES, nondominated, pick_point
 from f3ocus_core.selection.params import resolve_params
 from f3ocus_core.selection.problem import Problem
@@ -53,8 +53,9 @@ def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "n
     seed : int
         Seed of the selector's random generator; the same seed gives the same result.
     pick : str
-        Rule that chooses one point of the front: ``"knee"`` or ``"weighted-sum"`` (see
-        :mod:`f3ocus_core.selection.front`).
+        Rule that chooses one point of the front: ``"knee"`` or ``"weighted-sum"`` (vertices of the
+        front's convex hull only) or ``"tchebycheff"`` (any point); see
+        :mod:`f3ocus_core.selection.front`.
     exact_budget : bool
         True: every client trains exactly ``b_i`` layers. False: between 1 and ``b_i``.
     **params

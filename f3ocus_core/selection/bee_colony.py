@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import mutate, seeded_start
+from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.moves import mutate, first_population
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -51,7 +51,7 @@ class ABCParams:
     mutation : float
         Share of neighbours made by a random budget-keeping move of ``moves.mutate`` (swap, exchange
         between two clients, or drop/add) instead of the partner rule.
-    seeds : int
+    lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit are the first food sources); 0 starts from random assignments.
     """
@@ -62,10 +62,10 @@ class ABCParams:
     limit: int = 5
     scout_moves: float = 3.0
     mutation: float = 0.5
-    seeds: int = 64
+    lagrangian_start: int = 64
 
     def check(self) -> None:
-        positive("seeds", self.seeds, "abc", allow_zero=True)
+        positive("lagrangian_start", self.lagrangian_start, "abc", allow_zero=True)
         at_least("sources", self.sources, 2, "abc")
         positive("onlookers", self.onlookers, "abc", allow_zero=True)
         positive("cycles", self.cycles, "abc", allow_zero=True)
@@ -77,7 +77,7 @@ class ABCParams:
 def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[Archive, dict]:
     """Run the colony and return the archive of non-dominated assignments."""
     size = params.sources
-    food, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
+    food, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
     trials = np.zeros(size, dtype=int)
     for _ in range(params.cycles):
         candidate = _neighbours(problem, food, food, rng, params.mutation)

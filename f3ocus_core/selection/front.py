@@ -1,30 +1,42 @@
-"""Pareto fronts of (importance, variance) pairs: filtering, the rule that picks one point, hypervolume.
+"""Pareto fronts of (importance, variance) pairs: filtering, the rules that pick one point, measures.
 
 Importance is maximised and variance minimised. A point dominates another when it is no worse in
 both objectives and better in at least one.
 
-Pick rules (``pick=`` of :func:`f3ocus_core.selection.select`), both on objectives min-max normalised
+Pick rules (``pick=`` of :func:`f3ocus_core.selection.select`), all on objectives min-max normalised
 over the front, ``i' = (I - I_min) / (I_max - I_min)`` and ``v' = (V - V_min) / (V_max - V_min)``:
 
-* ``"knee"`` (default): the supported point (vertex of the front's convex hull) where the front bends
-  most, i.e. where the slope of the hull changes by the largest angle between its two adjacent hull
-  edges (the angle-based knee of Branke, Deb, Dierolf and Osswald, 2004, "Finding knees in
-  multi-objective optimization"). Left of it, balance is cheap in importance; right of it, it is
-  expensive. Non-supported points (in concave dents of the front) are never knees, which keeps the
-  rule stable on the dense, slightly ragged fronts of this problem.
-* ``"weighted-sum"``: the point with the largest equal-weight sum ``0.5 * i' + 0.5 * (1 - v')``.
-  (On a normalised 2-D front this is also the point farthest from the straight line through the two
-  extreme points, the "distance to chord" knee of Das, 1999.)
+* ``"knee"`` (default): the supported point (vertex of the front's convex hull) where the hull bends
+  most, i.e. where the slope changes by the largest angle between its two adjacent hull edges (the
+  angle-based knee of Branke, Deb, Dierolf and Osswald, 2004). Hull-only.
+* ``"tchebycheff"``: the point with the smallest ``max(1 - i', v')``, the largest share of
+  importance given up or of coverage imbalance kept, whichever is worse: the point where the two
+  normalised losses are balanced (Tchebycheff scalarisation from the ideal point ``(1, 0)``, Bowman
+  1976; ties by the smaller ``(1 - i') + v'``, the augmented form of Steuer and Choo 1983, then by
+  higher importance). Every point of a front can be the one chosen, including non-supported points
+  in concave dents, so the choice depends on the search having found the true front there.
+* ``"weighted-sum"``: the largest ``0.5 * i' + 0.5 * (1 - v')``. This is also the point farthest from
+  the straight line through the two extreme points (the "distance to chord" knee of Das, 1999): on
+  the normalised front that distance is proportional to ``i' - v'``, a linear function, so its
+  maximum is always a vertex of the convex hull. Hull-only.
 
-Both break ties by higher importance. A front of one point picks it; with two points both rules pick
-the higher importance (the balanced extreme is never preferred without a third point to show a bend).
+A hull-only rule can only return points that a Lagrangian (weighted-sum) search finds by itself
+(:func:`f3ocus_core.selection.moves.lagrangian_assignments`). ``"tchebycheff"`` is the rule that
+lets the metaheuristics decide; it is not the default because, measured by
+``benchmarks/bench_selection.py``, the point it picks from a metaheuristic's front is dominated by
+the exact front far more often than the knee (see docs/selection.md).
+A front of one point picks it; with two points every rule picks the higher importance.
+
+Measures: :func:`hypervolume`, and the fair reference point :func:`fair_reference` (the true front's
+nadir pushed out by 10% of each objective's range), and :func:`pareto_optimal`, whether a point is
+dominated by any point of a reference front.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PICK_RULES: tuple[str, ...] = ("knee", "weighted-sum")
+PICK_RULES: tuple[str, ...] = ("knee", "tchebycheff", "weighted-sum")
 
 
 def nondominated(importance: np.ndarray, variance: np.ndarray) -> np.ndarray:
@@ -54,6 +66,12 @@ def pick_point(front: np.ndarray, rule: str = "knee") -> int:
     if len(front) <= 2:
         return len(front) - 1
     imp, var = _normalise(front)
+    if rule == "tchebycheff":
+        worst = np.maximum(1.0 - imp, var)
+        tied = np.flatnonzero(worst <= worst.min() + 1e-12)
+        total = (1.0 - imp[tied]) + var[tied]
+        tied = tied[total <= total.min() + 1e-12]
+        return int(tied[np.argmax(front[tied, 0])])
     if rule == "weighted-sum":
         value = 0.5 * imp + 0.5 * (1.0 - var)
     else:
@@ -83,6 +101,37 @@ def hypervolume(front: np.ndarray, reference: tuple[float, float]) -> float:
     if not inside.any():
         return 0.0
     return float(moocore.hypervolume(points[inside], ref=ref))
+
+
+def fair_reference(front: np.ndarray, margin: float = 0.1) -> tuple[float, float]:
+    """Hypervolume reference point of a true front: its nadir pushed out by ``margin`` of each range.
+
+    ``(I_min - margin * (I_max - I_min), V_max + margin * (V_max - V_min))``. With importance 0 as the
+    reference, most of the area is a rectangle below the front's lowest importance that every front
+    gets, so even a two-point front scores 0.75; from the nadir, the ratio measures the front itself.
+    A one-point front gets a unit box around its point.
+    """
+    front = np.asarray(front, dtype=float).reshape(-1, 2)
+    low, high = front.min(axis=0), front.max(axis=0)
+    span = np.where(high - low > 0, high - low, 1.0)
+    return float(low[0] - margin * span[0]), float(high[1] + margin * span[1])
+
+
+def pareto_optimal(points: np.ndarray, truth: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Whether each (importance, variance) point is non-dominated by every point of ``truth``.
+
+    A truth point dominates when its importance is at least as high and its variance at most as high,
+    one of them strictly; importance is compared with relative tolerance ``rtol`` (sums of floats),
+    variance exactly (it is computed from integers).
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    truth = np.asarray(truth, dtype=float).reshape(-1, 2)
+    tol = rtol * max(1.0, float(np.abs(truth[:, 0]).max(initial=0.0)))
+    higher = truth[None, :, 0] > points[:, None, 0] + tol
+    as_high = truth[None, :, 0] >= points[:, None, 0] - tol
+    lower = truth[None, :, 1] < points[:, None, 1]
+    as_low = truth[None, :, 1] <= points[:, None, 1]
+    return ~((as_high & as_low & (higher | lower)).any(axis=1))
 
 
 def _normalise(front: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from f3ocus_core.selection.evolution import Archive
-from f3ocus_core.selection.moves import mutate, seeded_start
+from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.moves import mutate, first_population
 from f3ocus_core.selection.params import positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -44,7 +44,7 @@ class MOPSOParams:
         Share of particles mutated in the first iteration, falling linearly to ``turbulence / 4``.
     moves : float
         Mean number of budget-keeping moves a turbulent particle gets.
-    seeds : int
+    lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit start the swarm); 0 starts from random assignments.
     """
@@ -56,10 +56,10 @@ class MOPSOParams:
     social: float = 0.8
     turbulence: float = 1.0
     moves: float = 1.5
-    seeds: int = 64
+    lagrangian_start: int = 64
 
     def check(self) -> None:
-        positive("seeds", self.seeds, "mopso", allow_zero=True)
+        positive("lagrangian_start", self.lagrangian_start, "mopso", allow_zero=True)
         positive("particles", self.particles, "mopso")
         positive("iterations", self.iterations, "mopso", allow_zero=True)
         for name in ("inertia", "cognitive", "social"):
@@ -72,7 +72,7 @@ class MOPSOParams:
 def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tuple[Archive, dict]:
     """Fly the swarm and return the repository of non-dominated assignments."""
     size = params.particles
-    position, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
+    position, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
     best, best_imp, best_var = position.copy(), importance.copy(), variance.copy()
     weights = np.array([params.inertia, params.cognitive, params.social], dtype=float)
     cumulative = np.cumsum(weights / weights.sum())

@@ -1,4 +1,4 @@
-"""Budget-keeping moves and the seeds every metaheuristic starts from.
+"""Budget-keeping moves, and the optional Lagrangian start of the metaheuristics.
 
 Three kinds of move change one assignment and never break a budget:
 
@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from f3ocus_core.selection.evolution import Archive
+from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.problem import Problem
 
 
-def lagrangian_seeds(problem: Problem, count: int, max_rounds: int = 30) -> np.ndarray:
+def lagrangian_assignments(problem: Problem, count: int, max_rounds: int = 30) -> np.ndarray:
     """``count`` assignments spread along the front: local optima of ``I - lam * (L * V)``.
 
     ``lam`` runs over 0 and a geometric grid from the multiplier at which swaps away from the top-b
     start to pay (``_first_multiplier``) to ``max(S)`` (beyond which no swap that raises the variance
     pays). Each search starts at the clients' top-b and alternates best-improvement swap (and
     drop/add) sweeps with exchange sweeps until neither improves; all ``count`` searches run
-    together, vectorised. These are the "top-b plus coverage-balancing variants" that seed the
-    metaheuristics; they lie close to the supported points of the front.
+    together, vectorised. They lie close to the supported points of the front (the vertices of its
+    convex hull); a metaheuristic may start from them (parameter ``lagrangian_start``).
     """
     n_clients, n_layers = problem.n_clients, problem.n_layers
     if count <= 0:
@@ -69,31 +69,32 @@ def _first_multiplier(scores: np.ndarray, masks: np.ndarray) -> float:
 
 
 def initial_population(problem: Problem, rng: np.random.Generator, size: int,
-                       seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``size`` assignments, and all ``seeds`` Lagrangian seeds (to offer to the archive).
+                       lagrangian_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``size`` assignments, and all ``lagrangian_start`` Lagrangian assignments.
 
-    With at least as many seeds as places, the population takes seeds evenly spread along the grid
-    (both extremes included); otherwise all seeds plus uniformly random feasible assignments.
+    With at least as many Lagrangian assignments as places, the population takes them evenly spread
+    along the multiplier grid (both extremes included); otherwise all of them plus uniformly random
+    feasible assignments. With ``lagrangian_start=0`` the population is uniformly random.
     """
-    seeded = lagrangian_seeds(problem, seeds)
-    if seeds >= size:
-        return seeded[np.unique(np.linspace(0, seeds - 1, size).round().astype(int))], seeded
-    return np.concatenate([seeded, problem.random_masks(rng, size - seeds)]), seeded
+    start = lagrangian_assignments(problem, lagrangian_start)
+    if lagrangian_start >= size:
+        return start[np.unique(np.linspace(0, lagrangian_start - 1, size).round().astype(int))], start
+    return np.concatenate([start, problem.random_masks(rng, size - lagrangian_start)]), start
 
 
-def seeded_start(problem: Problem, rng: np.random.Generator, size: int,
-                 seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
+def first_population(problem: Problem, rng: np.random.Generator, size: int,
+                     lagrangian_start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
     """The first population of a population-based selector, ready to iterate.
 
     Returns the ``size`` starting assignments, their importance and variance, an archive that
-    already holds them and every seed, and the number of evaluations spent so far.
+    already holds them and every Lagrangian assignment, and the number of evaluations spent so far.
     """
-    masks, seeded = initial_population(problem, rng, size, seeds)
+    masks, start = initial_population(problem, rng, size, lagrangian_start)
     importance, variance = problem.evaluate(masks)
     archive = Archive()
-    archive.update(seeded, *problem.evaluate(seeded))
+    archive.update(start, *problem.evaluate(start))
     archive.update(masks, importance, variance)
-    return masks, importance, variance, archive, size + len(seeded)
+    return masks, importance, variance, archive, size + len(start)
 
 
 def mutate(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float,

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from deap import tools
 
-from f3ocus_core.selection.evolution import Archive, make_individuals, row_crossover
-from f3ocus_core.selection.moves import mutate, seeded_start
+from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.individuals import make_individuals
+from f3ocus_core.selection.moves import mutate, first_population
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -35,7 +36,7 @@ class NSGA2Params:
         Mean number of single-client moves per offspring (at least one).
     guided : float
         Share of moves that balance coverage rather than being uniform (see ``mutate``).
-    seeds : int
+    lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit into the first population); 0 starts from random assignments.
     """
@@ -45,10 +46,10 @@ class NSGA2Params:
     crossover: float = 0.9
     mutation: float = 1.5
     guided: float = 0.5
-    seeds: int = 64
+    lagrangian_start: int = 64
 
     def check(self) -> None:
-        positive("seeds", self.seeds, "nsga2", allow_zero=True)
+        positive("lagrangian_start", self.lagrangian_start, "nsga2", allow_zero=True)
         at_least("population", self.population, 4, "nsga2")
         positive("generations", self.generations, "nsga2", allow_zero=True)
         unit("crossover", self.crossover, "nsga2")
@@ -59,7 +60,7 @@ class NSGA2Params:
 def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tuple[Archive, dict]:
     """Evolve a population and return the archive of every non-dominated assignment seen."""
     size = params.population + params.population % 2
-    masks, importance, variance, archive, evaluations = seeded_start(problem, rng, size, params.seeds)
+    masks, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
     population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
     for _ in range(params.generations):
         parents = _tournament(population, rng, size)
@@ -87,3 +88,11 @@ def _tournament(population: list, rng: np.random.Generator, size: int) -> np.nda
     a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
     winners = np.where(a_wins, a, b)
     return np.stack([np.asarray(population[k], dtype=bool) for k in winners])
+
+
+def row_crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform crossover of whole client rows: each child row comes from one parent, so budgets hold."""
+    take = rng.random(first.shape[:2]) < 0.5
+    child_a = np.where(take[..., None], first, second)
+    child_b = np.where(take[..., None], second, first)
+    return child_a, child_b

@@ -1,48 +1,17 @@
-"""DEAP plumbing shared by the metaheuristics: individual types, a Pareto archive, crossover.
+"""The Pareto archive every selector fills: all non-dominated assignments seen, and crowding.
 
-Individuals are ``(N, L)`` bool arrays made by DEAP's ``creator`` (``np.ndarray`` base) with a
-two-objective fitness, weights ``(+1, -1)``: importance up, coverage variance down. The creator
-classes are global, so they are created once under names unlikely to clash with other code.
-
-Everything random draws from one ``numpy.random.Generator`` passed in by the caller; Python's
-``random`` module (which DEAP's own operators use) is never touched, so a seed fixes the answer.
+The archive, not a selector's final population, is what :func:`f3ocus_core.selection.select`
+returns. Its container is DEAP's :class:`deap.tools.ParetoFront` of DEAP individuals
+(:mod:`f3ocus_core.selection.individuals`); dominance is decided with numpy first.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from deap import base, creator, tools
+from deap import tools
 
 from f3ocus_core.selection.front import nondominated
-
-FITNESS_NAME = "F3ocusSelectionFitness"
-INDIVIDUAL_NAME = "F3ocusSelectionAssignment"
-
-
-def individual_class() -> type:
-    """The DEAP individual class (created on first use, reused afterwards)."""
-    if not hasattr(creator, FITNESS_NAME):
-        creator.create(FITNESS_NAME, base.Fitness, weights=(1.0, -1.0))
-    if not hasattr(creator, INDIVIDUAL_NAME):
-        creator.create(INDIVIDUAL_NAME, np.ndarray, fitness=getattr(creator, FITNESS_NAME))
-    return getattr(creator, INDIVIDUAL_NAME)
-
-
-def make_individuals(masks: np.ndarray, importance: np.ndarray, variance: np.ndarray) -> list:
-    """DEAP individuals holding copies of ``masks`` with their fitness values set."""
-    cls = individual_class()
-    fitness_cls = getattr(creator, FITNESS_NAME)
-    population = []
-    for mask, imp, var in zip(masks, importance, variance):
-        ind = np.array(mask, dtype=bool).view(cls)
-        ind.fitness = fitness_cls((float(imp), float(var)))
-        population.append(ind)
-    return population
-
-
-def as_masks(population: list) -> np.ndarray:
-    """Stack individuals into a ``(P, N, L)`` bool array."""
-    return np.stack([np.asarray(ind, dtype=bool) for ind in population])
+from f3ocus_core.selection.individuals import as_masks, make_individuals
 
 
 class Archive:
@@ -123,11 +92,3 @@ def crowding_distance(importance: np.ndarray, variance: np.ndarray) -> np.ndarra
         if span > 0:
             distance[order[1:-1]] += (values[order[2:]] - values[order[:-2]]) / span
     return distance
-
-
-def row_crossover(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform crossover of whole client rows: each child row comes from one parent, so budgets hold."""
-    take = rng.random(first.shape[:2]) < 0.5
-    child_a = np.where(take[..., None], first, second)
-    child_b = np.where(take[..., None], second, first)
-    return child_a, child_b

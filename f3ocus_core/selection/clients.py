@@ -1,0 +1,81 @@
+"""What the server decides per client around the selector: its budget, whether its scores can be
+used, and what it trains when they cannot.
+
+Pure functions on arrays, so the round logic of the server strategy can be tested without Flower:
+:func:`client_budgets` reads ``selection.budget`` for the clients that answered,
+:func:`check_scores` says why a client's score vector cannot enter the optimisation, and
+:func:`fallback_assignment` gives such a client its layers all the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from f3ocus_core.selection.problem import top_b_masks
+
+
+def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int]) -> list[int]:
+    """The layer budget of each client, in the order of ``partition_ids``.
+
+    ``budget_setting`` is the parsed ``selection.budget``: one number for every client, or one per
+    client indexed by partition id (``"4,2,2,4"``: partition 1 trains 2 layers). Raises
+    ``ValueError`` naming ``selection.budget`` when a per-client list has no entry for a partition id.
+    """
+    budgets = [int(b) for b in budget_setting]
+    if not budgets:
+        raise ValueError("selection.budget: empty; give one number, or one per client.")
+    if len(budgets) == 1:
+        return [budgets[0]] * len(partition_ids)
+    missing = sorted({int(p) for p in partition_ids if not 0 <= int(p) < len(budgets)})
+    if missing:
+        raise ValueError(f"selection.budget: {len(budgets)} budgets given, but partition id(s) {missing} have "
+                         f"none; give one number, or one per client (partition ids 0..{len(budgets) - 1}).")
+    return [budgets[int(p)] for p in partition_ids]
+
+
+def check_scores(scores: np.ndarray | Sequence[float], num_layers: int, budget: int) -> np.ndarray:
+    """One client's layer scores as a ``float64`` vector, or ``ValueError`` saying why they are unusable.
+
+    Usable scores are a vector of ``num_layers`` finite, non-negative numbers, not all zero (a scorer
+    that returns only zeros has failed: every assignment would be equally good), and the client's
+    ``budget`` lies in ``1..num_layers``.
+    """
+    array = np.asarray(scores)
+    if array.ndim != 1:
+        raise ValueError(f"expected a vector of {num_layers} scores, got an array of shape {array.shape}")
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"scores must be real numbers, got dtype {array.dtype}")
+    if array.shape[0] != num_layers:
+        raise ValueError(f"expected {num_layers} scores (one per layer), got {array.shape[0]}")
+    array = array.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(f"scores of layers {bad.tolist()} are NaN or inf")
+    negative = np.flatnonzero(array < 0)
+    if negative.size:
+        raise ValueError(f"scores of layers {negative.tolist()} are negative")
+    if not array.any():
+        raise ValueError("all scores are zero")
+    if not 1 <= int(budget) <= num_layers:
+        raise ValueError(f"budget {budget} is outside 1..{num_layers}; see selection.budget")
+    return array
+
+
+def fallback_assignment(last_valid_scores: np.ndarray | None, budget: int, num_layers: int,
+                        rng: np.random.Generator) -> list[int]:
+    """Layers for a client whose scores this round are unusable, sorted.
+
+    Its own top-``budget`` layers of the last valid scores it sent (ties to the lower layer), or, if
+    it never sent any, ``budget`` distinct layers drawn from ``rng`` (seed it from the run seed and
+    the round, so a rerun repeats the choice).
+    """
+    if last_valid_scores is not None:
+        scores = np.asarray(last_valid_scores, dtype=float).reshape(1, -1)
+        if scores.shape[1] != num_layers:
+            raise ValueError(f"last valid scores have {scores.shape[1]} entries, expected {num_layers}")
+        return np.flatnonzero(top_b_masks(scores, [budget])[0]).tolist()
+    if not 1 <= budget <= num_layers:
+        raise ValueError(f"budget {budget} is outside 1..{num_layers}; see selection.budget")
+    return sorted(rng.choice(num_layers, size=budget, replace=False).tolist())
