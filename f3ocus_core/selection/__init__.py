@@ -15,6 +15,7 @@ See ``docs/selection.md`` for the problem, the selectors and how to choose one.
 """
 
 from f3ocus_core.selection.api import ALGORITHMS, select
+from f3ocus_core.selection.client_rules import check_scores, client_budgets, fallback_assignment
 from f3ocus_core.selection.front import PICK_RULES, hypervolume, nondominated, pick_point
 from f3ocus_core.selection.problem import Problem, coverage_variance, top_b_masks, validate_problem
 from f3ocus_core.selection.result import SelectionResult
