@@ -4,6 +4,7 @@ without a SuperLink. Each node has its own Context (state persists across rounds
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
@@ -61,3 +62,21 @@ def client_handlers() -> dict[str, Callable]:
     from client_app import app as client
 
     return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn, MessageType.EVALUATE: client.evaluate_fn}
+
+
+def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
+    """Run the ServerApp over ``num_nodes`` in-process clients; return the grid and the metrics rows.
+
+    ``wrap`` maps a message type to a decorator of that client handler (to spy on or tamper with
+    replies); ``fail`` is passed to :class:`InProcessGrid`.
+    """
+    from server_app.app import main
+
+    handlers = client_handlers()
+    for kind, decorate in (wrap or {}).items():
+        handlers[kind] = decorate(handlers[kind])
+    grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    out = f"{config['output-dir']}/{config['run-name']}"
+    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    return grid, rows

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import MessageType, MetricRecord
 
 from f3ocus_core.selection import ALGORITHMS, select, top_b_masks
-from tests.test_server_app import _run
+from tests.inprocess_grid import run_server_app
 
 METAHEURISTICS = [a for a in ALGORITHMS if a != "local"]
 
@@ -39,7 +39,7 @@ def test_a_client_with_invalid_scores_gets_a_fallback_and_the_round_goes_on(smal
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1, "selection.budget": "2"})
-    _, rows = _run(config, num_nodes=3, wrap={MessageType.QUERY: tamper})
+    _, rows = run_server_app(config, num_nodes=3, wrap={MessageType.QUERY: tamper})
     out = f"{config['output-dir']}/{config['run-name']}"
     selection = [json.loads(line) for line in open(f"{out}/selection.jsonl")]
     assert selection[0]["invalid_clients"] == ["easy-vqa/1"]

@@ -3,26 +3,15 @@
 import json
 
 import numpy as np
+import pytest
 from flwr.app import Context, MessageType, RecordDict
 from peft import PeftModel
 
 from server_app.app import main
-from tests.inprocess_grid import InProcessGrid, client_handlers
+from tests.inprocess_grid import InProcessGrid, client_handlers, run_server_app
 
 OUTPUT_FILES = ("config.json", "metrics.jsonl", "selection.jsonl", "assignments.png", "accuracy.png",
                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
-
-
-def _run(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
-    """Run the ServerApp in process; ``wrap`` maps a message type to a decorator of its handler."""
-    handlers = client_handlers()
-    for kind, decorate in (wrap or {}).items():
-        handlers[kind] = decorate(handlers[kind])
-    grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
-    out = f"{config['output-dir']}/{config['run-name']}"
-    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
-    return grid, rows
 
 
 def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything(small_run_config):
@@ -37,7 +26,7 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
         return wrapped
 
     config = dict(small_run_config, **{"selection.budget": "1,2,1"})
-    grid, rows = _run(config, num_nodes=3, wrap={MessageType.TRAIN: spy})
+    grid, rows = run_server_app(config, num_nodes=3, wrap={MessageType.TRAIN: spy})
 
     out = f"{config['output-dir']}/{config['run-name']}"
     for name in OUTPUT_FILES:
@@ -46,9 +35,19 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert set(row["accuracy_per_client"]) == {"easy-vqa/0", "easy-vqa/1", "easy-vqa/2"}
-        for key in ("loss", "bytes_up", "bytes_down", "seconds_score", "seconds_select", "seconds_train"):
+        assert row["metric_name"] == "accuracy" and row["metric"] == row["accuracy"]
+        for key in ("loss", "bytes_up", "bytes_down", "seconds_query", "seconds_select", "seconds_train"):
             assert key in row
-    assert rows[1]["bytes_down"]["easy-vqa/0"] > rows[0]["bytes_down"]["easy-vqa/0"]  # query + train + eval
+    # Round 0 only evaluates; a training round sends the whole model to query and evaluate, and to
+    # train only the assigned layers' units, so train bytes down scale with the budget like bytes up.
+    assert rows[0]["bytes_down"]["query"] == rows[0]["bytes_down"]["train"] == {}
+    assert rows[0]["mbit_train_per_client"] is None
+    down = rows[1]["bytes_down"]
+    assert down["query"] == down["evaluate"] == rows[0]["bytes_down"]["evaluate"]
+    assert abs(down["train"]["easy-vqa/1"] - 2 * down["train"]["easy-vqa/0"]) < 0.05 * down["train"]["easy-vqa/0"]
+    assert down["train"]["easy-vqa/0"] < down["query"]["easy-vqa/0"] / 2
+    mbit = np.mean([(down["train"][c] + rows[1]["bytes_up"][c]) * 8 / 1e6 for c in down["train"]])
+    assert rows[1]["mbit_train_per_client"] == pytest.approx(mbit, rel=1e-12)
     # Every client got exactly its budget and sent back exactly the units of those layers.
     budgets = {"easy-vqa/0": 1, "easy-vqa/1": 2, "easy-vqa/2": 1}
     for row in rows[1:]:
@@ -74,14 +73,13 @@ def test_a_failing_client_is_logged_and_the_round_goes_on(small_run_config):
     def fail(node, kind, _):
         return node == 2 and kind == MessageType.TRAIN
 
-    _, rows = _run(dict(small_run_config, **{"num-server-rounds": 1}), num_nodes=3, fail=fail)
+    _, rows = run_server_app(dict(small_run_config, **{"num-server-rounds": 1}), num_nodes=3, fail=fail)
     assert rows[1]["failed"] and rows[1]["failed"][0]["client"] == "easy-vqa/1"
     assert set(rows[1]["bytes_up"]) == {"easy-vqa/0", "easy-vqa/2"}
     assert len(rows[1]["accuracy_per_client"]) == 3  # it still evaluates
 
 
 def test_missing_data_stops_the_run_before_training(small_run_config, tmp_path):
-    import pytest
 
     config = dict(small_run_config, **{"task": "task3-medvqa-fl", "data.path": str(tmp_path / "nothing-here")})
     handlers = client_handlers()
