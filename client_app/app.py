@@ -30,7 +30,7 @@ from f3ocus_core.training import evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
 from f3ocus_flower.protocol import (
     ARRAYS, CLIENT, CONFIG, LAYERS, METRICS, NUM_EXAMPLES, SCORES, SECONDS, SERVER_ROUND, STEPS, TRAIN_LOSS,
-    ClientInfo, LayerScores, record_to_state, state_to_record,
+    ClientInfo, ScoresReply, record_to_state, state_to_record,
 )
 
 app = ClientApp()
@@ -86,7 +86,7 @@ def query(msg: Message, context: Context) -> Message:
     scores = score_layers(setup.model, batch, setup.layer_map, method=settings.scoring.method,
                           reduction=settings.scoring.reduction, projection_dim=settings.scoring.projection_dim,
                           seed=settings.seed + server_round)
-    reply = LayerScores(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
+    reply = ScoresReply(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
     return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)
 

@@ -3,7 +3,7 @@
 A round is three exchanges (see docs/architecture.md):
 
 - ``query``: server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
-  client -> server ``{SCORES: LayerScores, CLIENT: ClientInfo}``.
+  client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``.
 - ``train``: server -> client ``{ARRAYS: the assigned layers' units, CONFIG: {SERVER_ROUND, LAYERS}}``;
   client -> server ``{ARRAYS: the trained units, METRICS: {NUM_EXAMPLES, TRAIN_LOSS, STEPS,
   SECONDS}, CLIENT: ClientInfo}``.
@@ -84,8 +84,9 @@ class ClientInfo:
 
 
 @dataclass(frozen=True)
-class LayerScores:
-    """A client's answer to ``query``: one importance score per layer, normalised and raw."""
+class ScoresReply:
+    """A client's answer to ``query``: its layer importance scores, normalised (what the selector
+    uses) and raw, as :class:`f3ocus_core.importance.LayerScores` holds them."""
 
     normalized: tuple[float, ...]
     raw: tuple[float, ...]
@@ -97,6 +98,6 @@ class LayerScores:
                              NUM_EXAMPLES: int(self.num_examples), SECONDS: float(self.seconds)})
 
     @classmethod
-    def from_record(cls, record: MetricRecord) -> LayerScores:
+    def from_record(cls, record: MetricRecord) -> ScoresReply:
         return cls(tuple(float(v) for v in record[NORMALIZED]), tuple(float(v) for v in record[RAW]),
                    int(record[NUM_EXAMPLES]), float(record[SECONDS]))

@@ -32,7 +32,7 @@ from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_lo
 from f3ocus_core.selection import check_scores, client_budgets, fallback_assignment, select, top_b_masks
 from f3ocus_flower.protocol import (
     ARRAYS, CLIENT, CONFIG, LOSS, METRIC, METRICS, NUM_EXAMPLES, SCORES, TRAIN_LOSS,
-    ClientInfo, LayerScores, record_to_state, round_config, state_to_record,
+    ClientInfo, ScoresReply, record_to_state, round_config, state_to_record,
 )
 
 
@@ -120,7 +120,7 @@ class F3ocusStrategy(Strategy):
             self._learn_client(msg)
         replies = sorted(replies, key=lambda m: self.clients[m.metadata.src_node_id].partition_id)
         nodes = [msg.metadata.src_node_id for msg in replies]
-        scores = {msg.metadata.src_node_id: LayerScores.from_record(msg.content.metric_records[SCORES]) for msg in replies}
+        scores = {msg.metadata.src_node_id: ScoresReply.from_record(msg.content.metric_records[SCORES]) for msg in replies}
         budgets = dict(zip(nodes, client_budgets(self.settings.selection.budget,
                                                  [self.clients[node].partition_id for node in nodes])))
         usable = [node for node in nodes if self._usable(server_round, node, scores[node], budgets[node])]
@@ -179,7 +179,7 @@ class F3ocusStrategy(Strategy):
 
     # ------------------------------------------------------------------ helpers
 
-    def _select(self, server_round: int, nodes: list[int], unusable: list[int], scores: dict[int, LayerScores],
+    def _select(self, server_round: int, nodes: list[int], unusable: list[int], scores: dict[int, ScoresReply],
                 budgets: dict[int, int]) -> dict[int, list[int]]:
         """Run the selector over the clients with usable scores and record its front."""
         matrix = np.stack([self.last_valid_scores[node] for node in nodes])
@@ -194,7 +194,7 @@ class F3ocusStrategy(Strategy):
         self.recorder.record_selection(server_round, names, record, result, top_b_masks(matrix, node_budgets))
         return {node: np.flatnonzero(mask).tolist() for node, mask in zip(nodes, result.masks)}
 
-    def _usable(self, server_round: int, node: int, scores: LayerScores, budget: int) -> bool:
+    def _usable(self, server_round: int, node: int, scores: ScoresReply, budget: int) -> bool:
         """Whether the client's scores can enter the selection; if so they become its last valid ones."""
         values = np.asarray(scores.normalized, dtype=float)
         try:

@@ -16,7 +16,7 @@ from f3ocus_core.recorder import RoundRecord, RunRecorder
 from f3ocus_core.selection import ALGORITHMS, fallback_assignment
 from f3ocus_flower.protocol import (
     ARRAYS, CLIENT, CONFIG, LAYERS, METRICS, NUM_EXAMPLES, SCORES, SERVER_ROUND, TRAIN_LOSS,
-    ClientInfo, LayerScores, record_to_state, state_to_record,
+    ClientInfo, ScoresReply, record_to_state, state_to_record,
 )
 from server_app.strategy import F3ocusStrategy
 from tests.inprocess_grid import InProcessGrid
@@ -51,7 +51,7 @@ def _grid(scores_by_partition: dict[int, list[float] | None], seen: list[Message
         scores = scores_by_partition[int(context.node_config["partition-id"])]
         if scores is None:
             raise RuntimeError("scorer crashed")
-        reply = LayerScores(tuple(scores), tuple(10 * s for s in scores), 8, 0.1)
+        reply = ScoresReply(tuple(scores), tuple(10 * s for s in scores), 8, 0.1)
         return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _info(context).to_record()}), reply_to=msg)
 
     grid = InProcessGrid({}, {MessageType.QUERY: query}, 3)
