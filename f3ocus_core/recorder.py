@@ -1,13 +1,14 @@
 """What a run leaves in ``outputs/<run-name>/``, written as the run goes so nothing is lost on failure.
 
 - ``config.json``: the resolved settings.
-- ``metrics.jsonl``: one JSON object per round (round 0 evaluates the starting model).
+- ``metrics.jsonl``: one JSON object per round (round 0 evaluates the starting model), built by
+  :func:`metrics_row` from the server's :class:`RoundRecord`.
 - ``selection.jsonl``: per round, the clients, their scores (normalised and raw), budgets, the whole
   Pareto front with its assignments, the chosen point, and the assignment sent.
 - ``fronts/round_XXX.png``, ``coverage/round_XXX.png``: the front found and the per-layer coverage
   (clients' own top-b against the server's assignment).
 - ``assignments.png``: heatmap of clients x layers, one panel per round.
-- ``accuracy.png``: the task metric per round, overall and per client.
+- ``accuracy.png``: the task metric (accuracy or F1) per round, overall and per client.
 - ``labels/<client>.json``: each client's answer vocabulary or label set.
 - ``adapter/``: the final global adapter in PEFT format (written by the server app).
 """
@@ -16,9 +17,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+PHASES = ("query", "train", "evaluate")
+"""The three message exchanges of a round, the keys of a row's ``bytes_down``."""
 
 
 def _jsonable(value: object) -> object:
@@ -27,6 +34,110 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+
+@dataclass
+class RoundRecord:
+    """What the server measures in one round, keyed by node id until :func:`metrics_row` names clients.
+
+    Round 0 (evaluating the starting model) fills only ``bytes_down["evaluate"]``, ``seconds_eval``
+    and ``failed``.
+    """
+
+    server_round: int
+    started: float = field(default_factory=time.perf_counter)
+    seconds_query: float = 0.0
+    seconds_select: float = 0.0
+    seconds_train: float = 0.0
+    seconds_eval: float = 0.0
+    bytes_down: dict[str, dict[int, int]] = field(default_factory=lambda: {phase: {} for phase in PHASES})
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    assignment: dict[int, list[int]] = field(default_factory=dict)
+    coverage: list[int] = field(default_factory=list)
+    train_loss: float | None = None
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def count_down(self, phase: str, node: int, num_bytes: int) -> None:
+        """Add ``num_bytes`` sent to ``node`` in ``phase`` (one of :data:`PHASES`)."""
+        self.bytes_down[phase][node] = self.bytes_down[phase].get(node, 0) + int(num_bytes)
+
+    def fail(self, phase: str, client: str, reason: str) -> None:
+        """Note that ``client`` was left out of ``phase`` and why."""
+        self.failed.append({"phase": phase, "client": client, "reason": reason})
+
+
+def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], name_of: Callable[[int], str]) -> dict:
+    """The round's ``metrics.jsonl`` row.
+
+    Parameters
+    ----------
+    record : RoundRecord
+        What the server measured this round.
+    evaluations : dict[str, dict[str, float]]
+        Per client name, its evaluate reply: ``loss``, ``metric``, ``accuracy`` or ``f1``, ``num-examples``.
+    name_of : Callable[[int], str]
+        The client name of a node id.
+
+    The task metric is ``metric`` (named by ``metric_name``: ``accuracy``, ``f1`` or ``accuracy/f1``
+    when the clients' tasks differ), example-weighted over the clients that evaluated.
+    ``mbit_train_per_client`` is what training moves per client: the mean, over the clients sent a
+    ``train`` message, of (bytes of units sent to it + bytes of its accepted update) x 8 / 1e6.
+    """
+
+    def weighted(key: str, clients: list[str]) -> float | None:
+        total = sum(evaluations[c]["num-examples"] for c in clients)
+        return sum(evaluations[c][key] * evaluations[c]["num-examples"] for c in clients) / total if clients else None
+
+    def by_name(per_node: dict[int, int]) -> dict[str, int]:
+        return {name_of(node): int(value) for node, value in sorted(per_node.items())}
+
+    names = sorted(evaluations)
+    vqa = [c for c in names if "accuracy" in evaluations[c]]
+    multilabel = [c for c in names if "f1" in evaluations[c]]
+    trained = sorted(record.bytes_down["train"])
+    row = {
+        "round": record.server_round,
+        "accuracy": weighted("accuracy", vqa),
+        "accuracy_per_client": {c: evaluations[c]["accuracy"] for c in vqa},
+        "metric_name": "/".join(name for name, group in (("accuracy", vqa), ("f1", multilabel)) if group),
+        "metric": weighted("metric", names),
+        "metric_per_client": {c: evaluations[c]["metric"] for c in names},
+        "loss": weighted("loss", names),
+        "train_loss": record.train_loss,
+        "bytes_up": by_name(record.bytes_up),
+        "bytes_down": {phase: by_name(per_node) for phase, per_node in record.bytes_down.items()},
+        "mbit_train_per_client": float(np.mean([
+            (record.bytes_down["train"][node] + record.bytes_up.get(node, 0)) * 8 / 1e6 for node in trained
+        ])) if trained else None,
+        "seconds_query": record.seconds_query,
+        "seconds_select": record.seconds_select,
+        "seconds_train": record.seconds_train,
+        "seconds_eval": record.seconds_eval,
+        "seconds_round": time.perf_counter() - record.started,
+        "clients_evaluated": len(names),
+        "failed": record.failed,
+    }
+    if multilabel:
+        row["f1"] = weighted("f1", multilabel)
+        row["f1_per_client"] = {c: evaluations[c]["f1"] for c in multilabel}
+    if record.server_round > 0:
+        row["assignment"] = {name_of(node): layers for node, layers in sorted(record.assignment.items())}
+        row["coverage"] = record.coverage
+    return row
+
+
+def round_log_line(row: dict, num_rounds: int) -> str:
+    """The one log line per round: task metric, loss, traffic by phase, train Mbit per client, times."""
+    up = sum(row["bytes_up"].values()) / 1e6
+    down = {phase: sum(row["bytes_down"][phase].values()) / 1e6 for phase in PHASES}
+    mbit = row["mbit_train_per_client"]
+    return (
+        f"Round {row['round']}/{num_rounds}: {row['metric_name']} {row['metric']:.4f}, loss {row['loss']:.4f} | "
+        f"up {up:.3f} MB, down {sum(down.values()):.3f} MB (query {down['query']:.3f}, train {down['train']:.3f}, "
+        f"evaluate {down['evaluate']:.3f}) | train {'-' if mbit is None else f'{mbit:.3f}'} Mbit/client | "
+        f"{row['seconds_round']:.1f} s (query {row['seconds_query']:.1f}, select {row['seconds_select']:.2f}, "
+        f"train {row['seconds_train']:.1f}, eval {row['seconds_eval']:.1f})"
+    )
 
 
 class RunRecorder:
@@ -113,13 +224,13 @@ class RunRecorder:
 
         rounds = [row["round"] for row in self.rows]
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        clients = sorted({name for row in self.rows for name in row.get("score_per_client", {})})
+        clients = sorted({name for row in self.rows for name in row.get("metric_per_client", {})})
         for name in clients:
-            values = [row.get("score_per_client", {}).get(name, np.nan) for row in self.rows]
+            values = [row.get("metric_per_client", {}).get(name, np.nan) for row in self.rows]
             ax.plot(rounds, values, lw=0.8, alpha=0.5, marker=".", label=name)
-        ax.plot(rounds, [row.get("score", np.nan) for row in self.rows], color="black", lw=2, marker="o", label="all (weighted)")
+        ax.plot(rounds, [row.get("metric", np.nan) for row in self.rows], color="black", lw=2, marker="o", label="all (weighted)")
         ax.set_xlabel("round (0 = starting model)")
-        ax.set_ylabel("accuracy / F1")
+        ax.set_ylabel(self.rows[-1].get("metric_name") or "accuracy / F1")
         ax.set_xticks(rounds)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

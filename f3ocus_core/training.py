@@ -200,8 +200,8 @@ def evaluate(
     are computed in float32.
 
     VQA (``kind="vqa"``): ``accuracy``, the share of examples whose top answer is one of its answers.
-    Multi-label: ``f1``, micro-averaged F1 of sigmoid > 0.5 decisions. Both also give ``score`` (the
-    task's metric) and ``loss``.
+    Multi-label: ``f1``, micro-averaged F1 of sigmoid > 0.5 decisions. Both also give ``metric`` (the
+    task's metric under one name, whichever it is) and ``loss``.
     """
     if len(dataset) == 0:
         raise ValueError("Cannot evaluate on an empty dataset.")
@@ -229,8 +229,8 @@ def evaluate(
     metrics = {"loss": total_loss / n}
     if kind == "vqa":
         metrics["accuracy"] = correct / n
-        metrics["score"] = metrics["accuracy"]
+        metrics["metric"] = metrics["accuracy"]
     else:
         metrics["f1"] = 2 * tp / max(1.0, 2 * tp + fp + fn)
-        metrics["score"] = metrics["f1"]
+        metrics["metric"] = metrics["f1"]
     return metrics

@@ -65,9 +65,10 @@ def client_handlers() -> dict[str, Callable]:
 
 
 def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
-    """Run the ServerApp in process; ``wrap`` maps a message type to a decorator of its handler.
+    """Run the ServerApp over ``num_nodes`` in-process clients; return the grid and the metrics rows.
 
-    Returns the grid (its ``calls`` and node contexts) and the rows of the run's ``metrics.jsonl``.
+    ``wrap`` maps a message type to a decorator of that client handler (to spy on or tamper with
+    replies); ``fail`` is passed to :class:`InProcessGrid`.
     """
     from server_app.app import main
 

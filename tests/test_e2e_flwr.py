@@ -49,7 +49,7 @@ def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
     assert [row["round"] for row in rows] == [0, 1, 2]
     for row in rows:
         for key in ("accuracy", "accuracy_per_client", "loss", "bytes_up", "bytes_down",
-                    "seconds_score", "seconds_select", "seconds_train"):
+                    "seconds_query", "seconds_select", "seconds_train", "mbit_train_per_client"):
             assert key in row, key
         assert len(row["accuracy_per_client"]) == 2
     assert all(sum(row["bytes_up"].values()) > 0 for row in rows[1:])

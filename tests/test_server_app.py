@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from flwr.app import Context, MessageType, RecordDict
 from peft import PeftModel
 
@@ -34,9 +35,19 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert set(row["accuracy_per_client"]) == {"easy-vqa/0", "easy-vqa/1", "easy-vqa/2"}
-        for key in ("loss", "bytes_up", "bytes_down", "seconds_score", "seconds_select", "seconds_train"):
+        assert row["metric_name"] == "accuracy" and row["metric"] == row["accuracy"]
+        for key in ("loss", "bytes_up", "bytes_down", "seconds_query", "seconds_select", "seconds_train"):
             assert key in row
-    assert rows[1]["bytes_down"]["easy-vqa/0"] > rows[0]["bytes_down"]["easy-vqa/0"]  # query + train + eval
+    # Round 0 only evaluates; a training round sends the whole model to query and evaluate, and to
+    # train only the assigned layers' units, so train bytes down scale with the budget like bytes up.
+    assert rows[0]["bytes_down"]["query"] == rows[0]["bytes_down"]["train"] == {}
+    assert rows[0]["mbit_train_per_client"] is None
+    down = rows[1]["bytes_down"]
+    assert down["query"] == down["evaluate"] == rows[0]["bytes_down"]["evaluate"]
+    assert abs(down["train"]["easy-vqa/1"] - 2 * down["train"]["easy-vqa/0"]) < 0.05 * down["train"]["easy-vqa/0"]
+    assert down["train"]["easy-vqa/0"] < down["query"]["easy-vqa/0"] / 2
+    mbit = np.mean([(down["train"][c] + rows[1]["bytes_up"][c]) * 8 / 1e6 for c in down["train"]])
+    assert rows[1]["mbit_train_per_client"] == pytest.approx(mbit, rel=1e-12)
     # Every client got exactly its budget and sent back exactly the units of those layers.
     budgets = {"easy-vqa/0": 1, "easy-vqa/1": 2, "easy-vqa/2": 1}
     for row in rows[1:]:
@@ -69,7 +80,6 @@ def test_a_failing_client_is_logged_and_the_round_goes_on(small_run_config):
 
 
 def test_missing_data_stops_the_run_before_training(small_run_config, tmp_path):
-    import pytest
 
     config = dict(small_run_config, **{"task": "task3-medvqa-fl", "data.path": str(tmp_path / "nothing-here")})
     handlers = client_handlers()

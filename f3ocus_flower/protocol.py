@@ -1,0 +1,103 @@
+"""The F3OCUS message protocol: record keys, array conversions and the records both apps build.
+
+A round is three exchanges (see docs/architecture.md):
+
+- ``query``: server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
+  client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``.
+- ``train``: server -> client ``{ARRAYS: the assigned layers' units, CONFIG: {SERVER_ROUND, LAYERS}}``;
+  client -> server ``{ARRAYS: the trained units, METRICS: {NUM_EXAMPLES, TRAIN_LOSS, STEPS,
+  SECONDS}, CLIENT: ClientInfo}``.
+- ``evaluate``: server -> client as ``query``; client -> server ``{METRICS: {LOSS, METRIC, accuracy
+  or f1, NUM_EXAMPLES}, CLIENT: ClientInfo}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+# Keys of a message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+SCORES = "scores"
+METRICS = "metrics"
+CLIENT = "client"
+
+# Keys of the CONFIG record the server sends.
+SERVER_ROUND = "server-round"
+LAYERS = "layers"
+
+# Keys of the METRICS and SCORES records the clients send.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+STEPS = "steps"
+SECONDS = "seconds"
+LOSS = "loss"
+METRIC = "metric"
+NORMALIZED = "scores"
+RAW = "raw"
+
+
+def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    """A ``{parameter name: array}`` dict as an ``ArrayRecord`` (what travels)."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in state.items()})
+
+
+def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ``ArrayRecord`` as a ``{parameter name: array}`` dict (what ``set_state`` loads)."""
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def round_config(server_round: int, layers: list[int] | None = None) -> ConfigRecord:
+    """The CONFIG record of a message: the round, and for ``train`` the layer ids to train."""
+    config: dict[str, int | list[int]] = {SERVER_ROUND: int(server_round)}
+    if layers is not None:
+        config[LAYERS] = [int(layer) for layer in layers]
+    return ConfigRecord(config)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who a client is, sent with every reply so the server can name it and order it.
+
+    ``labels`` (the answer vocabulary or label set) rides along with ``query`` and ``evaluate``
+    replies so the server can save it; ``train`` replies leave it out.
+    """
+
+    name: str
+    partition_id: int
+    kind: str
+    labels: tuple[str, ...] | None = None
+
+    def to_record(self) -> ConfigRecord:
+        record: dict[str, str | int | list[str]] = {"name": self.name, "partition-id": self.partition_id, "kind": self.kind}
+        if self.labels is not None:
+            record["labels"] = list(self.labels)
+        return ConfigRecord(record)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> ClientInfo:
+        labels = tuple(str(label) for label in record["labels"]) if "labels" in record else None
+        return cls(str(record["name"]), int(record["partition-id"]), str(record["kind"]), labels)
+
+
+@dataclass(frozen=True)
+class ScoresReply:
+    """A client's answer to ``query``: its layer importance scores, normalised (what the selector
+    uses) and raw, as :class:`f3ocus_core.importance.LayerScores` holds them."""
+
+    normalized: tuple[float, ...]
+    raw: tuple[float, ...]
+    num_examples: int
+    seconds: float
+
+    def to_record(self) -> MetricRecord:
+        return MetricRecord({NORMALIZED: [float(v) for v in self.normalized], RAW: [float(v) for v in self.raw],
+                             NUM_EXAMPLES: int(self.num_examples), SECONDS: float(self.seconds)})
+
+    @classmethod
+    def from_record(cls, record: MetricRecord) -> ScoresReply:
+        return cls(tuple(float(v) for v in record[NORMALIZED]), tuple(float(v) for v in record[RAW]),
+                   int(record[NUM_EXAMPLES]), float(record[SECONDS]))

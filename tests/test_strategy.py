@@ -1,0 +1,204 @@
+"""Each method of the F3OCUS strategy against mock client replies, in process (no Flower runtime,
+no model): a 3-layer unit map, an in-process grid whose clients answer with made-up records."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from f3ocus_core.config import parse_run_config
+from f3ocus_core.importance import SCORERS
+from f3ocus_core.peft_units import UnitMap
+from f3ocus_core.recorder import RoundRecord, RunRecorder
+from f3ocus_core.selection import ALGORITHMS, fallback_assignment
+from f3ocus_flower.protocol import (
+    ARRAYS, CLIENT, CONFIG, LAYERS, METRICS, NUM_EXAMPLES, SCORES, SERVER_ROUND, TRAIN_LOSS,
+    ClientInfo, ScoresReply, record_to_state, state_to_record,
+)
+from server_app.strategy import F3ocusStrategy
+from tests.inprocess_grid import InProcessGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = UnitMap((("layer.0.a", "layer.0.b"), ("layer.1.a",), ("layer.2.a",)))
+GLOBAL = {"layer.0.a": np.zeros((2, 2), np.float32), "layer.0.b": np.ones(3, np.float32),
+          "layer.1.a": np.full(2, 2.0, np.float32), "layer.2.a": np.full(4, 3.0, np.float32)}
+
+
+@pytest.fixture()
+def strategy(tmp_path) -> F3ocusStrategy:
+    config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    config.update({"selection.budget": "1,2,1", "round-timeout": 5.0, "selection.algorithm": "exact"})
+    strategy = F3ocusStrategy(parse_run_config(config, SCORERS, ALGORITHMS), UNITS, RunRecorder(tmp_path, ["0", "1", "2"]))
+    strategy.global_state = dict(GLOBAL)
+    return strategy
+
+
+def _info(context) -> ClientInfo:
+    partition = int(context.node_config["partition-id"])
+    return ClientInfo(f"client/{partition}", partition, "vqa", ("yes", "no"))
+
+
+def _grid(scores_by_partition: dict[int, list[float] | None], seen: list[Message] | None = None) -> InProcessGrid:
+    """Three clients whose partitions run opposite to their node ids (node 1 holds partition 2);
+    each answers ``query`` with the given scores, or fails where they are None."""
+
+    def query(msg: Message, context) -> Message:
+        if seen is not None:
+            seen.append(msg)
+        scores = scores_by_partition[int(context.node_config["partition-id"])]
+        if scores is None:
+            raise RuntimeError("scorer crashed")
+        reply = ScoresReply(tuple(scores), tuple(10 * s for s in scores), 8, 0.1)
+        return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _info(context).to_record()}), reply_to=msg)
+
+    grid = InProcessGrid({}, {MessageType.QUERY: query}, 3)
+    for node, context in grid.contexts.items():
+        context.node_config["partition-id"] = 3 - node
+    return grid
+
+
+def _reply(node: int, kind: str, content: RecordDict) -> Message:
+    return Message(content, reply_to=Message(RecordDict(), message_type=kind, dst_node_id=node))
+
+
+def _error(node: int, kind: str) -> Message:
+    return Message(Error(code=0, reason="client crashed"), reply_to=Message(RecordDict(), message_type=kind, dst_node_id=node))
+
+
+GOOD = {0: [0.5, 0.3, 0.2], 1: [0.2, 0.3, 0.5], 2: [0.1, 0.6, 0.3]}
+
+
+def test_query_scores_sends_the_global_units_to_every_client_and_keeps_good_replies(strategy):
+    seen: list[Message] = []
+    grid = _grid({**GOOD, 1: None}, seen)
+    arrays = state_to_record(GLOBAL)
+    strategy.round = RoundRecord(4)
+    replies = strategy.query_scores(4, arrays, grid)
+
+    assert grid.calls == [(1, MessageType.QUERY), (2, MessageType.QUERY), (3, MessageType.QUERY)]
+    assert all(m.content.config_records[CONFIG][SERVER_ROUND] == 4 for m in seen)
+    assert all(set(m.content.array_records[ARRAYS]) == set(GLOBAL) for m in seen)
+    assert sorted(m.metadata.src_node_id for m in replies) == [1, 3]  # node 2 (partition 1) failed
+    assert strategy.round.bytes_down["query"] == {node: arrays.count_bytes() for node in (1, 2, 3)}
+    assert strategy.round.bytes_down["train"] == strategy.round.bytes_down["evaluate"] == {}
+    assert [(f["phase"], f["client"]) for f in strategy.round.failed] == [("query", "node-2")]
+
+
+def test_assign_keeps_each_partitions_budget_and_orders_clients_by_partition(strategy, tmp_path):
+    grid = _grid(GOOD)
+    assignment = strategy.assign(1, strategy.query_scores(1, state_to_record(GLOBAL), grid))
+
+    assert list(assignment) == [3, 2, 1]  # nodes in partition order 0, 1, 2
+    assert [len(assignment[node]) for node in (3, 2, 1)] == [1, 2, 1]  # budget "1,2,1" by partition
+    record = json.loads((tmp_path / "selection.jsonl").read_text().splitlines()[0])
+    assert record["scored_clients"] == ["client/0", "client/1", "client/2"] and record["invalid_clients"] == []
+    np.testing.assert_allclose(record["scores"], [GOOD[0], GOOD[1], GOOD[2]])
+    assert [sorted(layers) for layers in record["layers"]] == [assignment[node] for node in (3, 2, 1)]
+    assert (tmp_path / "labels" / "client_0.json").exists()
+
+
+def test_unusable_scores_get_the_fallback_own_top_b_or_a_seeded_random_set(strategy, tmp_path):
+    first = strategy.assign(1, strategy.query_scores(1, state_to_record(GLOBAL), _grid({**GOOD, 0: [0.0, 0.0, 0.0]})))
+    # Partition 0 (node 3) never sent usable scores: a random set drawn from the round's seed.
+    rng = np.random.default_rng(strategy.settings.seed * 7919 + 1)
+    assert first[3] == fallback_assignment(None, 1, 3, rng)
+
+    second = strategy.assign(2, strategy.query_scores(2, state_to_record(GLOBAL), _grid({**GOOD, 1: [0.5, np.nan, 0.5]})))
+    assert second[2] == [1, 2]  # partition 1's own top-2 of its last valid scores [0.2, 0.3, 0.5]
+    records = [json.loads(line) for line in (tmp_path / "selection.jsonl").read_text().splitlines()]
+    assert records[0]["invalid_clients"] == ["client/0"] and records[1]["invalid_clients"] == ["client/1"]
+    assert records[1]["scored_clients"] == ["client/0", "client/2"]
+
+
+def test_assign_without_any_scores_stops_the_round(strategy):
+    with pytest.raises(RuntimeError, match="no client returned layer scores"):
+        strategy.assign(1, [])
+
+
+def test_configure_train_sends_each_client_only_its_layers_units(strategy):
+    grid = _grid(GOOD)
+    messages = list(strategy.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), grid))
+
+    assert {kind for _, kind in grid.calls} == {MessageType.QUERY}  # configure_train sends no train message
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3]
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        layers = list(msg.content.config_records[CONFIG][LAYERS])
+        assert msg.metadata.message_type == MessageType.TRAIN
+        assert layers == strategy.round.assignment[node]
+        sent = record_to_state(msg.content.array_records[ARRAYS])
+        assert list(sent) == UNITS.keys_of(layers)
+        assert all(np.array_equal(sent[key], GLOBAL[key]) for key in sent)
+        assert strategy.round.bytes_down["train"][node] == msg.content.array_records[ARRAYS].count_bytes()
+
+
+def _update(node: int, state: dict[str, np.ndarray], examples: int, loss: float) -> Message:
+    metrics = MetricRecord({NUM_EXAMPLES: examples, TRAIN_LOSS: loss})
+    return _reply(node, MessageType.TRAIN, RecordDict({ARRAYS: state_to_record(state), METRICS: metrics}))
+
+
+def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(strategy):
+    strategy.round = RoundRecord(1, assignment={1: [0], 2: [0, 1], 3: [2]})
+    replies = [
+        _update(1, {"layer.0.a": np.full((2, 2), 1.0, np.float32), "layer.0.b": np.full(3, 1.0, np.float32)}, 10, 1.0),
+        _update(2, {"layer.0.a": np.full((2, 2), 4.0, np.float32), "layer.0.b": np.full(3, 4.0, np.float32),
+                    "layer.1.a": np.full(2, 5.0, np.float32)}, 30, 2.0),
+        _update(3, {"layer.1.a": np.full(2, 9.0, np.float32)}, 10, 0.5),  # not its layer: rejected
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    state = record_to_state(arrays)
+    np.testing.assert_allclose(state["layer.0.a"], 3.25)  # (1 x 10 + 4 x 30) / 40
+    np.testing.assert_allclose(state["layer.1.a"], 5.0)
+    np.testing.assert_allclose(state["layer.2.a"], 3.0)  # nobody trained it
+    assert metrics[TRAIN_LOSS] == pytest.approx(1.75)
+    assert set(strategy.round.bytes_up) == {1, 2}
+    assert strategy.round.coverage == [2, 1, 0]
+    assert [(f["phase"], f["client"]) for f in strategy.round.failed] == [("aggregate", "node-3")]
+
+
+def test_aggregate_train_without_a_valid_update_keeps_the_global_model(strategy):
+    strategy.round = RoundRecord(1, assignment={1: [0]})
+    assert strategy.aggregate_train(1, [_error(1, MessageType.TRAIN)]) == (None, None)
+    assert strategy.global_state is not None and all(np.array_equal(strategy.global_state[k], GLOBAL[k]) for k in GLOBAL)
+    assert strategy.round.coverage == [0, 0, 0]
+
+
+def test_configure_evaluate_sends_the_global_units_to_every_client(strategy):
+    arrays = state_to_record(GLOBAL)
+    strategy.round = RoundRecord(2)
+    messages = list(strategy.configure_evaluate(2, arrays, ConfigRecord(), _grid(GOOD)))
+    assert [m.metadata.dst_node_id for m in messages] == [1, 2, 3]
+    assert all(m.metadata.message_type == MessageType.EVALUATE for m in messages)
+    assert all(m.content.config_records[CONFIG][SERVER_ROUND] == 2 for m in messages)
+    assert strategy.round.bytes_down["evaluate"] == {node: arrays.count_bytes() for node in (1, 2, 3)}
+
+
+def _evaluation(node: int, name: str, kind: str, metrics: dict) -> Message:
+    info = ClientInfo(name, node - 1, kind, ("a", "b"))
+    return _reply(node, MessageType.EVALUATE, RecordDict({METRICS: MetricRecord(metrics), CLIENT: info.to_record()}))
+
+
+def test_aggregate_evaluate_writes_the_weighted_row_and_returns_metric_and_loss(strategy, tmp_path):
+    strategy.round = RoundRecord(1, assignment={1: [0], 2: [1, 2]})
+    replies = [
+        _evaluation(1, "vqa/0", "vqa", {"loss": 1.0, "accuracy": 0.5, "metric": 0.5, NUM_EXAMPLES: 10}),
+        _evaluation(2, "xray/1", "multilabel", {"loss": 2.0, "f1": 0.8, "metric": 0.8, NUM_EXAMPLES: 30}),
+        _error(3, MessageType.EVALUATE),
+    ]
+    result = strategy.aggregate_evaluate(1, replies)
+
+    assert result["metric"] == pytest.approx(0.725) and result["loss"] == pytest.approx(1.75)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["metric_name"] == "accuracy/f1" and row["accuracy"] == 0.5 and row["f1"] == 0.8
+    assert row["metric_per_client"] == {"vqa/0": 0.5, "xray/1": 0.8}
+    assert row["assignment"] == {"vqa/0": [0], "xray/1": [1, 2]}
+    assert row["failed"][0]["phase"] == "evaluate" and row["clients_evaluated"] == 2
+
+
+def test_aggregate_evaluate_without_replies_writes_nothing(strategy, tmp_path):
+    assert strategy.aggregate_evaluate(0, [_error(1, MessageType.EVALUATE)]) is None
+    assert not (tmp_path / "metrics.jsonl").exists()
