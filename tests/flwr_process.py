@@ -4,6 +4,7 @@ stopping every process that was started (the SuperLink that `flwr run` starts li
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -64,3 +65,40 @@ def stop(pids: list[int], timeout: float = 15.0) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def toml_value(value) -> str:
+    """``value`` as a TOML literal, for ``--run-config`` and ``--node-config`` strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def run_config_arg(config: dict) -> str:
+    """A ``--run-config`` string setting every key of ``config``."""
+    return " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
+
+
+def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
+    """A Flower home whose default (and only) SuperLink connection is ``name`` at ``address``:
+    insecure, or TLS verified against ``root_certificates``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = (f"root-certificates = {json.dumps(str(root_certificates))}" if root_certificates
+                else "insecure = true")
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n')
+
+
+def wait_for_log(path: Path, text: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Whether ``text`` appears in the file at ``path`` within ``timeout`` seconds (False early if
+    ``process`` exits first without writing it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        if process is not None and process.poll() is not None:
+            return path.exists() and text in path.read_text(errors="replace")
+        time.sleep(0.5)
+    return False
