@@ -19,8 +19,10 @@ install: $(STAMP)
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-simulation.sh $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
+# Lint (ruff, configured in pyproject.toml), then the tests.
 # Extra pytest arguments: make test PYTEST_ARGS="-m 'not slow'"
 test: $(STAMP)
+	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

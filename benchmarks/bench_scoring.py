@@ -210,7 +210,8 @@ def main() -> None:
         for reduction, k in SETTINGS:
             dim = max(k, 1)
 
-            def score(batch: dict = batches[0], reduction: str = reduction, dim: int = dim) -> None:
+            def score(batch: dict = batches[0], reduction: str = reduction, dim: int = dim, model=model,
+                      layer_map=layer_map) -> None:
                 score_layers(model, batch, layer_map, reduction=reduction, projection_dim=dim, seed=0)
 
             train_time, score_time = paired_times(step, score, args.repeats)

@@ -16,12 +16,14 @@ import time
 from dataclasses import replace
 from functools import lru_cache
 
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from f3ocus_core.config import RunSettings, parse_run_config
 from f3ocus_core.data import ClientData
 from f3ocus_core.data.tasks import DataSettings, load_client_data
+from f3ocus_core.devices import resolve_device, to_device
 from f3ocus_core.importance import SCORERS, score_layers
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
@@ -29,8 +31,21 @@ from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
 from f3ocus_flower.protocol import (
-    ARRAYS, CLIENT, CONFIG, LAYERS, METRICS, NUM_EXAMPLES, SCORES, SECONDS, SERVER_ROUND, STEPS, TRAIN_LOSS,
-    ClientInfo, ScoresReply, record_to_state, state_to_record,
+    ARRAYS,
+    CLIENT,
+    CONFIG,
+    LAYERS,
+    METRICS,
+    NUM_EXAMPLES,
+    SCORES,
+    SECONDS,
+    SERVER_ROUND,
+    STEPS,
+    TRAIN_LOSS,
+    ClientInfo,
+    ScoresReply,
+    record_to_state,
+    state_to_record,
 )
 
 app = ClientApp()
@@ -51,8 +66,9 @@ def _data(settings: DataSettings, partition_id: int, num_partitions: int) -> Cli
     return load_client_data(settings, partition_id, num_partitions)
 
 
-def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup]:
-    """Settings, local data and a fresh model with this node's head (global units not yet loaded)."""
+def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch.device]:
+    """Settings, local data, a fresh model with this node's head (global units not yet loaded) and
+    the device this node computes on (its ``device`` node config, else the run's ``device``)."""
     settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
     node = context.node_config
     data_settings = settings.data
@@ -64,7 +80,8 @@ def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup]:
     set_answer_head(model.get_base_model() if hasattr(model, "get_base_model") else model, data.labels, settings.seed)
     if HEAD in context.state.array_records:
         set_state(model, record_to_state(context.state.array_records[HEAD]))
-    return settings, data, replace(pristine, model=model)
+    device = resolve_device(node.get("device"), settings.device)
+    return settings, data, replace(pristine, model=model.to(device)), device
 
 
 def _client_info(context: Context, data: ClientData, with_labels: bool) -> ClientInfo:
@@ -76,16 +93,16 @@ def _client_info(context: Context, data: ClientData, with_labels: bool) -> Clien
 def query(msg: Message, context: Context) -> Message:
     """Score every layer of the received global model on a local batch."""
     started = time.perf_counter()
-    settings, data, setup = _setup(context)
+    settings, data, setup, device = _setup(context)
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
     context.state[GLOBAL_UNITS] = arrays
     server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])
     collate = make_collate(setup.processor, data.labels)
     batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
-    scores = score_layers(setup.model, batch, setup.layer_map, method=settings.scoring.method,
+    scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
                           reduction=settings.scoring.reduction, projection_dim=settings.scoring.projection_dim,
-                          seed=settings.seed + server_round)
+                          seed=settings.seed + server_round, client_seed=int(context.node_config["partition-id"]))
     reply = ScoresReply(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
     return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)
@@ -94,7 +111,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     """Train only the assigned layers' units and the personal head; send back only those units."""
-    settings, data, setup = _setup(context)
+    settings, data, setup, device = _setup(context)
     if GLOBAL_UNITS not in context.state.array_records:
         raise RuntimeError("No global units from this round's query; the client restarted mid-round.")
     set_state(setup.model, record_to_state(context.state.array_records[GLOBAL_UNITS]))
@@ -104,7 +121,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     set_trainable(setup.model, setup.units, layers, head=True)
     started = time.perf_counter()
     result = train(setup.model, data.train, make_collate(setup.processor, data.labels), settings.train,
-                   seed=settings.seed + int(config[SERVER_ROUND]))
+                   seed=settings.seed + int(config[SERVER_ROUND]), device=device)
     context.state[HEAD] = state_to_record(get_state(setup.model, head_names(setup.model)))
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
                             SECONDS: time.perf_counter() - started})
@@ -116,10 +133,10 @@ def train_fn(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received global units with the personal head on the local test part."""
-    settings, data, setup = _setup(context)
+    settings, data, setup, device = _setup(context)
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     metrics = evaluate(setup.model, data.test, make_collate(setup.processor, data.labels), data.kind,
-                       settings.eval_batch_size)
+                       settings.eval_batch_size, device=device, precision=settings.train.precision)
     metrics[NUM_EXAMPLES] = len(data.test)
     return Message(RecordDict({METRICS: MetricRecord(metrics), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import ViltConfig, ViltForQuestionAnswering
+from transformers import ViltConfig, ViltForQuestionAnswering, ViltProcessor
 
 
 def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: object) -> ViltConfig:
@@ -82,7 +82,7 @@ def loss_of(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tenso
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def build_processor(texts: list[str], image_size: int = 64) -> "ViltProcessor":
+def build_processor(texts: list[str], image_size: int = 64) -> ViltProcessor:
     """An offline ViLT processor: a WordPiece tokenizer whose vocabulary is the words of ``texts``
     (lower-cased, BERT pre-tokenisation) and an image processor that resizes to ``image_size``.
 
@@ -91,7 +91,7 @@ def build_processor(texts: list[str], image_size: int = 64) -> "ViltProcessor":
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from transformers import BertTokenizerFast, ViltImageProcessorPil, ViltProcessor
+    from transformers import BertTokenizerFast, ViltImageProcessorPil
 
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -163,8 +163,6 @@ def load_vqa_model(path: str, attn_implementation: str = "eager") -> tuple[ViltF
     ValueError
         Naming ``model.name`` when nothing loadable is found there.
     """
-    from transformers import ViltProcessor
-
     try:
         processor = ViltProcessor.from_pretrained(path)
         model = ViltForQuestionAnswering.from_pretrained(path, attn_implementation=attn_implementation)

@@ -176,7 +176,8 @@ class RunRecorder:
         if not path.exists():
             self.write_json(f"labels/{safe}.json", {"client": client, "kind": kind, "labels": labels})
 
-    def record_selection(self, server_round: int, clients: list[str], record: dict, result: object, own_masks: np.ndarray) -> None:
+    def record_selection(self, server_round: int, clients: list[str], record: dict, result: object,
+                         own_masks: np.ndarray) -> None:
         """Append the round's selection record and draw its front and coverage figures."""
         from f3ocus_core.selection.figures import plot_coverage, plot_front
 
@@ -228,7 +229,8 @@ class RunRecorder:
         for name in clients:
             values = [row.get("metric_per_client", {}).get(name, np.nan) for row in self.rows]
             ax.plot(rounds, values, lw=0.8, alpha=0.5, marker=".", label=name)
-        ax.plot(rounds, [row.get("metric", np.nan) for row in self.rows], color="black", lw=2, marker="o", label="all (weighted)")
+        ax.plot(rounds, [row.get("metric", np.nan) for row in self.rows], color="black", lw=2, marker="o",
+                label="all (weighted)")
         ax.set_xlabel("round (0 = starting model)")
         ax.set_ylabel(self.rows[-1].get("metric_name") or "accuracy / F1")
         ax.set_xticks(rounds)

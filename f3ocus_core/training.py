@@ -196,8 +196,8 @@ def evaluate(
     precision: str = "fp32",
 ) -> dict[str, float]:
     """Loss and task metric of ``model`` on ``dataset``, computed on ``device`` (default: where the
-    model's parameters are; the model is moved there and left there) with the forward pass under ``precision``'s autocast; loss and metrics
-    are computed in float32.
+    model's parameters are; the model is moved there and left there) with
+    the forward pass under ``precision``'s autocast; loss and metrics are computed in float32.
 
     VQA (``kind="vqa"``): ``accuracy``, the share of examples whose top answer is one of its answers.
     Multi-label: ``f1``, micro-averaged F1 of sigmoid > 0.5 decisions. Both also give ``metric`` (the

@@ -34,8 +34,11 @@ def model_path(settings: RunSettings) -> str:
     return resolve_model_path(model.name, model.cache_dir, model.pretrain_steps, settings.seed)
 
 
-def set_up_model(path: str, peft: PeftSettings) -> ModelSetup:
+def set_up_model(path: str, peft: PeftSettings, seed: int = 0) -> ModelSetup:
     """Load the model at ``path`` and attach the units of ``peft`` to every layer.
+
+    The units' initial values (LoRA's random ``A``) are drawn from ``seed`` in a forked RNG, so two
+    runs with the same seed start from the same global model and the caller's RNG is left as it was.
 
     Raises
     ------
@@ -44,5 +47,7 @@ def set_up_model(path: str, peft: PeftSettings) -> ModelSetup:
     """
     model, processor = load_vqa_model(path)
     layer_map = layer_map_for(model)
-    model = attach_units(model, layer_map, peft)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = attach_units(model, layer_map, peft)
     return ModelSetup(path, model, processor, layer_map, unit_map(model, layer_map, peft.method))

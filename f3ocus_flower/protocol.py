@@ -72,7 +72,8 @@ class ClientInfo:
     labels: tuple[str, ...] | None = None
 
     def to_record(self) -> ConfigRecord:
-        record: dict[str, str | int | list[str]] = {"name": self.name, "partition-id": self.partition_id, "kind": self.kind}
+        record: dict[str, str | int | list[str]] = {
+            "name": self.name, "partition-id": self.partition_id, "kind": self.kind}
         if self.labels is not None:
             record["labels"] = list(self.labels)
         return ConfigRecord(record)

@@ -36,13 +36,14 @@ def main(grid: Grid, context: Context) -> None:
     try:
         settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
         log(INFO, "Loading model %s", settings.model.name)
-        setup = set_up_model(model_path(settings), settings.peft)
+        setup = set_up_model(model_path(settings), settings.peft, settings.seed)
         check_against_model(settings, len(setup.layer_map))
     except (ConfigError, ValueError) as error:
         log(ERROR, "The run was stopped before training: %s", error)
         raise
 
-    run_name = settings.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{settings.data.task}-{settings.selection.algorithm}"
+    run_name = settings.run_name or (time.strftime("%Y%m%d-%H%M%S")
+                                     + f"-{settings.data.task}-{settings.selection.algorithm}")
     out_dir = Path(settings.output_dir).resolve() / run_name
     model, units, layers = setup.model, setup.units, list(setup.layer_map.names)
     recorder = RunRecorder(out_dir, layers)

@@ -31,8 +31,20 @@ from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
 from f3ocus_core.selection import check_scores, client_budgets, fallback_assignment, select, top_b_masks
 from f3ocus_flower.protocol import (
-    ARRAYS, CLIENT, CONFIG, LOSS, METRIC, METRICS, NUM_EXAMPLES, SCORES, TRAIN_LOSS,
-    ClientInfo, ScoresReply, record_to_state, round_config, state_to_record,
+    ARRAYS,
+    CLIENT,
+    CONFIG,
+    LOSS,
+    METRIC,
+    METRICS,
+    NUM_EXAMPLES,
+    SCORES,
+    TRAIN_LOSS,
+    ClientInfo,
+    ScoresReply,
+    record_to_state,
+    round_config,
+    state_to_record,
 )
 
 
@@ -81,13 +93,16 @@ class F3ocusStrategy(Strategy):
         self.settings.selection.budgets_for(len(nodes))
         log(INFO, "[ROUND 0/%d] evaluating the starting model on %d clients", num_rounds, len(nodes))
         self.round = RoundRecord(0)
-        replies = grid.send_and_receive(self.configure_evaluate(0, initial_arrays, ConfigRecord(), grid), timeout=timeout)
+        messages = self.configure_evaluate(0, initial_arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages, timeout=timeout)
         if self.aggregate_evaluate(0, replies) is None:
             reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.round.failed)
-            raise RuntimeError(f"No client could evaluate the starting model, so the run stops before training. {reasons}")
+            raise RuntimeError("No client could evaluate the starting model, so the run stops before training. "
+                               + reasons)
         return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
         """Query the scores, choose each client's layers, and build one train message per client."""
         self.round = RoundRecord(server_round)
         self.global_state = record_to_state(arrays)
@@ -120,22 +135,26 @@ class F3ocusStrategy(Strategy):
             self._learn_client(msg)
         replies = sorted(replies, key=lambda m: self.clients[m.metadata.src_node_id].partition_id)
         nodes = [msg.metadata.src_node_id for msg in replies]
-        scores = {msg.metadata.src_node_id: ScoresReply.from_record(msg.content.metric_records[SCORES]) for msg in replies}
+        scores = {msg.metadata.src_node_id: ScoresReply.from_record(msg.content.metric_records[SCORES])
+                  for msg in replies}
         budgets = dict(zip(nodes, client_budgets(self.settings.selection.budget,
                                                  [self.clients[node].partition_id for node in nodes])))
         usable = [node for node in nodes if self._usable(server_round, node, scores[node], budgets[node])]
-        assignment = self._select(server_round, usable, [n for n in nodes if n not in usable], scores, budgets) if usable else {}
+        unusable = [n for n in nodes if n not in usable]
+        assignment = self._select(server_round, usable, unusable, scores, budgets) if usable else {}
         rng = np.random.default_rng(self.settings.seed * 7919 + server_round)
         for node in nodes:
             if node not in assignment:
-                assignment[node] = fallback_assignment(self.last_valid_scores.get(node), budgets[node], self.num_layers, rng)
+                assignment[node] = fallback_assignment(self.last_valid_scores.get(node), budgets[node],
+                                                       self.num_layers, rng)
         masks = np.zeros((len(nodes), self.num_layers), dtype=bool)
         for row, node in enumerate(nodes):
             masks[row, assignment[node]] = True
         self.recorder.record_assignment(server_round, [self._name(n) for n in nodes], masks)
         return {node: assignment[node] for node in nodes}
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each partial update against its assignment and average layer-wise."""
         self.round.seconds_train = time.perf_counter() - self._train_sent_at
         updates, losses, trained = [], [], []
@@ -149,12 +168,13 @@ class F3ocusStrategy(Strategy):
         if not updates:
             log(WARNING, "Round %d: no valid update; the global model stays as it was.", server_round)
             return None, None
-        self.global_state = aggregate_layers(self.global_state, updates)
+        self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora)
         weights = [update.num_examples for update in updates]
         self.round.train_loss = sum(loss * n for loss, n in zip(losses, weights)) / sum(weights)
         return state_to_record(self.global_state), MetricRecord({TRAIN_LOSS: self.round.train_loss})
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
         """Send the global units to every connected client for evaluation on its test part."""
         messages = [self._message(MessageType.EVALUATE, node, arrays, round_config(server_round))
                     for node in self._wait_for_nodes(grid)]
@@ -257,6 +277,7 @@ class F3ocusStrategy(Strategy):
         deadline = time.monotonic() + self.timeout
         while len(nodes := sorted(grid.get_node_ids())) < self.settings.min_clients:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"min-clients: only {len(nodes)} of {self.settings.min_clients} clients connected in time.")
+                raise RuntimeError(f"min-clients: only {len(nodes)} of {self.settings.min_clients} clients "
+                                   "connected in time.")
             time.sleep(1.0)
         return nodes

@@ -11,6 +11,7 @@ bind mounts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -162,10 +163,8 @@ class Started:
             stop([self.processes[name].pid])
         for process in self.processes.values():
             process.wait(timeout=30)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
-            except ProcessLookupError:
-                pass
 
 
 def start(topology: Topology, services: list[str], base_env: dict[str, str], started: Started) -> None:

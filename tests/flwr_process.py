@@ -4,6 +4,7 @@ stopping every process that was started (the SuperLink that `flwr run` starts li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,10 +49,8 @@ def processes_mentioning(text: str) -> list[int]:
 def stop(pids: list[int], timeout: float = 15.0) -> None:
     """SIGTERM, then SIGKILL what is still alive after ``timeout`` seconds."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     for pid in pids:
         while time.monotonic() < deadline:
@@ -61,10 +60,8 @@ def stop(pids: list[int], timeout: float = 15.0) -> None:
                 break
             time.sleep(0.2)
         else:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def toml_value(value) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
@@ -61,7 +62,8 @@ class InProcessGrid:
 def client_handlers() -> dict[str, Callable]:
     from client_app import app as client
 
-    return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn, MessageType.EVALUATE: client.evaluate_fn}
+    return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn,
+            MessageType.EVALUATE: client.evaluate_fn}
 
 
 def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
@@ -78,5 +80,5 @@ def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[
     grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
     out = f"{config['output-dir']}/{config['run-name']}"
-    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    rows = [json.loads(line) for line in Path(f"{out}/metrics.jsonl").read_text().splitlines()]
     return grid, rows

@@ -127,7 +127,9 @@ def test_truncation_error_is_reported_and_is_the_best_rank_r_error():
     best = np.sqrt(np.sum(singular[2:] ** 2)) / np.linalg.norm(exact)
     assert error == pytest.approx(best, rel=1e-9)
     assert np.linalg.norm(b_new @ a_new - exact) / np.linalg.norm(exact) == pytest.approx(best, rel=1e-9)
-    separate = (sum(w * b for (b, _), w in zip(factors, [1, 2, 3])) / 6) @ (sum(w * a for (_, a), w in zip(factors, [1, 2, 3])) / 6)
+    mean_b = sum(w * b for (b, _), w in zip(factors, [1, 2, 3])) / 6
+    mean_a = sum(w * a for (_, a), w in zip(factors, [1, 2, 3])) / 6
+    separate = mean_b @ mean_a
     assert np.linalg.norm(separate - exact) / np.linalg.norm(exact) > best  # Eckart-Young
 
 
@@ -162,7 +164,8 @@ def test_the_schemes_differ_only_on_shared_lora_modules():
     exact = sum(u.num_examples * u.state[B1].astype(np.float64) @ u.state[A1] for u in updates) / 7
     # Two rank-2 products of a 4 x 3 matrix: the mean has rank <= 3 > 2, so neither is exact, but
     # the product scheme is the best rank-2 answer and so never worse than separate.
-    err = lambda s: np.linalg.norm(s[B1].astype(np.float64) @ s[A1] - exact)
+    def err(s):
+        return np.linalg.norm(s[B1].astype(np.float64) @ s[A1] - exact)
     assert err(product) <= err(separate) + 1e-6
     assert not np.allclose(product[A1], separate[A1])
 

@@ -2,6 +2,7 @@
 clients' own picks, and clients with invalid scores handled in a run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,14 +35,15 @@ def test_a_client_with_invalid_scores_gets_a_fallback_and_the_round_goes_on(smal
             if context.node_config["partition-id"] == 1:
                 scores = list(reply.content.metric_records["scores"]["scores"])
                 scores[0] = float("nan")
-                reply.content.metric_records["scores"] = MetricRecord({**reply.content.metric_records["scores"], "scores": scores})
+                old = reply.content.metric_records["scores"]
+                reply.content.metric_records["scores"] = MetricRecord({**old, "scores": scores})
             return reply
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1, "selection.budget": "2"})
     _, rows = run_server_app(config, num_nodes=3, wrap={MessageType.QUERY: tamper})
     out = f"{config['output-dir']}/{config['run-name']}"
-    selection = [json.loads(line) for line in open(f"{out}/selection.jsonl")]
+    selection = [json.loads(line) for line in Path(f"{out}/selection.jsonl").read_text().splitlines()]
     assert selection[0]["invalid_clients"] == ["easy-vqa/1"]
     assert selection[0]["scored_clients"] == ["easy-vqa/0", "easy-vqa/2"]
     assert len(rows[1]["assignment"]["easy-vqa/1"]) == 2  # a random set within its budget

@@ -75,7 +75,7 @@ def test_task3_accepts_the_build_folder_itself(data_root: Path):
 
 
 def test_aliases_and_names_give_the_same_clients(data_root: Path):
-    assert ALIASES == {str(i): name for i, name in enumerate(MEDICAL_TASKS, 1)}
+    assert {str(i): name for i, name in enumerate(MEDICAL_TASKS, 1)} == ALIASES
     for alias, name in ALIASES.items():
         assert TASKS[alias] is TASKS[name] and FIXED_CLIENTS[alias] == FIXED_CLIENTS[name]
     a = load_client_data(DataSettings(task="1", data_path=str(data_root)), 1, 5)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose_processes import ROOT, assert_round_one, deployment_run_config, run_deployment, start
-from tests.flwr_process import BIN, free_port, wait_for_log
+from tests.compose_processes import ROOT, assert_round_one, deployment_run_config, run_deployment
+from tests.flwr_process import BIN, free_port
 
 DOCKER = ROOT / "docker"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
@@ -27,7 +27,8 @@ def test_gen_certs_makes_a_ca_a_superlink_certificate_and_ecdsa_node_keys(tmp_pa
     assert verify.returncode == 0, verify.stderr
     san = subprocess.run(["openssl", "x509", "-in", certs / "superlink.crt", "-noout", "-ext", "subjectAltName"],
                          capture_output=True, text=True, check=True).stdout
-    assert {"DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink"} <= {s.strip() for s in san.split("\n")[1].split(",")}
+    names = {s.strip() for s in san.split("\n")[1].split(",")}
+    assert {"DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink"} <= names
     for i in (1, 2):
         assert (certs / "nodes" / f"node-{i}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
         assert (certs / "nodes" / f"node-{i}.key").stat().st_mode & 0o077 == 0, "private keys are 600"

@@ -19,7 +19,8 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
-def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2,
+             timeout: int = 900) -> subprocess.CompletedProcess:
     """`flwr run ROOT --stream` with its own Flower home; stops every process it started."""
     home = tmp_path / "flwr-home"
     home.mkdir()

@@ -8,14 +8,13 @@ import numpy as np
 import peft
 import pytest
 import torch
-
 from scipy.stats import spearmanr
 
 from f3ocus_core.importance import DEFAULT_PROJECTION_DIM, DEFAULT_REDUCTION, REDUCTIONS, SCORERS, score_layers
-from f3ocus_core.importance.gram import linear_gram, linear_form
+from f3ocus_core.importance.context import ScoringContext, scoring_state
+from f3ocus_core.importance.gram import linear_form, linear_gram
 from f3ocus_core.importance.lntk import lntk_scores
 from f3ocus_core.importance.outputs import head_basis, projection_matrix, reduced_outputs
-from f3ocus_core.importance.context import ScoringContext, scoring_state
 from f3ocus_core.layers import LayerMap, layer_map_for
 from f3ocus_core.models import logits_of, loss_of, random_batch, tiny_vilt
 
@@ -274,7 +273,8 @@ def test_exact_reduction_has_no_row_cap():
 def test_exact_reduction_on_a_head_wider_than_its_input_matches_the_dense_jacobian():
     """κ = 40 answers on a head of width D = 32: the rotation onto the head's D singular directions
     keeps every nonzero eigenvalue of the full (nκ x nκ) NTK."""
-    make = lambda: tiny_vilt(num_labels=40, num_hidden_layers=2, hidden_size=16, intermediate_size=32, seed=2)
+    def make():
+        return tiny_vilt(num_labels=40, num_hidden_layers=2, hidden_size=16, intermediate_size=32, seed=2)
     model = make()
     assert model.classifier[-1].in_features < model.config.num_labels
     layer_map = layer_map_for(model)
@@ -322,7 +322,7 @@ def test_head_reduction_with_the_full_head_basis_is_exact(model, layer_map):
     exact = score_layers(model, batch, layer_map, reduction="logits")
     full = score_layers(model, batch, layer_map, reduction="head", projection_dim=model.config.num_labels)
     np.testing.assert_allclose(full.raw, exact.raw, rtol=1e-5)
-    assert DEFAULT_PROJECTION_DIM < model.config.num_labels
+    assert model.config.num_labels > DEFAULT_PROJECTION_DIM
     truncated = score_layers(model, batch, layer_map, reduction="head", projection_dim=1)
     assert np.all(truncated.raw <= exact.raw * (1 + 1e-6))
 

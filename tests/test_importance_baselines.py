@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from f3ocus_core.importance import SCORERS, score_layers
-from f3ocus_core.importance.gradient import loss_gradients
 from f3ocus_core.importance.context import ScoringContext, scoring_state
+from f3ocus_core.importance.gradient import loss_gradients
 from f3ocus_core.layers import layer_map_for
 from f3ocus_core.models import random_batch, tiny_vilt
 

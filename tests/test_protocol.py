@@ -2,7 +2,15 @@
 
 import numpy as np
 
-from f3ocus_flower.protocol import LAYERS, SERVER_ROUND, ClientInfo, ScoresReply, record_to_state, round_config, state_to_record
+from f3ocus_flower.protocol import (
+    LAYERS,
+    SERVER_ROUND,
+    ClientInfo,
+    ScoresReply,
+    record_to_state,
+    round_config,
+    state_to_record,
+)
 
 
 def test_a_state_round_trips_through_an_array_record_with_its_dtypes_and_shapes():

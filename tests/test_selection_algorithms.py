@@ -29,7 +29,8 @@ def _enumerated_front(scores: np.ndarray, budgets: np.ndarray, exact_budget: boo
     rows = []
     for budget in budgets:
         sizes = [budget] if exact_budget else range(1, budget + 1)
-        options = [np.isin(np.arange(n_layers), combo) for k in sizes for combo in itertools.combinations(range(n_layers), k)]
+        options = [np.isin(np.arange(n_layers), combo)
+                   for k in sizes for combo in itertools.combinations(range(n_layers), k)]
         rows.append(np.array(options))
     grid = np.array(list(itertools.product(*[range(len(r)) for r in rows])))
     masks = np.stack([rows[i][grid[:, i]] for i in range(n_clients)], axis=1)
@@ -67,7 +68,8 @@ def test_same_seed_same_answer(algorithm):
 
 def test_different_seeds_explore_differently():
     scores = lntk_like_scores(6, 12, seed=2)
-    fronts = {select(scores, 3, algorithm="nsga2", seed=s, lagrangian_start=0, **QUICK["nsga2"]).front.tobytes() for s in range(3)}
+    fronts = {select(scores, 3, algorithm="nsga2", seed=s, lagrangian_start=0, **QUICK["nsga2"]).front.tobytes()
+              for s in range(3)}
     assert len(fronts) > 1
 
 

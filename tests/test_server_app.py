@@ -1,6 +1,7 @@
 """The ServerApp's whole round protocol against the real ClientApp functions, in one process."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,13 +60,13 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
     # Upload is only the assigned units: a client with budget 2 sends twice the bytes of budget 1.
     up = rows[1]["bytes_up"]
     assert abs(up["easy-vqa/1"] - 2 * up["easy-vqa/0"]) < 0.05 * up["easy-vqa/0"]
-    selection = [json.loads(line) for line in open(f"{out}/selection.jsonl")]
+    selection = [json.loads(line) for line in Path(f"{out}/selection.jsonl").read_text().splitlines()]
     assert len(selection) == 2 and np.asarray(selection[0]["scores"]).shape == (3, 4)
     np.testing.assert_allclose(np.asarray(selection[0]["scores"]).sum(axis=1), 1.0, rtol=1e-6)
     # The saved adapter loads with PEFT onto the base model.
     from f3ocus_core.models import load_vqa_model
 
-    base, _ = load_vqa_model(json.load(open(f"{out}/config.json"))["model_path"])
+    base, _ = load_vqa_model(json.loads(Path(f"{out}/config.json").read_text())["model_path"])
     assert isinstance(PeftModel.from_pretrained(base, f"{out}/adapter"), PeftModel)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from f3ocus_core.config import parse_run_config
 from f3ocus_core.importance import SCORERS
@@ -15,8 +15,19 @@ from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RoundRecord, RunRecorder
 from f3ocus_core.selection import ALGORITHMS, fallback_assignment
 from f3ocus_flower.protocol import (
-    ARRAYS, CLIENT, CONFIG, LAYERS, METRICS, NUM_EXAMPLES, SCORES, SERVER_ROUND, TRAIN_LOSS,
-    ClientInfo, ScoresReply, record_to_state, state_to_record,
+    ARRAYS,
+    CLIENT,
+    CONFIG,
+    LAYERS,
+    METRICS,
+    NUM_EXAMPLES,
+    SCORES,
+    SERVER_ROUND,
+    TRAIN_LOSS,
+    ClientInfo,
+    ScoresReply,
+    record_to_state,
+    state_to_record,
 )
 from server_app.strategy import F3ocusStrategy
 from tests.inprocess_grid import InProcessGrid
@@ -31,7 +42,8 @@ GLOBAL = {"layer.0.a": np.zeros((2, 2), np.float32), "layer.0.b": np.ones(3, np.
 def strategy(tmp_path) -> F3ocusStrategy:
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
     config.update({"selection.budget": "1,2,1", "round-timeout": 5.0, "selection.algorithm": "exact"})
-    strategy = F3ocusStrategy(parse_run_config(config, SCORERS, ALGORITHMS), UNITS, RunRecorder(tmp_path, ["0", "1", "2"]))
+    settings = parse_run_config(config, SCORERS, ALGORITHMS)
+    strategy = F3ocusStrategy(settings, UNITS, RunRecorder(tmp_path, ["0", "1", "2"]))
     strategy.global_state = dict(GLOBAL)
     return strategy
 
@@ -65,7 +77,8 @@ def _reply(node: int, kind: str, content: RecordDict) -> Message:
 
 
 def _error(node: int, kind: str) -> Message:
-    return Message(Error(code=0, reason="client crashed"), reply_to=Message(RecordDict(), message_type=kind, dst_node_id=node))
+    request = Message(RecordDict(), message_type=kind, dst_node_id=node)
+    return Message(Error(code=0, reason="client crashed"), reply_to=request)
 
 
 GOOD = {0: [0.5, 0.3, 0.2], 1: [0.2, 0.3, 0.5], 2: [0.1, 0.6, 0.3]}
@@ -106,7 +119,8 @@ def test_unusable_scores_get_the_fallback_own_top_b_or_a_seeded_random_set(strat
     rng = np.random.default_rng(strategy.settings.seed * 7919 + 1)
     assert first[3] == fallback_assignment(None, 1, 3, rng)
 
-    second = strategy.assign(2, strategy.query_scores(2, state_to_record(GLOBAL), _grid({**GOOD, 1: [0.5, np.nan, 0.5]})))
+    replies = strategy.query_scores(2, state_to_record(GLOBAL), _grid({**GOOD, 1: [0.5, np.nan, 0.5]}))
+    second = strategy.assign(2, replies)
     assert second[2] == [1, 2]  # partition 1's own top-2 of its last valid scores [0.2, 0.3, 0.5]
     records = [json.loads(line) for line in (tmp_path / "selection.jsonl").read_text().splitlines()]
     assert records[0]["invalid_clients"] == ["client/0"] and records[1]["invalid_clients"] == ["client/1"]
@@ -163,7 +177,8 @@ def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(st
 def test_aggregate_train_without_a_valid_update_keeps_the_global_model(strategy):
     strategy.round = RoundRecord(1, assignment={1: [0]})
     assert strategy.aggregate_train(1, [_error(1, MessageType.TRAIN)]) == (None, None)
-    assert strategy.global_state is not None and all(np.array_equal(strategy.global_state[k], GLOBAL[k]) for k in GLOBAL)
+    assert strategy.global_state is not None
+    assert all(np.array_equal(strategy.global_state[k], GLOBAL[k]) for k in GLOBAL)
     assert strategy.round.coverage == [0, 0, 0]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from f3ocus_core.importance import fishmask, gradient, grasp, structural, synflow
+from f3ocus_core.importance.context import ScoringContext, scoring_state
 from f3ocus_core.importance.lntk import lntk_scores
 from f3ocus_core.importance.outputs import (
     DEFAULT_PROJECTION_DIM,
@@ -21,7 +22,6 @@ from f3ocus_core.importance.outputs import (
     check_reduction,
 )
 from f3ocus_core.importance.scores import LayerScores, layer_scores_from_raw
-from f3ocus_core.importance.context import ScoringContext, scoring_state
 from f3ocus_core.layers import LayerMap
 
 Scorer = Callable[[ScoringContext], np.ndarray]

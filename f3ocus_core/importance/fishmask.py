@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from f3ocus_core.importance.context import ScoringContext
 from f3ocus_core.importance.gram import layer_grams
 from f3ocus_core.importance.outputs import check_finite
-from f3ocus_core.importance.context import ScoringContext
 from f3ocus_core.models import logits_of
 
 

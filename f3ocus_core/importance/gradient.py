@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from f3ocus_core.importance.outputs import check_finite
 from f3ocus_core.importance.context import ScoringContext
+from f3ocus_core.importance.outputs import check_finite
 from f3ocus_core.models import logits_of, loss_of
 
 #: SPT's share of all scored parameters that counts as "sensitive" (its tuning budget τ).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from f3ocus_core.importance.gradient import loss_gradients
 from f3ocus_core.importance.context import ScoringContext
+from f3ocus_core.importance.gradient import loss_gradients
 
 
 def grasp_scores(ctx: ScoringContext) -> np.ndarray:

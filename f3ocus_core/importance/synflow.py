@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from f3ocus_core.importance.outputs import check_finite
 from f3ocus_core.importance.context import ScoringContext, restored_weights
+from f3ocus_core.importance.outputs import check_finite
 from f3ocus_core.models import logits_of, model_inputs
 
 

@@ -1,7 +1,8 @@
 """Artificial bee colony (ABC) for the layer-assignment problem, in a multi-objective form.
 
 Karaboga (2005), with an external archive of non-dominated food sources that the onlookers exploit,
-as in multi-objective ABC (Akbari, Hedayatzadeh, Ziarati and Hassanizadeh, 2012). ``sources`` food sources are assignments, each with a trial counter.
+as in multi-objective ABC (Akbari, Hedayatzadeh, Ziarati and Hassanizadeh, 2012).
+``sources`` food sources are assignments, each with a trial counter.
 
 * Employed phase: every source makes one neighbour. The discrete form of
   ``v = x + phi (x - x_k)`` picks a random partner source ``k`` and a random client: with ``phi > 0``
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
-from f3ocus_core.selection.moves import mutate, first_population
+from f3ocus_core.selection.moves import first_population, mutate
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -83,7 +84,8 @@ def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[
         candidate = _neighbours(problem, food, food, rng, params.mutation)
         cand_imp, cand_var = problem.evaluate(candidate)
         archive.update(candidate, cand_imp, cand_var)
-        dominates = (cand_imp >= importance) & (cand_var <= variance) & ((cand_imp > importance) | (cand_var < variance))
+        dominates = ((cand_imp >= importance) & (cand_var <= variance)
+                     & ((cand_imp > importance) | (cand_var < variance)))
         dominated = (cand_imp <= importance) & (cand_var >= variance)
         better = dominates | (~dominated & (rng.random(size) < 0.5))
         food[better], importance[better], variance[better] = candidate[better], cand_imp[better], cand_var[better]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
-from f3ocus_core.selection.moves import mutate, first_population
+from f3ocus_core.selection.moves import first_population, mutate
 from f3ocus_core.selection.params import positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -88,7 +88,8 @@ def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tupl
         importance, variance = problem.evaluate(position)
         evaluations += size
         archive.update(position, importance, variance)
-        dominates = (importance >= best_imp) & (variance <= best_var) & ((importance > best_imp) | (variance < best_var))
+        dominates = ((importance >= best_imp) & (variance <= best_var)
+                     & ((importance > best_imp) | (variance < best_var)))
         dominated = (importance <= best_imp) & (variance >= best_var)
         replace = dominates | (~dominated & (rng.random(size) < 0.5))
         best[replace] = position[replace]

@@ -55,8 +55,9 @@ def _first_multiplier(scores: np.ndarray, masks: np.ndarray) -> float:
     """A low quantile of the multipliers at which single swaps from ``masks`` start to pay.
 
     A swap of client ``i`` from ``l`` to ``l'`` lowers ``sum n**2`` by ``r = 2 (n_l - n_l' - 1)`` at an
-    importance loss ``d = S[i, l] - S[i, l']``, and improves ``I - lam * sum n**2`` once ``lam > d / r``. The minimum is often 0 (ties), so the 1% quantile is
-    used as the low end of the grid. ``inf`` when no swap lowers the variance.
+    importance loss ``d = S[i, l] - S[i, l']``, and improves ``I - lam * sum n**2`` once ``lam > d / r``.
+    The minimum is often 0 (ties), so the 1% quantile is used as the low end of the grid.
+    ``inf`` when no swap lowers the variance.
     """
     counts = masks.sum(axis=0)
     loss = scores[:, :, None] - scores[:, None, :]

@@ -17,7 +17,7 @@ from deap import tools
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.individuals import make_individuals
-from f3ocus_core.selection.moves import mutate, first_population
+from f3ocus_core.selection.moves import first_population, mutate
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 

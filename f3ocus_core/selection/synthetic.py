@@ -1,6 +1,7 @@
 """Score matrices shaped like normalised LNTK scores, for tests, benchmarks and demos.
 
-Layer-wise NTK principal eigenvalues are heavy-tailed and span orders of magnitude (Saha et al., "F3OCUS", CVPR 2025, arXiv 2411.11912): a few
+Layer-wise NTK principal eigenvalues are heavy-tailed and span orders of magnitude
+(Saha et al., "F3OCUS", CVPR 2025, arXiv 2411.11912): a few
 layers dominate, several of them for every client (in the paper's LLaVA example layers 0 and 1 are in
 every client's top-4), others only for some. The generator draws log-eigenvalues as
 
