@@ -30,6 +30,7 @@ from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_stat
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
+from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import (
     ARRAYS,
     CLIENT,
@@ -70,23 +71,23 @@ def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch
     """Settings, local data, a fresh model with this node's head (global units not yet loaded) and
     the device this node computes on (its ``device`` node config, else the run's ``device``)."""
     settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
-    node = context.node_config
+    node = parse_node_config(context.node_config)
+    device = resolve_device(node.device, settings.device)
     data_settings = settings.data
-    if "data-path" in node:
-        data_settings = replace(data_settings, data_path=str(node["data-path"]))
-    data = _data(data_settings, int(node["partition-id"]), int(node["num-partitions"]))
+    if node.data_path is not None:
+        data_settings = replace(data_settings, data_path=node.data_path)
+    data = _data(data_settings, node.partition_id, node.num_partitions)
     pristine = _pristine(model_path(settings), settings.peft)
     model = copy.deepcopy(pristine.model)
     set_answer_head(model.get_base_model() if hasattr(model, "get_base_model") else model, data.labels, settings.seed)
     if HEAD in context.state.array_records:
         set_state(model, record_to_state(context.state.array_records[HEAD]))
-    device = resolve_device(node.get("device"), settings.device)
     return settings, data, replace(pristine, model=model.to(device)), device
 
 
 def _client_info(context: Context, data: ClientData, with_labels: bool) -> ClientInfo:
     labels = tuple(data.labels) if with_labels else None
-    return ClientInfo(data.name, int(context.node_config["partition-id"]), data.kind, labels)
+    return ClientInfo(data.name, parse_node_config(context.node_config).partition_id, data.kind, labels)
 
 
 @app.query()
@@ -102,7 +103,8 @@ def query(msg: Message, context: Context) -> Message:
     batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
     scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
                           reduction=settings.scoring.reduction, projection_dim=settings.scoring.projection_dim,
-                          seed=settings.seed + server_round, client_seed=int(context.node_config["partition-id"]))
+                          seed=settings.seed + server_round,
+                          client_seed=parse_node_config(context.node_config).partition_id)
     reply = ScoresReply(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
     return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)
