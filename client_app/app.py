@@ -22,11 +22,13 @@ from flwr.clientapp import ClientApp
 
 from f3ocus_core.config import RunSettings, parse_run_config
 from f3ocus_core.data import ClientData
-from f3ocus_core.data.tasks import DataSettings, load_client_data
+from f3ocus_core.data.cache import cached_client_data
+from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import resolve_device, to_device
 from f3ocus_core.importance import SCORERS, score_layers
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
+from f3ocus_core.pretrain import default_cache_dir
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
@@ -64,7 +66,8 @@ def _pristine(path: str, peft: PeftSettings) -> ModelSetup:
 
 @lru_cache(maxsize=16)
 def _data(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
-    return load_client_data(settings, partition_id, num_partitions)
+    """The client's data, once per process; prepared once per node (cached under ``$F3OCUS_CACHE/data``)."""
+    return cached_client_data(settings, partition_id, num_partitions, default_cache_dir() / "data")
 
 
 def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch.device]:

@@ -1,0 +1,259 @@
+"""Round time of a loopback deployment next to the same run in Flower's simulation.
+
+The same small federated run (the shipped defaults with ``--rounds`` rounds, ``--clients`` clients and
+small data caps so that it finishes in minutes on a laptop) runs twice, each with its own Flower
+home, working folder and ``F3OCUS_CACHE`` (so the deployment's nodes start cold):
+
+- ``simulation``: ``flwr run .`` on Flower's local simulation (``--clients`` SuperNodes,
+  ``--sim-cpus`` CPUs per client);
+- ``deployment``: ``flower-superlink --insecure`` plus ``--clients`` ``flower-supernode`` processes
+  (``--node-config "partition-id=I num-partitions=N"``, default ``--isolation subprocess``: each
+  message runs in a fresh ``flwr-clientapp`` process), then ``flwr run . <connection>``; every process
+  is started here and stopped by PID.
+
+Both runs use one prebuilt base checkpoint (``model.cache-dir``) and skip Flower's runtime dependency
+installation. Per-phase times are the server's own (``outputs/<run>/metrics.jsonl``:
+``seconds_query``, ``seconds_select``, ``seconds_train``, ``seconds_eval``, ``seconds_round``); round 0
+(evaluating the starting model) carries the nodes' cold start and is shown but not counted. The
+ratio is mean ``seconds_round`` over rounds 1..R of the deployment over that of the simulation.
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_deployment.py`` (a few minutes on 2 cores).
+``--run-config "key=value ..."`` adds run-config overrides (e.g. the shipped data caps:
+``"data.max-train-per-client=800 data.max-test-per-client=200 train.local-epochs=2"``).
+The last line is ``deployment/simulation round-time ratio: <x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.flwr_process import (  # noqa: E402
+    BIN,
+    flower_env,
+    free_port,
+    processes_mentioning,
+    stop,
+    toml_value,
+    wait_for_log,
+    write_connection,
+)
+
+PHASES = ("seconds_query", "seconds_select", "seconds_train", "seconds_eval", "seconds_round")
+
+
+def run_config(args: argparse.Namespace, out_dir: Path, cache_dir: Path) -> str:
+    """The ``--run-config`` string shared by both runs."""
+    config = {
+        "num-server-rounds": args.rounds,
+        "run-name": "bench",
+        "output-dir": str(out_dir),
+        "model.cache-dir": str(cache_dir),
+        "model.pretrain-steps": args.pretrain_steps,
+        "data.max-train-per-client": args.max_train,
+        "data.max-test-per-client": args.max_test,
+        "train.local-epochs": args.local_epochs,
+        "train.batch-size": args.batch_size,
+    }
+    text = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
+    return f"{text} {args.run_config}".strip()
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    metrics = out_dir / "bench" / "metrics.jsonl"
+    if not metrics.exists():
+        raise RuntimeError(f"{metrics} was not written; see the logs beside it.")
+    return [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+def simulate(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
+    """``flwr run .`` in the local simulation; returns the metrics rows."""
+    home = work / "flwr-home"
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        f"options.num-supernodes = {args.clients}\n"
+        f"options.backend.client-resources.num-cpus = {args.sim_cpus}\n")
+    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
+    out = work / "outputs"
+    try:
+        result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "--stream",
+                                 "--run-config", run_config(args, out, cache_dir)],
+                                env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
+        (work / "flwr-run.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"simulation failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    finally:
+        stop(processes_mentioning(str(home)))
+    return read_rows(out)
+
+
+def deploy(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
+    """SuperLink + ``--clients`` SuperNodes on loopback, then ``flwr run . <connection>``."""
+    home = work / "flwr-cli"
+    link_port = free_port()
+    write_connection(home, "bench", f"127.0.0.1:{link_port}")
+    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
+    processes: list[subprocess.Popen] = []
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+
+    def start(name: str, command: list[str]) -> subprocess.Popen:
+        cwd = work / name
+        cwd.mkdir()
+        with open(logs / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(command, cwd=cwd, env={**env, "FLWR_HOME": str(cwd / ".flwr")},
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    out = work / "outputs"
+    try:
+        link = start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(link_port),
+                                   "--database", str(work / "state.db")])
+        if not wait_for_log(logs / "superlink.log", "Starting the SuperLink Fleet HTTP API", 60, link):
+            raise RuntimeError((logs / "superlink.log").read_text())
+        for node in range(args.clients):
+            start(f"supernode-{node}", [
+                str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                "--port", str(free_port()),
+                "--node-config", f"partition-id={node} num-partitions={args.clients}"])
+        result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "bench", "--stream",
+                                 "--run-config", run_config(args, out, cache_dir)],
+                                env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
+        (work / "flwr-run.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"deployment failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    finally:
+        for process in reversed(processes):
+            stop([process.pid])
+        for process in processes:
+            process.wait(timeout=30)
+            # What a node started in its session (its SuperExec, a ClientApp) goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    return read_rows(out)
+
+
+#: Steps of one cold message, each timed in a fresh interpreter after the ones before it.
+PROFILE = r"""
+import json, sys, time
+from pathlib import Path
+times = {}
+start = time.perf_counter()
+def lap(name):
+    global start
+    now = time.perf_counter(); times[name] = now - start; start = now
+import flwr.app, flwr.clientapp
+lap("import flwr")
+import client_app.warm
+lap("import client_app.warm (the front)")
+import client_app.app as full
+lap("import client_app.app (torch, transformers, peft, datasets)")
+from f3ocus_core.config import parse_run_config
+from f3ocus_core.data.cache import cached_client_data
+from f3ocus_core.data.tasks import load_client_data
+from f3ocus_core.importance import SCORERS
+from f3ocus_core.selection import ALGORITHMS
+settings = parse_run_config(json.loads(sys.argv[1]), SCORERS, ALGORITHMS)
+load_client_data(settings.data, 0, 2)
+lap("prepare client data (no cache)")
+cached_client_data(settings.data, 0, 2, sys.argv[2])
+lap("prepare again (sources read) + store in the data cache")
+cached_client_data(settings.data, 0, 2, sys.argv[2])
+lap("load from the data cache")
+full._pristine(full.model_path(settings), settings.peft)
+lap("load the model, attach units")
+print(json.dumps(times))
+"""
+
+
+def profile_message(args: argparse.Namespace, work: Path, cache_dir: Path) -> dict[str, float]:
+    """Seconds of each step of a cold message (:data:`PROFILE`), in a fresh interpreter."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    overrides = {"model.cache-dir": str(cache_dir), "model.pretrain-steps": args.pretrain_steps,
+                 "data.max-train-per-client": args.max_train, "data.max-test-per-client": args.max_test}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    interpreter = time.perf_counter() - started
+    result = subprocess.run([sys.executable, "-c", PROFILE, json.dumps({**config, **overrides}),
+                             str(work / "profile-data-cache")],
+                            check=True, capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return {"start the interpreter": interpreter, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def mean_round(rows: list[dict], key: str = "seconds_round") -> float:
+    later = [row[key] for row in rows if row["round"] >= 1]
+    return sum(later) / len(later)
+
+
+def show(name: str, rows: list[dict]) -> None:
+    print(f"\n{name}: per round (s)")
+    print("round " + " ".join(f"{key.removeprefix('seconds_'):>9s}" for key in PHASES) + "  accuracy")
+    for row in rows:
+        accuracy = row.get("accuracy")
+        print(f"{row['round']:5d} " + " ".join(f"{row.get(key, 0.0):9.2f}" for key in PHASES)
+              + (f"  {accuracy:.3f}" if accuracy is not None else ""))
+    print(" mean " + " ".join(f"{mean_round(rows, key):9.2f}" for key in PHASES) + "  (rounds >= 1)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--max-train", type=int, default=64, help="data.max-train-per-client")
+    parser.add_argument("--max-test", type=int, default=32, help="data.max-test-per-client")
+    parser.add_argument("--local-epochs", type=int, default=1, help="train.local-epochs")
+    parser.add_argument("--batch-size", type=int, default=16, help="train.batch-size")
+    parser.add_argument("--pretrain-steps", type=int, default=30, help="model.pretrain-steps of the base checkpoint")
+    parser.add_argument("--sim-cpus", type=float, default=1, help="simulation: CPUs per client (1: both at once)")
+    parser.add_argument("--run-config", default="", help="further run-config overrides, TOML 'key=value ...'")
+    parser.add_argument("--modes", default="deployment,simulation", help="which runs, in order")
+    parser.add_argument("--work-dir", default="", help="keep logs and outputs here (default: a temporary folder)")
+    parser.add_argument("--profile", action="store_true", help="first time the steps of one cold message")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per run")
+    args = parser.parse_args()
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-deployment-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}")
+    cache_dir = work / "model-cache"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sys; from f3ocus_core.pretrain import ensure_base_checkpoint; "
+                    f"ensure_base_checkpoint(sys.argv[1], steps={args.pretrain_steps}, seed=0)", str(cache_dir)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    print(f"base checkpoint ready ({time.perf_counter() - started:.1f} s)")
+
+    if args.profile:
+        print("\none cold message, step by step (s):")
+        for step, seconds in profile_message(args, work, cache_dir).items():
+            print(f"  {seconds:6.2f}  {step}")
+
+    runs = {"simulation": simulate, "deployment": deploy}
+    rows: dict[str, list[dict]] = {}
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        started = time.perf_counter()
+        rows[mode] = runs[mode](args, work / mode, cache_dir)
+        print(f"{mode}: {time.perf_counter() - started:.1f} s wall, logs in {work / mode}")
+        show(mode, rows[mode])
+    if len(rows) == 2:
+        ratio = mean_round(rows["deployment"]) / mean_round(rows["simulation"])
+        print(f"\ndeployment/simulation round-time ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
