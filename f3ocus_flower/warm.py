@@ -179,7 +179,7 @@ def _start_worker(path: Path, app_dir: str) -> socket.socket:
     worker = subprocess.Popen(
         [sys.executable, "-m", "f3ocus_flower.warm", "--socket", str(path), "--app-dir", app_dir,
          "--watch-pid", str(os.getppid())],
-        env=env, cwd=app_dir, stdin=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         sock = _try_connect(path)
