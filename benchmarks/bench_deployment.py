@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,12 +100,13 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict
     return read_rows(out)
 
 
-def deploy(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
-    """SuperLink + ``--clients`` SuperNodes on loopback, then ``flwr run . <connection>``."""
+def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = True) -> list[dict]:
+    """SuperLink + ``--clients`` SuperNodes on loopback, then ``flwr run . <connection>``; with
+    ``warm=False`` the nodes run with ``F3OCUS_WARM=0`` (every message in its own process)."""
     home = work / "flwr-cli"
     link_port = free_port()
     write_connection(home, "bench", f"127.0.0.1:{link_port}")
-    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
+    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0"}
     processes: list[subprocess.Popen] = []
     logs = work / "logs"
     logs.mkdir(parents=True)
@@ -136,8 +138,9 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
         if result.returncode != 0:
             raise RuntimeError(f"deployment failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     finally:
-        for process in reversed(processes):
-            stop([process.pid])
+        stop([process.pid for process in processes[1:]])
+        if processes:
+            stop([processes[0].pid])
         for process in processes:
             process.wait(timeout=30)
             # What a node started in its session (its SuperExec, a ClientApp) goes with it.
@@ -196,6 +199,42 @@ def profile_message(args: argparse.Namespace, work: Path, cache_dir: Path) -> di
     return {"start the interpreter": interpreter, **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
+_HANDLED = re.compile(r"f3ocus warm worker \d+: (query|train|evaluate) handled in ([0-9.]+) s")
+_PHASE_KEY = {"query": "seconds_query", "train": "seconds_train", "evaluate": "seconds_eval"}
+
+
+def worker_seconds(logs: Path) -> dict[tuple[int, str], float]:
+    """Per (round, phase key), the slowest node's time in its warm worker, from the nodes' logs
+    (the k-th ``evaluate`` of a node is round k's, the k-th ``query``/``train`` round k+1's)."""
+    slowest: dict[tuple[int, str], float] = {}
+    for log in sorted(logs.glob("supernode-*.log")):
+        seen = {"query": 0, "train": 0, "evaluate": 0}
+        for kind, seconds in _HANDLED.findall(log.read_text(errors="replace")):
+            server_round = seen[kind] + (0 if kind == "evaluate" else 1)
+            seen[kind] += 1
+            key = (server_round, _PHASE_KEY[kind])
+            slowest[key] = max(slowest.get(key, 0.0), float(seconds))
+    return slowest
+
+
+def show_overhead(rows: list[dict], handled: dict[tuple[int, str], float]) -> None:
+    """The server's phase time next to the slowest node's time in its worker: the rest is Flower's
+    transport (polling, the one-message process, moving the objects)."""
+    print("\ndeployment: server's phase time = slowest node's warm-worker time + Flower's transport (s)")
+    for row in rows:
+        cells = []
+        for kind, key in _PHASE_KEY.items():
+            if row.get(key) and (row["round"], key) in handled:
+                work = handled[(row["round"], key)]
+                cells.append(f"{kind} {row[key]:6.2f} = {work:6.2f} + {row[key] - work:5.2f}")
+        print(f"round {row['round']}: " + " | ".join(cells))
+    later = [row[key] - handled[(row["round"], key)] for row in rows if row["round"] >= 1
+             for key in _PHASE_KEY.values() if (row["round"], key) in handled]
+    if later:
+        print(f"transport per phase, rounds >= 1: mean {sum(later) / len(later):.2f} s, "
+              f"min {min(later):.2f} s, max {max(later):.2f} s")
+
+
 def mean_round(rows: list[dict], key: str = "seconds_round") -> float:
     later = [row[key] for row in rows if row["round"] >= 1]
     return sum(later) / len(later)
@@ -222,7 +261,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=30, help="model.pretrain-steps of the base checkpoint")
     parser.add_argument("--sim-cpus", type=float, default=1, help="simulation: CPUs per client (1: both at once)")
     parser.add_argument("--run-config", default="", help="further run-config overrides, TOML 'key=value ...'")
-    parser.add_argument("--modes", default="deployment,simulation", help="which runs, in order")
+    parser.add_argument("--modes", default="deployment,simulation",
+                        help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0)")
     parser.add_argument("--work-dir", default="", help="keep logs and outputs here (default: a temporary folder)")
     parser.add_argument("--profile", action="store_true", help="first time the steps of one cold message")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per run")
@@ -243,14 +283,20 @@ def main() -> None:
         for step, seconds in profile_message(args, work, cache_dir).items():
             print(f"  {seconds:6.2f}  {step}")
 
-    runs = {"simulation": simulate, "deployment": deploy}
+    runs = {"simulation": simulate, "deployment": deploy,
+            "deployment-cold": lambda *a: deploy(*a, warm=False)}
     rows: dict[str, list[dict]] = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         started = time.perf_counter()
         rows[mode] = runs[mode](args, work / mode, cache_dir)
         print(f"{mode}: {time.perf_counter() - started:.1f} s wall, logs in {work / mode}")
         show(mode, rows[mode])
-    if len(rows) == 2:
+        if mode.startswith("deployment"):
+            show_overhead(rows[mode], worker_seconds(work / mode / "logs"))
+    if "simulation" in rows and "deployment-cold" in rows:
+        ratio = mean_round(rows["deployment-cold"]) / mean_round(rows["simulation"])
+        print(f"\ndeployment-cold (F3OCUS_WARM=0)/simulation round-time ratio: {ratio:.2f}")
+    if "simulation" in rows and "deployment" in rows:
         ratio = mean_round(rows["deployment"]) / mean_round(rows["simulation"])
         print(f"\ndeployment/simulation round-time ratio: {ratio:.2f}")
 

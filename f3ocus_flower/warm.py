@@ -230,7 +230,13 @@ def serve(path: Path, app_dir: str, watch_pid: int, idle: float) -> None:
             with conn:
                 conn.settimeout(None)
                 with contextlib.suppress(ConnectionError):
-                    _send(conn, handle(app, _receive(conn)))
+                    request = _receive(conn)
+                    started = time.perf_counter()
+                    answer = handle(app, request)
+                    _send(conn, answer)
+                    print(f"f3ocus warm worker {os.getpid()}: {pickle.loads(request[0]).message_type} "
+                          f"{'failed' if answer[0] == 'raised' else 'handled'} in "
+                          f"{time.perf_counter() - started:.2f} s", flush=True)
             last = time.monotonic()
     finally:
         server.close()
