@@ -1,21 +1,26 @@
 """Round time of a loopback deployment next to the same run in Flower's simulation.
 
 The same small federated run (the shipped defaults with ``--rounds`` rounds, ``--clients`` clients and
-small data caps so that it finishes in minutes on a laptop) runs twice, each with its own Flower
-home, working folder and ``F3OCUS_CACHE`` (so the deployment's nodes start cold):
+small data caps, so that it finishes in minutes on a laptop) runs once per mode, each with its own
+Flower home, working folder and ``F3OCUS_CACHE`` (so a deployment's nodes start cold):
 
-- ``simulation``: ``flwr run .`` on Flower's local simulation (``--clients`` SuperNodes,
-  ``--sim-cpus`` CPUs per client);
 - ``deployment``: ``flower-superlink --insecure`` plus ``--clients`` ``flower-supernode`` processes
-  (``--node-config "partition-id=I num-partitions=N"``, default ``--isolation subprocess``: each
-  message runs in a fresh ``flwr-clientapp`` process), then ``flwr run . <connection>``; every process
-  is started here and stopped by PID.
+  (``--node-config "partition-id=I num-partitions=N"``, default ``--isolation subprocess``: Flower runs
+  each message in a fresh ``flwr-clientapp`` process, which hands it to the node's warm worker,
+  :mod:`f3ocus_flower.warm`), then ``flwr run . <connection>``; every process is started here and
+  stopped by PID;
+- ``deployment-cold``: the same with ``F3OCUS_WARM=0`` on the nodes (each message does all its work
+  in its own process, as before warm workers);
+- ``simulation``: ``flwr run .`` on Flower's local simulation (``--clients`` SuperNodes,
+  ``--sim-cpus`` CPUs per client).
 
-Both runs use one prebuilt base checkpoint (``model.cache-dir``) and skip Flower's runtime dependency
+All use one prebuilt base checkpoint (``model.cache-dir``) and skip Flower's runtime dependency
 installation. Per-phase times are the server's own (``outputs/<run>/metrics.jsonl``:
 ``seconds_query``, ``seconds_select``, ``seconds_train``, ``seconds_eval``, ``seconds_round``); round 0
-(evaluating the starting model) carries the nodes' cold start and is shown but not counted. The
-ratio is mean ``seconds_round`` over rounds 1..R of the deployment over that of the simulation.
+(evaluating the starting model) carries the nodes' cold start and is shown but not counted. For a
+warm deployment each phase is split into the slowest node's time in its worker (the worker logs it)
+and the rest, Flower's transport. ``--profile`` first times the steps of one cold message. The ratio
+is mean ``seconds_round`` over rounds 1..R of the deployment over that of the simulation.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_deployment.py`` (a few minutes on 2 cores).
 ``--run-config "key=value ..."`` adds run-config overrides (e.g. the shipped data caps:
@@ -107,6 +112,8 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
     link_port = free_port()
     write_connection(home, "bench", f"127.0.0.1:{link_port}")
     env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0"}
+    if args.superexec_poll:
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.superexec_poll)
     processes: list[subprocess.Popen] = []
     logs = work / "logs"
     logs.mkdir(parents=True)
@@ -219,7 +226,9 @@ def worker_seconds(logs: Path) -> dict[tuple[int, str], float]:
 
 def show_overhead(rows: list[dict], handled: dict[tuple[int, str], float]) -> None:
     """The server's phase time next to the slowest node's time in its worker: the rest is Flower's
-    transport (polling, the one-message process, moving the objects)."""
+    transport (polling, the one-message process, moving the objects). Nothing without workers."""
+    if not handled:
+        return
     print("\ndeployment: server's phase time = slowest node's warm-worker time + Flower's transport (s)")
     for row in rows:
         cells = []
@@ -264,6 +273,8 @@ def main() -> None:
     parser.add_argument("--modes", default="deployment,simulation",
                         help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0)")
     parser.add_argument("--work-dir", default="", help="keep logs and outputs here (default: a temporary folder)")
+    parser.add_argument("--superexec-poll", type=float, default=0.0,
+                        help="deployment: FLWR_SUPEREXEC_TASK_POLL_INTERVAL of the nodes (0: Flower's default, 1 s)")
     parser.add_argument("--profile", action="store_true", help="first time the steps of one cold message")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per run")
     args = parser.parse_args()
