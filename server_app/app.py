@@ -16,6 +16,7 @@ from f3ocus_core.importance import SCORERS
 from f3ocus_core.peft_units import get_state, set_state
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
+from f3ocus_flower.grid import prompt
 from f3ocus_flower.model_setup import model_path, set_up_model
 from f3ocus_flower.protocol import record_to_state, state_to_record
 from server_app.strategy import F3ocusStrategy
@@ -53,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Outputs go to %s", out_dir)
 
     strategy = F3ocusStrategy(settings, units, recorder)
-    result = strategy.start(grid, state_to_record(get_state(model, units.all_keys())), settings.num_rounds,
+    result = strategy.start(prompt(grid), state_to_record(get_state(model, units.all_keys())), settings.num_rounds,
                             timeout=settings.round_timeout)
 
     set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
