@@ -112,6 +112,9 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
     link_port = free_port()
     write_connection(home, "bench", f"127.0.0.1:{link_port}")
     env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0"}
+    # Each node gets its share of the cores, as the simulation gives each client --sim-cpus (Ray sets
+    # OMP_NUM_THREADS per client): two nodes on one host must not both compute with every core.
+    env["OMP_NUM_THREADS"] = str(max(1, int(args.sim_cpus)))
     if args.superexec_poll:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.superexec_poll)
     processes: list[subprocess.Popen] = []
