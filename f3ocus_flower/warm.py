@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -212,6 +213,7 @@ def handle(app, request: tuple) -> tuple:
 def serve(path: Path, app_dir: str, watch_pid: int, idle: float) -> None:
     """Listen on ``path`` and handle one message at a time until ``watch_pid`` is gone or nothing
     came for ``idle`` seconds."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through `finally`: remove the socket
     sys.path.insert(0, app_dir)
     app = importlib.import_module(APP_MODULE).app
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
