@@ -18,7 +18,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +33,10 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.npz"
 FORMAT_VERSION = 1
 
-#: Settings that may differ between a run and its resumption: where it runs and for how long, not
-#: what it computes. Every other setting is part of the fingerprint.
-MAY_CHANGE = frozenset({"num_rounds", "run_name", "output_dir", "resume", "round_timeout", "min_clients",
-                        "device", "eval_batch_size", "model.cache_dir"})
+#: Run-config keys that may differ between a run and its resumption: where it runs and for how
+#: long, not what it computes. Every other key is part of the fingerprint.
+MAY_CHANGE = frozenset({"num-server-rounds", "run-name", "output-dir", "resume", "round-timeout", "min-clients",
+                        "device", "eval.batch-size", "model.cache-dir"})
 
 _UNIT_PREFIX = "units/"
 _META = "meta"
@@ -78,22 +78,13 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def _flatten(settings: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "params":
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-def config_fingerprint(settings: dict, layers: list[str], units: list[list[str]]) -> dict[str, object]:
-    """What defines a run's computation: its settings (``RunSettings.as_dict()``, flattened to
-    dotted keys, less :data:`MAY_CHANGE`), the model's layer names and each layer's unit names."""
-    flat = {key: value for key, value in _flatten(settings).items() if key not in MAY_CHANGE}
-    return json.loads(json.dumps({**flat, "layers": list(layers), "units": [list(names) for names in units]}))
+def config_fingerprint(run_config: Mapping[str, object], layers: list[str],
+                       units: list[list[str]]) -> dict[str, object]:
+    """What defines a run's computation: its run config (``[tool.flwr.app.config]`` with the run's
+    overrides, by config key, less :data:`MAY_CHANGE`), the model's layer names and each layer's
+    unit names."""
+    kept = {key: value for key, value in run_config.items() if key not in MAY_CHANGE}
+    return json.loads(json.dumps({**kept, "layers": list(layers), "units": [list(names) for names in units]}))
 
 
 def check_fingerprint(saved: dict[str, object], current: dict[str, object], folder: str | Path) -> None:

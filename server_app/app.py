@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         setup = set_up_model(model_path(settings), settings.peft, settings.seed)
         check_against_model(settings, len(setup.layer_map))
         model, units, layers = setup.model, setup.units, list(setup.layer_map.names)
-        fingerprint = config_fingerprint(settings.as_dict(), layers, [list(n) for n in units.names])
+        fingerprint = config_fingerprint(dict(context.run_config), layers, [list(n) for n in units.names])
         if settings.resume:
             out_dir = Path(settings.resume).resolve()
             checkpoint = load_checkpoint(out_dir)

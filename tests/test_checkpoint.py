@@ -2,7 +2,6 @@
 RNG round trips, newest-state-up-to-a-round lookups."""
 
 import random
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from f3ocus_core.checkpoint import (
     write_npz_atomic,
 )
 from f3ocus_core.client_state import ClientStateStore, run_key, state_dir
-from f3ocus_core.config import ConfigError, RunSettings
+from f3ocus_core.config import ConfigError
 
 LAYERS = ["layer.0", "layer.1"]
 UNITS = [["a.0", "b.0"], ["a.1", "b.1"]]
@@ -76,29 +75,28 @@ def test_no_checkpoint_names_resume(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_a_different_configuration_is_refused_naming_each_differing_key():
-    settings = RunSettings()
-    base = config_fingerprint(settings.as_dict(), LAYERS, UNITS)
-    check_fingerprint(base, config_fingerprint(settings.as_dict(), LAYERS, UNITS), "run")
-    other = RunSettings(peft=replace(settings.peft, method="full"))
-    other.model.name = "/models/other"
+def test_a_different_configuration_is_refused_naming_each_differing_key(shipped_run_config):
+    config = dict(shipped_run_config)
+    base = config_fingerprint(config, LAYERS, UNITS)
+    check_fingerprint(base, config_fingerprint(dict(config), LAYERS, UNITS), "run")
+    other = dict(config, **{"peft.method": "full", "model.name": "/models/other"})
     with pytest.raises(ConfigError) as error:
-        check_fingerprint(base, config_fingerprint(other.as_dict(), LAYERS[:1], UNITS[:1]), "run")
+        check_fingerprint(base, config_fingerprint(other, LAYERS[:1], UNITS[:1]), "run")
     message = str(error.value)
     assert message.startswith("resume: the checkpoint in run was written by a different configuration")
     assert "(layers, model.name, peft.method, units differ" in message
     assert 'model.name: checkpoint "builtin:tiny-vilt-easyvqa", this run "/models/other"' in message
 
 
-def test_where_and_how_long_a_run_goes_may_change_on_resume():
-    settings = RunSettings()
-    base = config_fingerprint(settings.as_dict(), LAYERS, UNITS)
-    settings.num_rounds, settings.run_name, settings.device, settings.resume = 50, "x", "cpu", "/out/x"
-    settings.round_timeout, settings.min_clients, settings.model.cache_dir = 10.0, 5, "/cache"
-    check_fingerprint(base, config_fingerprint(settings.as_dict(), LAYERS, UNITS), "run")
-    settings.seed = 1
-    with pytest.raises(ConfigError, match=r"\(seed differ: seed: checkpoint 0, this run 1\)"):
-        check_fingerprint(base, config_fingerprint(settings.as_dict(), LAYERS, UNITS), "run")
+def test_where_and_how_long_a_run_goes_may_change_on_resume(shipped_run_config):
+    config = dict(shipped_run_config)
+    base = config_fingerprint(config, LAYERS, UNITS)
+    config.update({"num-server-rounds": 50, "run-name": "x", "device": "cpu", "resume": "/out/x",
+                   "round-timeout": 10.0, "min-clients": 5, "model.cache-dir": "/cache", "eval.batch-size": 8})
+    check_fingerprint(base, config_fingerprint(config, LAYERS, UNITS), "run")
+    config.update({"seed": 1, "train.lr": 0.1})
+    with pytest.raises(ConfigError, match=r"\(seed, train\.lr differ: seed: checkpoint 0, this run 1; train\.lr"):
+        check_fingerprint(base, config_fingerprint(config, LAYERS, UNITS), "run")
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):

@@ -75,7 +75,7 @@ def test_resuming_with_another_configuration_is_refused_naming_the_keys(small_ru
     out = Path(config["output-dir"]) / "first"
     before = (out / "metrics.jsonl").read_text()
     changed = dict(config, **{"resume": str(out), "peft.lora-rank": 4, "selection.algorithm": "sa"})
-    refused = r"resume: .*\(peft\.rank, selection\.algorithm differ: peft\.rank: checkpoint 8, this run 4"
+    refused = r"resume: .*\(peft\.lora-rank, selection\.algorithm differ: peft\.lora-rank: checkpoint 8, this run 4"
     with pytest.raises(ValueError, match=refused):
         run_server_app(changed, num_nodes=2)
     assert (out / "metrics.jsonl").read_text() == before
