@@ -26,6 +26,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, coverage, validate_update
+from f3ocus_core.checkpoint import Checkpoint, capture_rng, save_checkpoint
+from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
 from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
@@ -38,6 +40,7 @@ from f3ocus_flower.protocol import (
     METRIC,
     METRICS,
     NUM_EXAMPLES,
+    RUN_KEY,
     SCORES,
     TRAIN_LOSS,
     ClientInfo,
@@ -46,6 +49,7 @@ from f3ocus_flower.protocol import (
     round_config,
     state_to_record,
 )
+from f3ocus_flower.rounds import run_rounds
 
 
 class F3ocusStrategy(Strategy):
@@ -59,9 +63,13 @@ class F3ocusStrategy(Strategy):
         Per layer, the names of its trainable units (what travels).
     recorder : RunRecorder
         Where the round records and figures go.
+    fingerprint : dict | None
+        The run's configuration fingerprint (:func:`~f3ocus_core.checkpoint.config_fingerprint`):
+        given, a checkpoint is written to ``recorder.out_dir/checkpoint/`` after every round.
     """
 
-    def __init__(self, settings: RunSettings, units: UnitMap, recorder: RunRecorder) -> None:
+    def __init__(self, settings: RunSettings, units: UnitMap, recorder: RunRecorder,
+                 fingerprint: dict | None = None) -> None:
         self.settings = settings
         self.units = units
         self.recorder = recorder
@@ -73,6 +81,10 @@ class F3ocusStrategy(Strategy):
         self.timeout = settings.round_timeout
         self._train_sent_at = 0.0
         self._eval_sent_at = 0.0
+        self.fingerprint = fingerprint
+        self.run_key = run_key(recorder.out_dir)
+        self.resumed_round: int | None = None
+        self._restored_scores: dict[int, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -86,11 +98,18 @@ class F3ocusStrategy(Strategy):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
-        """Evaluate the starting model on every client (round 0), then run Flower's round loop."""
+        """Evaluate the starting model on every client (round 0), then run the rounds; a resumed
+        strategy (:meth:`import_state`) starts at the round after its checkpoint's instead."""
         self.timeout = timeout
         self.global_state = record_to_state(initial_arrays)
         nodes = self._wait_for_nodes(grid)
         self.settings.selection.budgets_for(len(nodes))
+        log(INFO, "Starting %s:", self.__class__.__name__)
+        self.summary()
+        if self.resumed_round is not None:
+            log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
+            return run_rounds(self, grid, initial_arrays, self.resumed_round + 1, num_rounds, timeout,
+                              after_round=self._round_done)
         log(INFO, "[ROUND 0/%d] evaluating the starting model on %d clients", num_rounds, len(nodes))
         self.round = RoundRecord(0)
         messages = self.configure_evaluate(0, initial_arrays, ConfigRecord(), grid)
@@ -99,7 +118,8 @@ class F3ocusStrategy(Strategy):
             reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.round.failed)
             raise RuntimeError("No client could evaluate the starting model, so the run stops before training. "
                                + reasons)
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
+        self._round_done(0, initial_arrays)
+        return run_rounds(self, grid, initial_arrays, 1, num_rounds, timeout, after_round=self._round_done)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -197,6 +217,36 @@ class F3ocusStrategy(Strategy):
         log(INFO, "%s", round_log_line(row, self.settings.num_rounds))
         return MetricRecord({key: row[key] for key in (METRIC, LOSS) if row.get(key) is not None})
 
+    # ------------------------------------------------------------------ checkpoint state
+
+    def export_state(self) -> dict:
+        """The strategy's state as JSON: each client seen (name, partition id, kind, last valid
+        scores) and the recorder's rows and assignments."""
+        clients = []
+        for node, info in sorted(self.clients.items(), key=lambda item: item[1].partition_id):
+            scores = self.last_valid_scores.get(node)
+            clients.append({"name": info.name, "partition_id": info.partition_id, "kind": info.kind,
+                            "last_valid_scores": None if scores is None else [float(v) for v in scores]})
+        return {"clients": clients, **self.recorder.export_state()}
+
+    def import_state(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint``: :meth:`start` then runs the rounds after its round. Node ids
+        change across restarts, so last valid scores are matched to clients by partition id."""
+        self.resumed_round = checkpoint.server_round
+        self.global_state = dict(checkpoint.units)
+        self._restored_scores = {int(client["partition_id"]): np.asarray(client["last_valid_scores"], dtype=float)
+                                 for client in checkpoint.strategy["clients"]
+                                 if client["last_valid_scores"] is not None}
+        self.recorder.import_state(checkpoint.strategy, checkpoint.server_round)
+
+    def _round_done(self, server_round: int, arrays: ArrayRecord) -> None:
+        """After a complete round: write the checkpoint (if this strategy has a fingerprint)."""
+        if self.fingerprint is None:
+            return
+        rng, torch_rng = capture_rng()
+        save_checkpoint(self.recorder.out_dir, Checkpoint(server_round, record_to_state(arrays), self.export_state(),
+                                                          self.fingerprint, rng, torch_rng))
+
     # ------------------------------------------------------------------ helpers
 
     def _select(self, server_round: int, nodes: list[int], unusable: list[int], scores: dict[int, ScoresReply],
@@ -245,6 +295,7 @@ class F3ocusStrategy(Strategy):
         """One message to ``node``; its arrays count as bytes down in the phase named by ``kind``
         (``MessageType.QUERY``, ``TRAIN`` and ``EVALUATE`` are the strings "query", "train", "evaluate")."""
         self.round.count_down(kind, node, arrays.count_bytes())
+        config[RUN_KEY] = self.run_key
         return Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), message_type=kind, dst_node_id=node)
 
     def _name(self, node_id: int) -> str:
@@ -257,6 +308,8 @@ class F3ocusStrategy(Strategy):
             return
         info = ClientInfo.from_record(msg.content.config_records[CLIENT])
         self.clients[msg.metadata.src_node_id] = info
+        if info.partition_id in self._restored_scores:
+            self.last_valid_scores.setdefault(msg.metadata.src_node_id, self._restored_scores.pop(info.partition_id))
         if info.labels is not None:
             self.recorder.save_labels(info.name, info.kind, list(info.labels))
 
