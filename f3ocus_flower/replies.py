@@ -86,7 +86,7 @@ def screen(replies: Iterable[Message], phase: str, expected: Iterable[int]) -> t
     for msg in replies:
         node = msg.metadata.src_node_id
         if node not in expected:
-            rejected.append(Rejection(node, "sender", f"node {node} was not sent a {phase} message this round"))
+            rejected.append(Rejection(node, "sender", f"node {node} was sent no {phase} message this round"))
             continue
         if node in seen:
             rejected.append(Rejection(node, "duplicate", f"a second {phase} reply from node {node}; the first counts"))

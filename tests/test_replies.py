@@ -565,3 +565,104 @@ def test_a_client_that_fails_every_round_never_stops_the_run(settings, tmp_path)
 def test_a_run_stops_only_when_no_client_answers(settings, tmp_path):
     with pytest.raises(RuntimeError, match="No client could evaluate the starting model"):
         run(tmp_path, settings, fail=lambda *_: True)
+
+
+# ---------------------------------------------------------------- through the real ServerApp
+
+def _bits(state: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {key: value.tobytes() + str(value.dtype).encode() for key, value in state.items()}
+
+
+def _spy_and_tamper(tampers: dict, seen: dict) -> dict:
+    """``wrap`` for :func:`run_server_app`: remember what each node was sent and answered
+    (``seen[(kind, node, round)] = (request, reply)``) and apply ``tampers[(kind, node, round)]``."""
+
+    def wrap(kind: str):
+        def decorate(handler):
+            def wrapped(msg: Message, context) -> Message | list[Message]:
+                reply = handler(msg, context)
+                key = (kind, msg.metadata.dst_node_id, _round(msg))
+                seen[key] = (msg, reply)
+                return tampers[key](msg, reply) if key in tampers else reply
+            return wrapped
+        return decorate
+
+    return {kind: wrap(kind) for kind in (QUERY, TRAIN, EVALUATE)}
+
+
+def _only_client_1_counted(seen: dict, last_round: int) -> None:
+    """The global units after round 1 (sent with the next query, or saved at the end) are those of a
+    run without node 2's round-1 update: node 1's update on its layers (a layer, or LoRA module,
+    trained by one client keeps that client's values bit for bit), the old units elsewhere."""
+    before = record_to_state(seen[(QUERY, 1, 1)][0].content[ARRAYS])
+    update = record_to_state(seen[(TRAIN, 1, 1)][1].content[ARRAYS])
+    after = record_to_state(seen[(EVALUATE, 1, 1)][0].content[ARRAYS])
+    assert _bits(after) == _bits({**before, **update})
+    assert _bits(after) != _bits(before)
+
+
+@pytest.mark.slow
+def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, caplog):
+    """Round 1 of the real ServerApp and ClientApp on two clients, where every phase also gets a
+    duplicate and a stranger's reply, client 1's update holds a NaN and its evaluation an accuracy
+    of 3: each is rejected by name and check, and the global units are bit for bit those of the run
+    without client 1's update."""
+    from tests.inprocess_grid import run_server_app
+
+    tampers = {
+        (QUERY, 1, 1): lambda q, r: [*duplicate(scores(scores=[0.0, 0.0, 0.0, 1.0]))(q, r), *stranger(99)(q, r)[1:]],
+        (TRAIN, 1, 1): lambda q, r: [*duplicate(first(lambda a: a + 5))(q, r), *stranger(7)(q, r)[1:]],
+        (TRAIN, 2, 1): first(lambda a: _set(a, 0, np.nan)),
+        (EVALUATE, 1, 1): lambda q, r: [*duplicate(same)(q, r), *stranger(42)(q, r)[1:]],
+        (EVALUATE, 2, 1): metric_values(metric=3.0, accuracy=3.0),
+    }
+    seen: dict = {}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _, rows = run_server_app(dict(_tiny(small_run_config), **{"num-server-rounds": 1}), num_nodes=2,
+                                 wrap=_spy_and_tamper(tampers, seen))
+
+    c0, c1 = "easy-vqa/0", "easy-vqa/1"
+    expected = [(1, EVALUATE, c0, "duplicate"), (1, EVALUATE, c1, "metrics"), (1, EVALUATE, "node-42", "sender"),
+                (1, QUERY, c0, "duplicate"), (1, QUERY, "node-99", "sender"),
+                (1, TRAIN, c0, "duplicate"), (1, TRAIN, c1, "finite"), (1, TRAIN, "node-7", "sender")]
+    assert sorted((row["round"], f["phase"], f["client"], f["reason"].split(":")[0]) for row in rows
+                  for f in row["failed"]) == sorted(expected)
+    for _, phase, client, check in expected:
+        assert f"Round 1, {phase}: reply of client {client} rejected [{check}]" in caplog.text
+    print(f"\n{len(expected)} malformed replies through the ServerApp")
+    assert [row["round"] for row in rows] == [0, 1] and set(rows[1]["bytes_up"]) == {c0}
+    _only_client_1_counted(seen, 1)
+    honest = seen[(EVALUATE, 1, 1)][1].content[METRICS]
+    assert rows[1]["metric_per_client"] == {c0: honest["metric"]}
+    assert rows[1]["coverage"] == [int(layer in rows[1]["assignment"][c0]) for layer in range(4)]
+
+
+@pytest.mark.slow
+def test_a_straggler_through_the_server_app(small_run_config, caplog):
+    """Client 2's train reply of round 1 comes after ``round-timeout``: round 1 averages client 1
+    alone, bit for bit; in round 2 client 2 takes part again."""
+    from tests.inprocess_grid import run_server_app
+
+    def late(node: int, kind: str, server_round: int) -> float:
+        return 120.0 if (node, kind, server_round) == (2, TRAIN, 1) else 1.0
+
+    seen: dict = {}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        grid, rows = run_server_app(_tiny(small_run_config), num_nodes=2, delay=late,
+                                    wrap=_spy_and_tamper({}, seen))
+
+    c0, c1 = "easy-vqa/0", "easy-vqa/1"
+    assert grid.late == [(2, TRAIN, 1)]
+    assert "Round 1, train: reply of client easy-vqa/1 rejected [timeout]: no reply within round-timeout" in caplog.text
+    assert [(row["round"], f["phase"], f["client"], f["reason"]) for row in rows for f in row["failed"]] == [
+        (1, TRAIN, c1, "timeout: no reply within round-timeout")]
+    _only_client_1_counted(seen, 1)
+    assert set(rows[1]["bytes_up"]) == {c0} and set(rows[2]["bytes_up"]) == {c0, c1}
+    assert set(rows[2]["metric_per_client"]) == {c0, c1}
+
+
+def _tiny(config: dict) -> dict:
+    """The small run config, smaller: a step of training, a few examples, the exact selector."""
+    return dict(config, **{"data.max-train-per-client": 8, "data.max-test-per-client": 8, "train.max-steps": 1,
+                           "train.local-epochs": 1, "scoring.batch-size": 4, "eval.batch-size": 8,
+                           "selection.algorithm": "exact", "round-timeout": 60.0})
