@@ -8,7 +8,10 @@ One round, as messages (docs/architecture.md draws it):
 2. ``aggregate_train`` averages each layer over the clients that trained it, weighted by examples.
 3. ``configure_evaluate``/``aggregate_evaluate`` run federated evaluation and write the round's row.
 
-A round-0 federated evaluation of the starting model runs before round 1. What the round measures
+Every reply is checked by :mod:`f3ocus_flower.replies` before it is used; a reply that fails a check,
+or that does not come within ``round-timeout``, is logged with its client and the check and left out
+of that step, and the run goes on (docs/reliability.md). A round-0 federated evaluation of the
+starting model runs before round 1. What the round measures
 goes into a :class:`~f3ocus_core.recorder.RoundRecord`; the recorder turns it into the metrics row
 and the log line.
 """
@@ -32,6 +35,7 @@ from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_lo
 from f3ocus_core.selection import client_budgets, fallback_assignment, select, top_b_masks
 from f3ocus_flower.protocol import (
     ARRAYS,
+    CLIENT,
     CONFIG,
     LOSS,
     METRIC,
@@ -275,9 +279,12 @@ class F3ocusStrategy(Strategy):
         info = self.clients.get(node_id)
         return info.name if info else f"node-{node_id}"
 
-    def _learn_client(self, node: int, info: ClientInfo) -> None:
-        """Remember who ``node`` is and save its label set."""
-        self.clients[node] = info
+    def _learn_client(self, msg: Message) -> None:
+        """Remember who sent ``msg`` (its CLIENT record) and save its label set."""
+        if CLIENT not in msg.content.config_records:
+            return
+        info = ClientInfo.from_record(msg.content.config_records[CLIENT])
+        self.clients[msg.metadata.src_node_id] = info
         if info.labels is not None:
             self.recorder.save_labels(info.name, info.kind, list(info.labels))
 
@@ -301,7 +308,7 @@ class F3ocusStrategy(Strategy):
                 continue
             if info is not None:
                 named[info.name] = node
-                self._learn_client(node, info)
+                self._learn_client(msg)
             ok.append(msg)
         return ok
 
