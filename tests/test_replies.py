@@ -156,11 +156,13 @@ class Run:
         return [{key: row.get(key) for key in keys} for row in self.rows]
 
 
-def run(out: Path, settings, handlers=None, delay=None, fail=None, strategy_class=F3ocusStrategy,
-        withhold=(0, 0)) -> Run:
+def run(out: Path, settings, handlers=None, delay=None, fail=None, withhold: tuple[int, int] | None = None) -> Run:
+    """Flower's round loop of the strategy over three mock clients; ``withhold`` (round, node) runs
+    :class:`_Withholding` instead."""
     grid = InProcessGrid({}, handlers or HANDLERS, 3, fail=fail, delay=delay)
-    strategy = strategy_class(settings, UNITS, _Recorder(out, ["0", "1", "2"]))
-    strategy.withhold = withhold
+    strategy = (_Withholding if withhold else F3ocusStrategy)(settings, UNITS, _Recorder(out, ["0", "1", "2"]))
+    if withhold:
+        strategy.withhold = withhold
     strategy.start(grid, state_to_record(GLOBAL), ROUNDS, timeout=TIMEOUT)
     return Run(strategy, strategy.recorder.rows, grid)
 
@@ -458,7 +460,7 @@ def references(settings, tmp_path_factory) -> Callable[[Case], Run]:
             if case.reference == H:
                 cache[key] = run(out, settings)
             elif case.reference == W:
-                cache[key] = run(out, settings, strategy_class=_Withholding, withhold=(case.round, NODE))
+                cache[key] = run(out, settings, withhold=(case.round, NODE))
             else:
                 late = (NODE, case.phase, case.round)
                 cache[key] = run(out, settings, delay=lambda *call: 2 * TIMEOUT if call == late else 0.0)
@@ -601,7 +603,6 @@ def _only_client_1_counted(seen: dict, last_round: int) -> None:
     assert _bits(after) != _bits(before)
 
 
-@pytest.mark.slow
 def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, caplog):
     """Round 1 of the real ServerApp and ClientApp on two clients, where every phase also gets a
     duplicate and a stranger's reply, client 1's update holds a NaN and its evaluation an accuracy
@@ -637,7 +638,6 @@ def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, ca
     assert rows[1]["coverage"] == [int(layer in rows[1]["assignment"][c0]) for layer in range(4)]
 
 
-@pytest.mark.slow
 def test_a_straggler_through_the_server_app(small_run_config, caplog):
     """Client 2's train reply of round 1 comes after ``round-timeout``: round 1 averages client 1
     alone, bit for bit; in round 2 client 2 takes part again."""
