@@ -76,7 +76,8 @@ def _store(msg: Message, context: Context) -> ClientStateStore | None:
     key = msg.content.config_records[CONFIG].get(RUN_KEY)
     if not key:
         return None
-    return ClientStateStore(state_dir(context.node_config), str(key), int(context.node_config["partition-id"]))
+    node = parse_node_config(context.node_config)
+    return ClientStateStore(state_dir(node.state_dir), str(key), node.partition_id)
 
 
 def _restore_head(context: Context, store: ClientStateStore | None, max_round: int) -> None:

@@ -22,14 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from f3ocus_core.checkpoint import read_npz, write_npz_atomic
 
-STATE_DIR_KEY = "state-dir"
 _FILE = re.compile(r"^(?P<name>[a-z]+)-round-(?P<round>\d+)\.npz$")
 
 
@@ -40,10 +38,9 @@ def run_key(run_folder: str | Path) -> str:
     return f"{safe}-{hashlib.sha256(str(folder).encode()).hexdigest()[:10]}"
 
 
-def state_dir(node_config: Mapping[str, object]) -> Path:
-    """The node's state folder: ``state-dir`` of its node config, else ``$FLWR_HOME/f3ocus-state``
-    (``~/.flwr/f3ocus-state`` when ``FLWR_HOME`` is unset)."""
-    configured = str(node_config.get(STATE_DIR_KEY, "") or "")
+def state_dir(configured: str | None) -> Path:
+    """The node's state folder: ``configured`` (the node config's ``state-dir``) if given, else
+    ``$FLWR_HOME/f3ocus-state`` (``~/.flwr/f3ocus-state`` when ``FLWR_HOME`` is unset)."""
     if configured:
         return Path(configured).expanduser()
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser() / "f3ocus-state"

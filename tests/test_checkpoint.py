@@ -127,7 +127,7 @@ def test_run_keys_and_state_dirs(tmp_path, monkeypatch):
     assert run_key(tmp_path / "a") != run_key(tmp_path / "b" / "a")
     assert run_key(tmp_path / "a") == run_key(str(tmp_path / "x" / ".." / "a"))
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
-    assert state_dir({}) == tmp_path / "home" / "f3ocus-state"
-    assert state_dir({"state-dir": str(tmp_path / "s")}) == tmp_path / "s"
+    assert state_dir(None) == tmp_path / "home" / "f3ocus-state"
+    assert state_dir(str(tmp_path / "s")) == tmp_path / "s"
     with pytest.raises(ValueError, match="run key"):
         ClientStateStore(tmp_path, "../escape", 0)
