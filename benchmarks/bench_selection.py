@@ -7,9 +7,10 @@ a mixed case (``b_i = 2 + i mod 5``, mean 4); ``--seeds`` instances per budget c
 
 Each metaheuristic (nsga2, mopso, aco, abc, sa) runs in three modes:
 
-* ``off``: ``lagrangian_start=0``, the search alone from random assignments;
-* ``on``: the defaults (start on: the Lagrangian assignments enter the archive and the first
-  population);
+* ``off``: the defaults, ``lagrangian_start=0``: the search (with its memetic step, polish and
+  Pareto local search) from random assignments;
+* ``on``: ``lagrangian_start=64``: the 64 Lagrangian assignments enter the archive and the first
+  population;
 * ``alone``: the Lagrangian start with the search switched off (iterations / generations / cycles /
   steps 0): what the start gives by itself.
 
@@ -30,8 +31,8 @@ chosen point Pareto-optimal in >= 95% of instances. The last line is
 ``worst fair HV ratio at 10x32: <x> in <s> s (start off)``: the worst ratio over metaheuristics,
 budget cases and instances with the start off, and the longest of those runs.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_selection.py`` (about 5 minutes on one core;
-``--quick``: 2 instances per case and no 100 x 64).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_selection.py`` (about 8 minutes on one core;
+``--quick``: 2 instances per case and no 100 x 64; ``--large-seeds 1``: one 100 x 64 instance per case).
 """
 
 import os
@@ -63,6 +64,8 @@ METAHEURISTICS = ("nsga2", "mopso", "aco", "abc", "sa")
 #: The parameter that counts a selector's iterations; 0 switches its search off.
 ITERATIONS = {"nsga2": "generations", "mopso": "iterations", "aco": "iterations", "abc": "cycles", "sa": "steps"}
 MODES = ("off", "on", "alone")
+#: Lagrangian assignments of the modes ``on`` and ``alone``.
+START = 64
 CASES = ("4", "mixed")
 
 
@@ -76,8 +79,8 @@ def mode_params(algorithm: str, mode: str) -> dict:
     if mode == "off":
         return {"lagrangian_start": 0}
     if mode == "alone":
-        return {ITERATIONS[algorithm]: 0}
-    return {}
+        return {"lagrangian_start": START, ITERATIONS[algorithm]: 0}
+    return {"lagrangian_start": START}
 
 
 def timed(scores: np.ndarray, budgets: np.ndarray, algorithm: str, seed: int, **params):

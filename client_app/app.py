@@ -5,8 +5,10 @@
 - ``evaluate``: load the global units, evaluate on the local test part.
 
 The client keeps two things in ``context.state`` between messages: the global units of the current
-round (received with ``query``) and its personal answer head. The record keys are those of
-:mod:`f3ocus_flower.protocol`.
+round (received with ``query``) and its personal answer head. The head is also saved on the node's
+disk after each ``train`` (:mod:`f3ocus_core.client_state`, under the run key the server sends), so
+a restarted SuperNode or a resumed run starts from the head of the last round before the current
+one. The record keys are those of :mod:`f3ocus_flower.protocol`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from f3ocus_core.client_state import ClientStateStore, state_dir
 from f3ocus_core.config import RunSettings, parse_run_config
 from f3ocus_core.data import ClientData
 from f3ocus_core.data.cache import cached_client_data
@@ -40,6 +43,7 @@ from f3ocus_flower.protocol import (
     LAYERS,
     METRICS,
     NUM_EXAMPLES,
+    RUN_KEY,
     SCORES,
     SECONDS,
     SERVER_ROUND,
@@ -70,6 +74,25 @@ def _data(settings: DataSettings, partition_id: int, num_partitions: int) -> Cli
     return cached_client_data(settings, partition_id, num_partitions, default_cache_dir() / "data")
 
 
+def _store(msg: Message, context: Context) -> ClientStateStore | None:
+    """This client's state on disk, for the run the message belongs to (None if it names no run)."""
+    key = msg.content.config_records[CONFIG].get(RUN_KEY)
+    if not key:
+        return None
+    node = parse_node_config(context.node_config)
+    return ClientStateStore(state_dir(node.state_dir), str(key), node.partition_id)
+
+
+def _restore_head(context: Context, store: ClientStateStore | None, max_round: int) -> None:
+    """Put the newest head saved on disk up to ``max_round`` into ``context.state`` if it has none
+    (a fresh context: the SuperNode restarted, or the run was resumed)."""
+    if HEAD in context.state.array_records or store is None:
+        return
+    saved = store.load(HEAD, max_round)
+    if saved is not None:
+        context.state[HEAD] = state_to_record(saved[1])
+
+
 def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch.device]:
     """Settings, local data, a fresh model with this node's head (global units not yet loaded) and
     the device this node computes on (its ``device`` node config, else the run's ``device``)."""
@@ -97,11 +120,15 @@ def _client_info(context: Context, data: ClientData, with_labels: bool) -> Clien
 def query(msg: Message, context: Context) -> Message:
     """Score every layer of the received global model on a local batch."""
     started = time.perf_counter()
+    server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])
+    store = _store(msg, context)
+    if store is not None:
+        store.discard(HEAD, from_round=server_round)  # left by an attempt at this round before a server crash
+    _restore_head(context, store, server_round - 1)
     settings, data, setup, device = _setup(context)
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
     context.state[GLOBAL_UNITS] = arrays
-    server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])
     collate = make_collate(setup.processor, data.labels)
     batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
     scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
@@ -116,18 +143,23 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     """Train only the assigned layers' units and the personal head; send back only those units."""
+    config = msg.content.config_records[CONFIG]
+    store = _store(msg, context)
+    _restore_head(context, store, int(config[SERVER_ROUND]) - 1)
     settings, data, setup, device = _setup(context)
     if GLOBAL_UNITS not in context.state.array_records:
         raise RuntimeError("No global units from this round's query; the client restarted mid-round.")
     set_state(setup.model, record_to_state(context.state.array_records[GLOBAL_UNITS]))
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
-    config = msg.content.config_records[CONFIG]
     layers = [int(layer) for layer in config[LAYERS]]
     set_trainable(setup.model, setup.units, layers, head=True)
     started = time.perf_counter()
     result = train(setup.model, data.train, make_collate(setup.processor, data.labels), settings.train,
                    seed=settings.seed + int(config[SERVER_ROUND]), device=device)
-    context.state[HEAD] = state_to_record(get_state(setup.model, head_names(setup.model)))
+    head = get_state(setup.model, head_names(setup.model))
+    context.state[HEAD] = state_to_record(head)
+    if store is not None:
+        store.save(HEAD, int(config[SERVER_ROUND]), head)
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
                             SECONDS: time.perf_counter() - started})
     trained = state_to_record(get_state(setup.model, setup.units.keys_of(layers)))
@@ -138,6 +170,7 @@ def train_fn(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received global units with the personal head on the local test part."""
+    _restore_head(context, _store(msg, context), int(msg.content.config_records[CONFIG][SERVER_ROUND]))
     settings, data, setup, device = _setup(context)
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     metrics = evaluate(setup.model, data.test, make_collate(setup.processor, data.labels), data.kind,

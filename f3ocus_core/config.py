@@ -79,6 +79,7 @@ class RunSettings:
     eval_batch_size: int = 64
     aggregation_lora: str = "product"
     device: str = "auto"
+    resume: str = ""
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -215,6 +216,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
         aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
         device=r.get("device", str, defaults.device),
+        resume=r.get("resume", str, defaults.resume),
     )
     try:
         settings.device = check_device_name(settings.device)

@@ -11,6 +11,10 @@
 - ``accuracy.png``: the task metric (accuracy or F1) per round, overall and per client.
 - ``labels/<client>.json``: each client's answer vocabulary or label set.
 - ``adapter/``: the final global adapter in PEFT format (written by the server app).
+- ``checkpoint/state.npz``: the state after the last complete round (:mod:`f3ocus_core.checkpoint`).
+
+A resumed run (:meth:`RunRecorder.import_state`) appends to the same files after cutting off what
+an interrupted round had already written, so no round appears twice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from f3ocus_core.checkpoint import atomic_file
 
 PHASES = ("query", "train", "evaluate")
 """The three message exchanges of a round, the keys of a row's ``bytes_down``."""
@@ -157,6 +163,27 @@ class RunRecorder:
         self.layer_names = list(layer_names)
         self.rows: list[dict] = []
         self.assignments: list[tuple[int, list[str], np.ndarray]] = []
+
+    def export_state(self) -> dict:
+        """The rows and assignments recorded so far, as JSON (part of the server's checkpoint)."""
+        return {"rows": json.loads(json.dumps(self.rows, default=_jsonable)),
+                "assignments": [[r, clients, masks.astype(int).tolist()] for r, clients, masks in self.assignments]}
+
+    def import_state(self, state: dict, last_round: int) -> None:
+        """Continue after ``last_round`` from :meth:`export_state`'s ``state``: take its rows and
+        assignments, and rewrite ``metrics.jsonl`` and ``selection.jsonl`` without the rows of later
+        rounds (written by a round that did not complete before the crash)."""
+        self.rows = list(state["rows"])
+        self.assignments = [(int(r), list(clients), np.asarray(masks, dtype=bool))
+                            for r, clients, masks in state["assignments"]]
+        with atomic_file(self.out_dir / "metrics.jsonl") as stream:
+            stream.write("".join(json.dumps(row) + "\n" for row in self.rows).encode())
+        selection = self.out_dir / "selection.jsonl"
+        if selection.exists():
+            kept = [line for line in selection.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["round"] <= last_round]
+            with atomic_file(selection) as stream:
+                stream.write("".join(kept).encode())
 
     def write_json(self, name: str, payload: object) -> Path:
         """Write ``payload`` to ``out_dir/name`` as indented JSON."""

@@ -147,39 +147,43 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
     )
-    model.to(device)
-    scaler = grad_scaler(device, settings.precision)
-    model.train()
-    losses: list[float] = []
-    step = 0
-    for epoch in range(settings.epochs):
-        for batch in iterate_batches(dataset, collate, settings.batch_size, True, seed + epoch):
-            batch = to_device(batch, device)
-            with autocast(device, settings.precision):
-                logits = logits_of(model, batch)
-            loss = loss_of(logits.float(), batch)
-            if not torch.isfinite(loss):
-                raise ValueError(
-                    f"Training loss became {loss.item()} at step {step}; lower train.lr"
-                    + (" or use train.precision=bf16/fp32." if settings.precision == "fp16" else ".")
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            step += 1
-            if on_step is not None:
-                on_step(step, losses[-1])
+    # Dropout draws from torch's generator: seeded here (in a fork, so the caller's stream is left as
+    # it was), training is a function of the seed, which a resumed run relies on.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model.to(device)
+        scaler = grad_scaler(device, settings.precision)
+        model.train()
+        losses: list[float] = []
+        step = 0
+        for epoch in range(settings.epochs):
+            for batch in iterate_batches(dataset, collate, settings.batch_size, True, seed + epoch):
+                batch = to_device(batch, device)
+                with autocast(device, settings.precision):
+                    logits = logits_of(model, batch)
+                loss = loss_of(logits.float(), batch)
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"Training loss became {loss.item()} at step {step}; lower train.lr"
+                        + (" or use train.precision=bf16/fp32." if settings.precision == "fp16" else ".")
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                scheduler.step()
+                losses.append(loss.item())
+                step += 1
+                if on_step is not None:
+                    on_step(step, losses[-1])
+                if step >= total:
+                    break
             if step >= total:
                 break
-        if step >= total:
-            break
     model.eval()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": float(np.mean(losses)), "steps": float(step)}

@@ -2,6 +2,9 @@
 
 A round is three exchanges (see docs/architecture.md):
 
+Every CONFIG record the server sends also holds RUN_KEY, the key under which a client keeps its
+state on disk (:mod:`f3ocus_core.client_state`).
+
 - ``query``: server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
   client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``.
 - ``train``: server -> client ``{ARRAYS: the assigned layers' units, CONFIG: {SERVER_ROUND, LAYERS}}``;
@@ -28,6 +31,7 @@ CLIENT = "client"
 # Keys of the CONFIG record the server sends.
 SERVER_ROUND = "server-round"
 LAYERS = "layers"
+RUN_KEY = "run-key"
 
 # Keys of the METRICS and SCORES records the clients send.
 NUM_EXAMPLES = "num-examples"

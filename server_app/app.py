@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from logging import ERROR, INFO
@@ -11,6 +12,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from f3ocus_core.checkpoint import Checkpoint, check_fingerprint, config_fingerprint, load_checkpoint, restore_rng
 from f3ocus_core.config import ConfigError, check_against_model, parse_run_config
 from f3ocus_core.importance import SCORERS
 from f3ocus_core.peft_units import get_state, set_state
@@ -33,29 +35,47 @@ for _handler in logging.getLogger("flwr").handlers:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run F3OCUS for ``num-server-rounds`` rounds and write everything to ``output-dir/run-name``."""
+    """Run F3OCUS for ``num-server-rounds`` rounds and write everything to ``output-dir/run-name``;
+    with ``resume``, continue the run in that folder after its last complete round."""
+    checkpoint: Checkpoint | None = None
     try:
         settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
         log(INFO, "Loading model %s", settings.model.name)
         setup = set_up_model(model_path(settings), settings.peft, settings.seed)
         check_against_model(settings, len(setup.layer_map))
+        model, units, layers = setup.model, setup.units, list(setup.layer_map.names)
+        fingerprint = config_fingerprint(dict(context.run_config), layers, [list(n) for n in units.names])
+        if settings.resume:
+            out_dir = Path(settings.resume).resolve()
+            checkpoint = load_checkpoint(out_dir)
+            check_fingerprint(checkpoint.fingerprint, fingerprint, out_dir)
     except (ConfigError, ValueError) as error:
         log(ERROR, "The run was stopped before training: %s", error)
         raise
 
-    run_name = settings.run_name or (time.strftime("%Y%m%d-%H%M%S")
-                                     + f"-{settings.data.task}-{settings.selection.algorithm}")
-    out_dir = Path(settings.output_dir).resolve() / run_name
-    model, units, layers = setup.model, setup.units, list(setup.layer_map.names)
+    if checkpoint is None:
+        run_name = settings.run_name or (time.strftime("%Y%m%d-%H%M%S")
+                                         + f"-{settings.data.task}-{settings.selection.algorithm}")
+        out_dir = Path(settings.output_dir).resolve() / run_name
     recorder = RunRecorder(out_dir, layers)
-    recorder.write_json("config.json", {"settings": settings.as_dict(), "model_path": setup.path,
-                                        "layers": layers, "units": [list(n) for n in units.names],
-                                        "run_config": dict(context.run_config)})
+    run_record = {"settings": settings.as_dict(), "model_path": setup.path, "layers": layers,
+                  "units": [list(n) for n in units.names], "run_config": dict(context.run_config)}
+    if checkpoint is None:
+        recorder.write_json("config.json", run_record)
+    else:
+        original = json.loads((out_dir / "config.json").read_text())
+        original.setdefault("resumed", []).append({"after_round": checkpoint.server_round, **run_record})
+        recorder.write_json("config.json", original)
     log(INFO, "Outputs go to %s", out_dir)
 
-    strategy = F3ocusStrategy(settings, units, recorder)
-    result = strategy.start(prompt(grid), state_to_record(get_state(model, units.all_keys())), settings.num_rounds,
-                            timeout=settings.round_timeout)
+    strategy = F3ocusStrategy(settings, units, recorder, fingerprint)
+    initial = state_to_record(get_state(model, units.all_keys()))
+    if checkpoint is not None:
+        log(INFO, "Resuming %s after round %d", out_dir, checkpoint.server_round)
+        strategy.import_state(checkpoint)
+        restore_rng(checkpoint.rng, checkpoint.torch_rng)
+        initial = state_to_record(checkpoint.units)
+    result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
 
     set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
     target = out_dir / ("adapter" if settings.peft.method == "lora" else "model")

@@ -8,7 +8,10 @@ One round, as messages (docs/architecture.md draws it):
 2. ``aggregate_train`` averages each layer over the clients that trained it, weighted by examples.
 3. ``configure_evaluate``/``aggregate_evaluate`` run federated evaluation and write the round's row.
 
-A round-0 federated evaluation of the starting model runs before round 1. What the round measures
+Every reply is checked by :mod:`f3ocus_flower.replies` before it is used; a reply that fails a check,
+or that does not come within ``round-timeout``, is logged with its client and the check and left out
+of that step, and the run goes on (docs/reliability.md). A round-0 federated evaluation of the
+starting model runs before round 1. What the round measures
 goes into a :class:`~f3ocus_core.recorder.RoundRecord`; the recorder turns it into the metrics row
 and the log line.
 """
@@ -25,11 +28,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, coverage, validate_update
+from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, coverage
+from f3ocus_core.checkpoint import Checkpoint, capture_rng, save_checkpoint
+from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
 from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
-from f3ocus_core.selection import check_scores, client_budgets, fallback_assignment, select, top_b_masks
+from f3ocus_core.selection import client_budgets, fallback_assignment, select, top_b_masks
 from f3ocus_flower.protocol import (
     ARRAYS,
     CLIENT,
@@ -37,8 +42,7 @@ from f3ocus_flower.protocol import (
     LOSS,
     METRIC,
     METRICS,
-    NUM_EXAMPLES,
-    SCORES,
+    RUN_KEY,
     TRAIN_LOSS,
     ClientInfo,
     ScoresReply,
@@ -46,6 +50,17 @@ from f3ocus_flower.protocol import (
     round_config,
     state_to_record,
 )
+from f3ocus_flower.replies import (
+    Rejected,
+    Rejection,
+    check_client_info,
+    check_evaluate_reply,
+    check_score_values,
+    check_train_reply,
+    parse_scores_reply,
+    screen,
+)
+from f3ocus_flower.rounds import run_rounds
 
 
 class F3ocusStrategy(Strategy):
@@ -59,9 +74,13 @@ class F3ocusStrategy(Strategy):
         Per layer, the names of its trainable units (what travels).
     recorder : RunRecorder
         Where the round records and figures go.
+    fingerprint : dict | None
+        The run's configuration fingerprint (:func:`~f3ocus_core.checkpoint.config_fingerprint`):
+        given, a checkpoint is written to ``recorder.out_dir/checkpoint/`` after every round.
     """
 
-    def __init__(self, settings: RunSettings, units: UnitMap, recorder: RunRecorder) -> None:
+    def __init__(self, settings: RunSettings, units: UnitMap, recorder: RunRecorder,
+                 fingerprint: dict | None = None) -> None:
         self.settings = settings
         self.units = units
         self.recorder = recorder
@@ -70,9 +89,14 @@ class F3ocusStrategy(Strategy):
         self.last_valid_scores: dict[int, np.ndarray] = {}
         self.global_state: dict[str, np.ndarray] = {}
         self.round = RoundRecord(0)
+        self.reported_examples: dict[int, int] = {}
         self.timeout = settings.round_timeout
         self._train_sent_at = 0.0
         self._eval_sent_at = 0.0
+        self.fingerprint = fingerprint
+        self.run_key = run_key(recorder.out_dir)
+        self.resumed_round: int | None = None
+        self._restored_scores: dict[int, np.ndarray] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -86,11 +110,18 @@ class F3ocusStrategy(Strategy):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
-        """Evaluate the starting model on every client (round 0), then run Flower's round loop."""
+        """Evaluate the starting model on every client (round 0), then run the rounds; a resumed
+        strategy (:meth:`import_state`) starts at the round after its checkpoint's instead."""
         self.timeout = timeout
         self.global_state = record_to_state(initial_arrays)
         nodes = self._wait_for_nodes(grid)
         self.settings.selection.budgets_for(len(nodes))
+        log(INFO, "Starting %s:", self.__class__.__name__)
+        self.summary()
+        if self.resumed_round is not None:
+            log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
+            return run_rounds(self, grid, initial_arrays, self.resumed_round + 1, num_rounds, timeout,
+                              after_round=self._round_done)
         log(INFO, "[ROUND 0/%d] evaluating the starting model on %d clients", num_rounds, len(nodes))
         self.round = RoundRecord(0)
         messages = self.configure_evaluate(0, initial_arrays, ConfigRecord(), grid)
@@ -99,12 +130,14 @@ class F3ocusStrategy(Strategy):
             reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.round.failed)
             raise RuntimeError("No client could evaluate the starting model, so the run stops before training. "
                                + reasons)
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
+        self._round_done(0, initial_arrays)
+        return run_rounds(self, grid, initial_arrays, 1, num_rounds, timeout, after_round=self._round_done)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Query the scores, choose each client's layers, and build one train message per client."""
         self.round = RoundRecord(server_round)
+        self.reported_examples = {}
         self.global_state = record_to_state(arrays)
         replies = self.query_scores(server_round, arrays, grid)
         started = time.perf_counter()
@@ -118,11 +151,13 @@ class F3ocusStrategy(Strategy):
         return messages
 
     def query_scores(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> list[Message]:
-        """Send the global units to every client as ``query``; return the replies without error."""
+        """Send the global units to every client as ``query``; return the replies that passed
+        :func:`~f3ocus_flower.replies.screen` and name their client (the others sit this round out)."""
         nodes = self._wait_for_nodes(grid)
         started = time.perf_counter()
         messages = [self._message(MessageType.QUERY, node, arrays, round_config(server_round)) for node in nodes]
-        replies = self._ok_replies(grid.send_and_receive(messages, timeout=self.timeout), "query")
+        replies = self._screened(server_round, MessageType.QUERY, grid.send_and_receive(messages, timeout=self.timeout),
+                                 nodes)
         self.round.seconds_query = time.perf_counter() - started
         return replies
 
@@ -131,14 +166,11 @@ class F3ocusStrategy(Strategy):
         scores, :func:`~f3ocus_core.selection.fallback_assignment` for the others."""
         if not replies:
             raise RuntimeError(f"Round {server_round}: no client returned layer scores; see the errors above.")
-        for msg in replies:
-            self._learn_client(msg)
         replies = sorted(replies, key=lambda m: self.clients[m.metadata.src_node_id].partition_id)
         nodes = [msg.metadata.src_node_id for msg in replies]
-        scores = {msg.metadata.src_node_id: ScoresReply.from_record(msg.content.metric_records[SCORES])
-                  for msg in replies}
         budgets = dict(zip(nodes, client_budgets(self.settings.selection.budget,
                                                  [self.clients[node].partition_id for node in nodes])))
+        scores = {msg.metadata.src_node_id: self._parsed_scores(server_round, msg) for msg in replies}
         usable = [node for node in nodes if self._usable(server_round, node, scores[node], budgets[node])]
         unusable = [n for n in nodes if n not in usable]
         assignment = self._select(server_round, usable, unusable, scores, budgets) if usable else {}
@@ -158,7 +190,7 @@ class F3ocusStrategy(Strategy):
         """Check each partial update against its assignment and average layer-wise."""
         self.round.seconds_train = time.perf_counter() - self._train_sent_at
         updates, losses, trained = [], [], []
-        for msg in self._ok_replies(replies, "train"):
+        for msg in self._screened(server_round, MessageType.TRAIN, replies, self.round.assignment):
             update = self._accepted_update(server_round, msg)
             if update is not None:
                 updates.append(update)
@@ -185,10 +217,13 @@ class F3ocusStrategy(Strategy):
         """Weighted metrics over clients; write the round's ``metrics.jsonl`` row and log a line."""
         self.round.seconds_eval = time.perf_counter() - self._eval_sent_at
         evaluations: dict[str, dict[str, float]] = {}
-        for msg in self._ok_replies(replies, "evaluate"):
-            self._learn_client(msg)
-            metrics = msg.content.metric_records[METRICS]
-            evaluations[self._name(msg.metadata.src_node_id)] = {key: float(value) for key, value in metrics.items()}
+        sent = self.round.bytes_down[MessageType.EVALUATE]
+        for msg in self._screened(server_round, MessageType.EVALUATE, replies, sent):
+            try:
+                evaluations[self._name(msg.metadata.src_node_id)] = check_evaluate_reply(msg.content)
+            except Rejected as error:
+                self._reject(server_round, MessageType.EVALUATE, Rejection(msg.metadata.src_node_id, error.check,
+                                                                           error.detail))
         if not evaluations:
             log(WARNING, "Round %d: no client evaluated.", server_round)
             return None
@@ -196,6 +231,36 @@ class F3ocusStrategy(Strategy):
         self.recorder.record_round(row)
         log(INFO, "%s", round_log_line(row, self.settings.num_rounds))
         return MetricRecord({key: row[key] for key in (METRIC, LOSS) if row.get(key) is not None})
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def export_state(self) -> dict:
+        """The strategy's state as JSON: each client seen (name, partition id, kind, last valid
+        scores) and the recorder's rows and assignments."""
+        clients = []
+        for node, info in sorted(self.clients.items(), key=lambda item: item[1].partition_id):
+            scores = self.last_valid_scores.get(node)
+            clients.append({"name": info.name, "partition_id": info.partition_id, "kind": info.kind,
+                            "last_valid_scores": None if scores is None else [float(v) for v in scores]})
+        return {"clients": clients, **self.recorder.export_state()}
+
+    def import_state(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint``: :meth:`start` then runs the rounds after its round. Node ids
+        change across restarts, so last valid scores are matched to clients by partition id."""
+        self.resumed_round = checkpoint.server_round
+        self.global_state = dict(checkpoint.units)
+        self._restored_scores = {int(client["partition_id"]): np.asarray(client["last_valid_scores"], dtype=float)
+                                 for client in checkpoint.strategy["clients"]
+                                 if client["last_valid_scores"] is not None}
+        self.recorder.import_state(checkpoint.strategy, checkpoint.server_round)
+
+    def _round_done(self, server_round: int, arrays: ArrayRecord) -> None:
+        """After a complete round: write the checkpoint (if this strategy has a fingerprint)."""
+        if self.fingerprint is None:
+            return
+        rng, torch_rng = capture_rng()
+        save_checkpoint(self.recorder.out_dir, Checkpoint(server_round, record_to_state(arrays), self.export_state(),
+                                                          self.fingerprint, rng, torch_rng))
 
     # ------------------------------------------------------------------ helpers
 
@@ -214,37 +279,51 @@ class F3ocusStrategy(Strategy):
         self.recorder.record_selection(server_round, names, record, result, top_b_masks(matrix, node_budgets))
         return {node: np.flatnonzero(mask).tolist() for node, mask in zip(nodes, result.masks)}
 
-    def _usable(self, server_round: int, node: int, scores: ScoresReply, budget: int) -> bool:
-        """Whether the client's scores can enter the selection; if so they become its last valid ones."""
-        values = np.asarray(scores.normalized, dtype=float)
+    def _parsed_scores(self, server_round: int, msg: Message) -> ScoresReply | None:
+        """The ``query`` reply's scores if their record is well formed (its ``num-examples`` is then
+        what the client's train reply must report); else None, noted as rejected."""
+        node = msg.metadata.src_node_id
         try:
-            check_scores(values, self.num_layers, budget)
-        except ValueError as error:
-            log(WARNING, "Round %d: client %s sent invalid scores (%s); it gets a fall-back assignment.",
-                server_round, self._name(node), error)
+            reply = parse_scores_reply(msg.content)
+        except Rejected as error:
+            self._reject(server_round, MessageType.QUERY, Rejection(node, error.check, error.detail),
+                         "it trains its fall-back layers")
+            return None
+        self.reported_examples[node] = reply.num_examples
+        return reply
+
+    def _usable(self, server_round: int, node: int, scores: ScoresReply | None, budget: int) -> bool:
+        """Whether the client's scores can enter the selection; if so they become its last valid ones."""
+        if scores is None:
+            return False
+        try:
+            values = check_score_values(scores, self.num_layers, budget)
+        except Rejected as error:
+            self._reject(server_round, MessageType.QUERY, Rejection(node, error.check, error.detail),
+                         "it trains its fall-back layers")
             return False
         self.last_valid_scores[node] = values
         return True
 
     def _accepted_update(self, server_round: int, msg: Message) -> PartialUpdate | None:
-        """The reply's update if it holds exactly the assigned layers' units; else None, noted as failed."""
+        """The reply's update if it passes :func:`~f3ocus_flower.replies.check_train_reply`; else None,
+        noted as rejected."""
         node = msg.metadata.src_node_id
-        record = msg.content.array_records[ARRAYS]
-        update = PartialUpdate(self._name(node), record_to_state(record),
-                               int(msg.content.metric_records[METRICS][NUM_EXAMPLES]))
         try:
-            validate_update(update, self.units.keys_of(self.round.assignment.get(node, [])), self.global_state)
-        except ValueError as error:
-            log(WARNING, "Round %d: update of %s rejected: %s", server_round, update.client, error)
-            self.round.fail("aggregate", update.client, str(error))
+            update = check_train_reply(msg.content, self._name(node),
+                                       self.units.keys_of(self.round.assignment.get(node, [])),
+                                       self.units.all_keys(), self.global_state, self.reported_examples.get(node))
+        except Rejected as error:
+            self._reject(server_round, MessageType.TRAIN, Rejection(node, error.check, error.detail))
             return None
-        self.round.bytes_up[node] = record.count_bytes()
+        self.round.bytes_up[node] = msg.content.array_records[ARRAYS].count_bytes()
         return update
 
     def _message(self, kind: str, node: int, arrays: ArrayRecord, config: ConfigRecord) -> Message:
         """One message to ``node``; its arrays count as bytes down in the phase named by ``kind``
         (``MessageType.QUERY``, ``TRAIN`` and ``EVALUATE`` are the strings "query", "train", "evaluate")."""
         self.round.count_down(kind, node, arrays.count_bytes())
+        config[RUN_KEY] = self.run_key
         return Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), message_type=kind, dst_node_id=node)
 
     def _name(self, node_id: int) -> str:
@@ -257,20 +336,42 @@ class F3ocusStrategy(Strategy):
             return
         info = ClientInfo.from_record(msg.content.config_records[CLIENT])
         self.clients[msg.metadata.src_node_id] = info
+        if info.partition_id in self._restored_scores:
+            self.last_valid_scores.setdefault(msg.metadata.src_node_id, self._restored_scores.pop(info.partition_id))
         if info.labels is not None:
             self.recorder.save_labels(info.name, info.kind, list(info.labels))
 
-    def _ok_replies(self, replies: Iterable[Message], phase: str) -> list[Message]:
-        """The replies without error; each failure is logged and noted in the round's record."""
+    def _screened(self, server_round: int, phase: str, replies: Iterable[Message],
+                  sent: Iterable[int]) -> list[Message]:
+        """The replies to ``phase``'s messages (sent to the nodes ``sent``) whose envelope and client
+        record pass :mod:`f3ocus_flower.replies`; every other reply, and every node that sent none
+        within the round timeout, is logged and noted in the round's record and left out of the step.
+        A ``train`` reply may leave out its client record; the others must carry it."""
+        accepted, rejected = screen(replies, phase, sent)
+        for rejection in rejected:
+            self._reject(server_round, phase, rejection)
+        named: dict[str, int] = {}
         ok = []
-        for msg in replies:
-            if msg.has_error():
-                name = self._name(msg.metadata.src_node_id)
-                log(WARNING, "%s: client %s failed and is left out of this step: %s", phase, name, msg.error.reason)
-                self.round.fail(phase, name, msg.error.reason)
-            else:
-                ok.append(msg)
+        for msg in accepted:
+            node = msg.metadata.src_node_id
+            try:
+                info = check_client_info(msg.content, node, self.clients, named, required=phase != MessageType.TRAIN)
+            except Rejected as error:
+                self._reject(server_round, phase, Rejection(node, error.check, error.detail))
+                continue
+            if info is not None:
+                named[info.name] = node
+                self._learn_client(msg)
+            ok.append(msg)
         return ok
+
+    def _reject(self, server_round: int, phase: str, rejection: Rejection, outcome: str = "") -> None:
+        """Log a rejected (or missing) reply with its client and check, and note it in the round's record."""
+        name = self._name(rejection.node)
+        outcome = outcome or "left out of this step"
+        log(WARNING, "Round %d, %s: reply of client %s rejected [%s]: %s; %s.", server_round, phase, name,
+            rejection.check, rejection.detail, outcome)
+        self.round.fail(phase, name, f"{rejection.check}: {rejection.detail}")
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         """All connected node ids, after waiting (up to the round timeout) for ``min-clients``."""

@@ -58,3 +58,10 @@ def small_run_config(shipped_run_config, model_cache, tmp_path) -> dict:
         "train.batch-size": 8,
     })
     return config
+
+
+@pytest.fixture(autouse=True)
+def _own_flower_home(tmp_path, monkeypatch) -> None:
+    """Every test gets its own ``FLWR_HOME``, so in-process clients keep their state on disk
+    (:mod:`f3ocus_core.client_state`) under the test's folder, not in the user's ``~/.flwr``."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))

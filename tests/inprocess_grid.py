@@ -10,6 +10,8 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
+from f3ocus_flower.protocol import CONFIG, SERVER_ROUND
+
 
 class InProcessGrid:
     """Nodes ``1..num_nodes`` with partition ids ``0..num_nodes-1``.
@@ -24,16 +26,24 @@ class InProcessGrid:
         How many clients.
     fail : Callable[[int, str, int], bool] | None
         ``fail(node_id, message_type, call_number)``: make that call raise, to test failures.
+    delay : Callable[[int, str, int], float] | None
+        ``delay(node_id, message_type, server_round)``: seconds that node's reply takes on top of its
+        work (simulated, nothing sleeps). The client still handles the message (its state moves on,
+        as a slow SuperNode's does), but a reply slower than ``send_and_receive``'s ``timeout`` is not
+        returned, as Flower's Grid returns only the replies that arrived in time.
     """
 
     def __init__(self, run_config: dict, handlers: dict[str, Callable], num_nodes: int,
-                 fail: Callable[[int, str, int], bool] | None = None) -> None:
+                 fail: Callable[[int, str, int], bool] | None = None,
+                 delay: Callable[[int, str, int], float] | None = None) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         # What the runtime sets in a ServerApp process before messages can be created.
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
         self.handlers = handlers
         self.fail = fail
+        self.delay = delay
+        self.late: list[tuple[int, str, int]] = []
         self.calls: list[tuple[int, str]] = []
         self.contexts = {
             node: Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": num_nodes},
@@ -53,9 +63,14 @@ class InProcessGrid:
             try:
                 if self.fail and self.fail(node, kind, len(self.calls)):
                     raise RuntimeError(f"injected failure on node {node} ({kind})")
-                replies.append(self.handlers[kind](msg, self.contexts[node]))
+                reply = self.handlers[kind](msg, self.contexts[node])
             except Exception as error:  # the runtime turns a ClientApp exception into an error reply
-                replies.append(Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=msg))
+                reply = Message(Error(code=0, reason=f"{type(error).__name__}: {error}"), reply_to=msg)
+            server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND]) if CONFIG in msg.content else -1
+            if self.delay and timeout is not None and self.delay(node, kind, server_round) > timeout:
+                self.late.append((node, kind, server_round))
+                continue
+            replies.extend(reply if isinstance(reply, list) else [reply])
         return replies
 
 
@@ -66,18 +81,19 @@ def client_handlers() -> dict[str, Callable]:
             MessageType.EVALUATE: client.evaluate_fn}
 
 
-def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None) -> tuple[InProcessGrid, list[dict]]:
+def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None, delay=None) -> tuple[InProcessGrid, list[dict]]:
     """Run the ServerApp over ``num_nodes`` in-process clients; return the grid and the metrics rows.
 
     ``wrap`` maps a message type to a decorator of that client handler (to spy on or tamper with
-    replies); ``fail`` is passed to :class:`InProcessGrid`.
+    replies; a wrapped handler may return a list of messages, to inject extra replies); ``fail``
+    and ``delay`` are passed to :class:`InProcessGrid`.
     """
     from server_app.app import main
 
     handlers = client_handlers()
     for kind, decorate in (wrap or {}).items():
         handlers[kind] = decorate(handlers[kind])
-    grid = InProcessGrid(config, handlers, num_nodes, fail=fail)
+    grid = InProcessGrid(config, handlers, num_nodes, fail=fail, delay=delay)
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
     out = f"{config['output-dir']}/{config['run-name']}"
     rows = [json.loads(line) for line in Path(f"{out}/metrics.jsonl").read_text().splitlines()]

@@ -171,7 +171,8 @@ def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(st
     assert metrics[TRAIN_LOSS] == pytest.approx(1.75)
     assert set(strategy.round.bytes_up) == {1, 2}
     assert strategy.round.coverage == [2, 1, 0]
-    assert [(f["phase"], f["client"]) for f in strategy.round.failed] == [("aggregate", "node-3")]
+    assert [(f["phase"], f["client"], f["reason"].split(":")[0]) for f in strategy.round.failed] == [
+        ("train", "node-3", "unassigned-keys")]
 
 
 def test_aggregate_train_without_a_valid_update_keeps_the_global_model(strategy):
@@ -199,6 +200,7 @@ def _evaluation(node: int, name: str, kind: str, metrics: dict) -> Message:
 
 def test_aggregate_evaluate_writes_the_weighted_row_and_returns_metric_and_loss(strategy, tmp_path):
     strategy.round = RoundRecord(1, assignment={1: [0], 2: [1, 2]})
+    strategy.configure_evaluate(1, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD))
     replies = [
         _evaluation(1, "vqa/0", "vqa", {"loss": 1.0, "accuracy": 0.5, "metric": 0.5, NUM_EXAMPLES: 10}),
         _evaluation(2, "xray/1", "multilabel", {"loss": 2.0, "f1": 0.8, "metric": 0.8, NUM_EXAMPLES: 30}),
@@ -215,5 +217,6 @@ def test_aggregate_evaluate_writes_the_weighted_row_and_returns_metric_and_loss(
 
 
 def test_aggregate_evaluate_without_replies_writes_nothing(strategy, tmp_path):
+    strategy.configure_evaluate(0, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD))
     assert strategy.aggregate_evaluate(0, [_error(1, MessageType.EVALUATE)]) is None
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
-from f3ocus_core.selection.moves import lagrangian_assignments, mutate
+from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
+from f3ocus_core.selection.moves import lagrangian_assignments
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -64,21 +65,31 @@ class ACOParams:
     lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b that fill the archive and lay the
         first trails; 0 starts from uniform trails and an empty archive.
+    polish : bool
+        Replace every assignment evaluated by the most important one with its coverage counts, and
+        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
+        budget-keeping swaps.
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored per colony (Pareto local
+        search); 0 disables.
     """
 
-    ants: int = 40
-    iterations: int = 80
+    ants: int = 16
+    iterations: int = 25
     alpha: float = 1.0
     beta: float = 2.0
     rho: float = 0.1
     tau_min: float = 0.05
     tau_max: float = 5.0
-    daemon: int = 60
+    daemon: int = 8
     stages: int = 10
-    lagrangian_start: int = 64
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "aco", allow_zero=True)
+        positive("local_search", self.local_search, "aco", allow_zero=True)
         at_least("ants", self.ants, 2, "aco")
         positive("iterations", self.iterations, "aco", allow_zero=True)
         positive("alpha", self.alpha, "aco", allow_zero=True)
@@ -104,6 +115,7 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     tau_count = np.ones((n_clients, int(problem.budgets.max())))
     weights = np.linspace(0.0, 1.0, params.ants)
     evaluations = 0
+    local = ParetoLocalSearch(problem)
     if params.lagrangian_start:
         start = lagrangian_assignments(problem, params.lagrangian_start)
         importance, variance = problem.evaluate(start)
@@ -113,14 +125,16 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     top = problem.scores.max(axis=1, keepdims=True)
     desirability = np.log(np.where(top > 0, problem.scores / np.where(top > 0, top, 1.0), 0.0) + 1e-3)
     for _ in range(params.iterations):
-        masks = _construct(problem, rng, tau_imp, tau_bal, tau_count, desirability, weights, params)
+        masks = polish_if(problem, _construct(problem, rng, tau_imp, tau_bal, tau_count, desirability, weights, params),
+                          params.polish)
         importance, variance = problem.evaluate(masks)
         evaluations += len(masks)
         archive.update(masks, importance, variance)
         if params.daemon:
-            polished = mutate(problem, archive.masks(archive.sample(rng, params.daemon)), rng, rate=1.0)
+            polished = vary(problem, archive.masks(archive.sample(rng, params.daemon)), rng, 1.0, params.polish)
             archive.update(polished, *problem.evaluate(polished))
             evaluations += params.daemon
+        evaluations += local.step(archive, rng, params.local_search)
         tau_imp *= 1.0 - params.rho
         tau_bal *= 1.0 - params.rho
         tau_count *= 1.0 - params.rho

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if
 from f3ocus_core.selection.moves import lagrangian_assignments
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem, coverage_variance
+from f3ocus_core.selection.transport import polish
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,27 @@ class SAParams:
         Lagrangian coverage-balancing variants of the clients' top-b the chains start from, spread
         over the chains in order of balance (the most balanced to the chain that weighs variance
         most); 0 starts every chain at a random assignment.
+    polish : bool
+        Polish the starting states and every proposal that enters the archive (the most important
+        assignment with its coverage counts, see :mod:`f3ocus_core.selection.memetic`).
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored at every return to base (Pareto
+        local search); 0 disables.
     """
 
-    chains: int = 64
-    steps: int = 1000
+    chains: int = 16
+    steps: int = 250
     exchange: float = 0.3
-    restart: int = 250
+    restart: int = 10
     t_start: float = 0.05
     t_end: float = 0.0005
-    lagrangian_start: int = 64
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "sa", allow_zero=True)
+        positive("local_search", self.local_search, "sa", allow_zero=True)
         at_least("chains", self.chains, 2, "sa")
         positive("steps", self.steps, "sa", allow_zero=True)
         positive("t_start", self.t_start, "sa")
@@ -83,6 +94,9 @@ def run(problem: Problem, rng: np.random.Generator, params: SAParams) -> tuple[A
         masks = start[np.linspace(params.lagrangian_start - 1, 0, chains).round().astype(int)]
     else:
         start, masks = problem.random_masks(rng, 0), problem.random_masks(rng, chains)
+    masks = polish_if(problem, masks, params.polish)
+    local = ParetoLocalSearch(problem)
+    evaluations = chains
     counts = masks.sum(axis=1).astype(np.int64)
     importance, variance = problem.evaluate(masks)
     archive = Archive()
@@ -93,6 +107,7 @@ def run(problem: Problem, rng: np.random.Generator, params: SAParams) -> tuple[A
     chain = np.repeat(np.arange(chains)[:, None], 4, axis=1)
     for step in range(params.steps):
         if params.restart and step % params.restart == params.restart - 1:
+            evaluations += local.step(archive, rng, params.local_search)
             masks = archive.masks(archive.sample(rng, chains))
             counts = masks.sum(axis=1).astype(np.int64)
             importance, variance = problem.evaluate(masks)
@@ -111,12 +126,17 @@ def run(problem: Problem, rng: np.random.Generator, params: SAParams) -> tuple[A
         if fresh.size:
             proposals = masks[fresh].copy()
             _apply(proposals, np.arange(fresh.size), *(e[fresh] for e in edits))
-            archive.update(proposals, new_imp[fresh], new_var[fresh])
+            if params.polish:
+                proposals = polish(problem, proposals)
+                archive.update(proposals, *problem.evaluate(proposals))
+            else:
+                archive.update(proposals, new_imp[fresh], new_var[fresh])
         moved = np.flatnonzero(accept)
         _apply(masks, moved, *(e[moved] for e in edits))
         counts[moved], importance[moved], variance[moved] = new_counts[moved], new_imp[moved], new_var[moved]
         temperature *= cooling
-    return archive, {"evaluations": chains * (params.steps + 1)}
+        evaluations += chains
+    return archive, {"evaluations": evaluations}
 
 
 _EDIT_VALUES = np.array([False, True, True, False])

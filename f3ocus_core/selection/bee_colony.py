@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
+from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
 from f3ocus_core.selection.moves import first_population, mutate
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
@@ -55,18 +56,28 @@ class ABCParams:
     lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit are the first food sources); 0 starts from random assignments.
+    polish : bool
+        Replace every assignment evaluated by the most important one with its coverage counts, and
+        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
+        budget-keeping swaps.
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored per cycle (Pareto local
+        search); 0 disables.
     """
 
-    sources: int = 40
-    onlookers: int = 40
-    cycles: int = 150
+    sources: int = 16
+    onlookers: int = 16
+    cycles: int = 25
     limit: int = 5
     scout_moves: float = 3.0
     mutation: float = 0.5
-    lagrangian_start: int = 64
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "abc", allow_zero=True)
+        positive("local_search", self.local_search, "abc", allow_zero=True)
         at_least("sources", self.sources, 2, "abc")
         positive("onlookers", self.onlookers, "abc", allow_zero=True)
         positive("cycles", self.cycles, "abc", allow_zero=True)
@@ -78,10 +89,12 @@ class ABCParams:
 def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[Archive, dict]:
     """Run the colony and return the archive of non-dominated assignments."""
     size = params.sources
-    food, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
+    food, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
+                                                                        params.polish)
+    local = ParetoLocalSearch(problem)
     trials = np.zeros(size, dtype=int)
     for _ in range(params.cycles):
-        candidate = _neighbours(problem, food, food, rng, params.mutation)
+        candidate = polish_if(problem, _neighbours(problem, food, food, rng, params.mutation), params.polish)
         cand_imp, cand_var = problem.evaluate(candidate)
         archive.update(candidate, cand_imp, cand_var)
         dominates = ((cand_imp >= importance) & (cand_var <= variance)
@@ -92,17 +105,18 @@ def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[
         trials = np.where(better, 0, trials + 1)
         if params.onlookers:
             chosen = archive.masks(archive.sample(rng, params.onlookers))
-            candidate = _neighbours(problem, chosen, food, rng, params.mutation)
+            candidate = polish_if(problem, _neighbours(problem, chosen, food, rng, params.mutation), params.polish)
             archive.update(candidate, *problem.evaluate(candidate))
         evaluations += size + params.onlookers
         tired = np.flatnonzero(trials > params.limit)
         if tired.size:
             starts = archive.masks(archive.sample(rng, tired.size))
-            food[tired] = mutate(problem, starts, rng, rate=params.scout_moves)
+            food[tired] = vary(problem, starts, rng, params.scout_moves, params.polish)
             importance[tired], variance[tired] = problem.evaluate(food[tired])
             trials[tired] = 0
             evaluations += tired.size
             archive.update(food[tired], importance[tired], variance[tired])
+        evaluations += local.step(archive, rng, params.local_search)
     return archive, {"evaluations": evaluations}
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
-from f3ocus_core.selection.moves import first_population, mutate
+from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
+from f3ocus_core.selection.moves import first_population
 from f3ocus_core.selection.params import positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -47,19 +48,29 @@ class MOPSOParams:
     lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit start the swarm); 0 starts from random assignments.
+    polish : bool
+        Replace every assignment evaluated by the most important one with its coverage counts, and
+        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
+        budget-keeping swaps.
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored per iteration (Pareto local
+        search); 0 disables.
     """
 
-    particles: int = 40
-    iterations: int = 150
+    particles: int = 20
+    iterations: int = 25
     inertia: float = 0.1
     cognitive: float = 0.1
     social: float = 0.8
     turbulence: float = 1.0
     moves: float = 1.5
-    lagrangian_start: int = 64
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "mopso", allow_zero=True)
+        positive("local_search", self.local_search, "mopso", allow_zero=True)
         positive("particles", self.particles, "mopso")
         positive("iterations", self.iterations, "mopso", allow_zero=True)
         for name in ("inertia", "cognitive", "social"):
@@ -72,7 +83,9 @@ class MOPSOParams:
 def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tuple[Archive, dict]:
     """Fly the swarm and return the repository of non-dominated assignments."""
     size = params.particles
-    position, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
+    position, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
+                                                                         params.polish)
+    local = ParetoLocalSearch(problem)
     best, best_imp, best_var = position.copy(), importance.copy(), variance.copy()
     weights = np.array([params.inertia, params.cognitive, params.social], dtype=float)
     cumulative = np.cumsum(weights / weights.sum())
@@ -80,14 +93,16 @@ def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tupl
         leaders = archive.masks(archive.sample(rng, size))
         source = np.searchsorted(cumulative, rng.random((size, problem.n_clients)), side="right")
         source = np.minimum(source, 2)[..., None]
-        position = np.where(source == 0, position, np.where(source == 1, best, leaders))
+        position = polish_if(problem, np.where(source == 0, position, np.where(source == 1, best, leaders)),
+                             params.polish)
         fading = 1.0 - 0.75 * step / max(params.iterations - 1, 1)
         shaken = rng.random(size) < params.turbulence * fading
         if shaken.any():
-            position[shaken] = mutate(problem, position[shaken], rng, rate=params.moves)
+            position[shaken] = vary(problem, position[shaken], rng, params.moves, params.polish)
         importance, variance = problem.evaluate(position)
         evaluations += size
         archive.update(position, importance, variance)
+        evaluations += local.step(archive, rng, params.local_search)
         dominates = ((importance >= best_imp) & (variance <= best_var)
                      & ((importance > best_imp) | (variance < best_var)))
         dominated = (importance <= best_imp) & (variance >= best_var)

@@ -21,6 +21,7 @@ import numpy as np
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.problem import Problem
+from f3ocus_core.selection.transport import polish
 
 
 def lagrangian_assignments(problem: Problem, count: int, max_rounds: int = 30) -> np.ndarray:
@@ -83,14 +84,18 @@ def initial_population(problem: Problem, rng: np.random.Generator, size: int,
     return np.concatenate([start, problem.random_masks(rng, size - lagrangian_start)]), start
 
 
-def first_population(problem: Problem, rng: np.random.Generator, size: int,
-                     lagrangian_start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
+def first_population(problem: Problem, rng: np.random.Generator, size: int, lagrangian_start: int,
+                     polished: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
     """The first population of a population-based selector, ready to iterate.
 
-    Returns the ``size`` starting assignments, their importance and variance, an archive that
-    already holds them and every Lagrangian assignment, and the number of evaluations spent so far.
+    Returns the ``size`` starting assignments (with ``polished``, each made the most important one of
+    its coverage profile, :func:`f3ocus_core.selection.transport.polish`), their importance and
+    variance, an archive that already holds them and every Lagrangian assignment, and the number of
+    evaluations spent so far.
     """
     masks, start = initial_population(problem, rng, size, lagrangian_start)
+    if polished:
+        masks = polish(problem, masks)
     importance, variance = problem.evaluate(masks)
     archive = Archive()
     archive.update(start, *problem.evaluate(start))

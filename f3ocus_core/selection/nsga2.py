@@ -17,7 +17,8 @@ from deap import tools
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.individuals import make_individuals
-from f3ocus_core.selection.moves import first_population, mutate
+from f3ocus_core.selection.memetic import ParetoLocalSearch, vary
+from f3ocus_core.selection.moves import first_population
 from f3ocus_core.selection.params import at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
@@ -39,17 +40,27 @@ class NSGA2Params:
     lagrangian_start : int
         Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
         archive, as many as fit into the first population); 0 starts from random assignments.
+    polish : bool
+        Replace every assignment evaluated by the most important one with its coverage counts, and
+        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
+        budget-keeping swaps.
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored per generation (Pareto local
+        search); 0 disables.
     """
 
-    population: int = 60
-    generations: int = 100
+    population: int = 20
+    generations: int = 25
     crossover: float = 0.9
     mutation: float = 1.5
     guided: float = 0.5
-    lagrangian_start: int = 64
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "nsga2", allow_zero=True)
+        positive("local_search", self.local_search, "nsga2", allow_zero=True)
         at_least("population", self.population, 4, "nsga2")
         positive("generations", self.generations, "nsga2", allow_zero=True)
         unit("crossover", self.crossover, "nsga2")
@@ -60,7 +71,9 @@ class NSGA2Params:
 def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tuple[Archive, dict]:
     """Evolve a population and return the archive of every non-dominated assignment seen."""
     size = params.population + params.population % 2
-    masks, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start)
+    masks, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
+                                                                         params.polish)
+    local = ParetoLocalSearch(problem)
     population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
     for _ in range(params.generations):
         parents = _tournament(population, rng, size)
@@ -68,10 +81,12 @@ def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tupl
         child_a, child_b = row_crossover(first, second, rng)
         keep = rng.random(len(first)) >= params.crossover
         child_a[keep], child_b[keep] = first[keep], second[keep]
-        children = mutate(problem, np.concatenate([child_a, child_b]), rng, params.mutation, params.guided)
+        children = vary(problem, np.concatenate([child_a, child_b]), rng, params.mutation, params.polish,
+                        params.guided)
         importance, variance = problem.evaluate(children)
         evaluations += len(children)
         archive.update(children, importance, variance)
+        evaluations += local.step(archive, rng, params.local_search)
         population = tools.selNSGA2(population + make_individuals(children, importance, variance), size, nd="log")
     return archive, {"evaluations": evaluations}
 
