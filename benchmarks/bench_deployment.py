@@ -83,6 +83,17 @@ def read_rows(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
+def flwr_run(args: argparse.Namespace, work: Path, env: dict, config: str, connection: str | None,
+             label: str) -> None:
+    """``flwr run ROOT [connection] --stream``, its output kept in ``work/flwr-run.log``; raises on failure."""
+    command = [str(BIN / "flwr"), "run", str(ROOT), *([connection] if connection else []), "--stream",
+               "--run-config", config]
+    result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
+    (work / "flwr-run.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
 def simulate(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
     """``flwr run .`` in the local simulation; returns the metrics rows."""
     home = work / "flwr-home"
@@ -94,12 +105,7 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict
     env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
     out = work / "outputs"
     try:
-        result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "--stream",
-                                 "--run-config", run_config(args, out, cache_dir)],
-                                env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
-        (work / "flwr-run.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"simulation failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        flwr_run(args, work, env, run_config(args, out, cache_dir), None, "simulation")
     finally:
         stop(processes_mentioning(str(home)))
     return read_rows(out)
@@ -141,12 +147,7 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
                 str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                 "--port", str(free_port()),
                 "--node-config", f"partition-id={node} num-partitions={args.clients}"])
-        result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "bench", "--stream",
-                                 "--run-config", run_config(args, out, cache_dir)],
-                                env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
-        (work / "flwr-run.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"deployment failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        flwr_run(args, work, env, run_config(args, out, cache_dir), "bench", "deployment")
     finally:
         stop([process.pid for process in processes[1:]])
         if processes:
