@@ -74,8 +74,8 @@ class ACOParams:
         search); 0 disables.
     """
 
-    ants: int = 16
-    iterations: int = 25
+    ants: int = 12
+    iterations: int = 20
     alpha: float = 1.0
     beta: float = 2.0
     rho: float = 0.1

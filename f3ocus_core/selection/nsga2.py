@@ -49,7 +49,7 @@ class NSGA2Params:
         search); 0 disables.
     """
 
-    population: int = 20
+    population: int = 16
     generations: int = 25
     crossover: float = 0.9
     mutation: float = 1.5

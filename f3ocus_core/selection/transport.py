@@ -193,7 +193,7 @@ def _positive_cycles(gain: np.ndarray) -> list[list[np.ndarray]]:
         rounds += 1
         through = dist[live][:, :, None] + gain[live]
         source = through.argmax(axis=1)
-        best = np.take_along_axis(through, source[:, None, :], axis=1)[:, 0]
+        best = through.max(axis=1)
         improve = best > dist[live] + _TOL
         changed = improve.any(axis=1)
         dist[live] = np.where(improve, best, dist[live])
@@ -202,9 +202,10 @@ def _positive_cycles(gain: np.ndarray) -> list[list[np.ndarray]]:
         if not live.size:
             break
         end = pred[live]
+        rows = np.arange(live.size)[:, None]
         for _ in range(jumps):
-            end = np.take_along_axis(end, end, axis=1)
-        on_cycle = np.take_along_axis(pred[live], end, axis=1) != end
+            end = end[rows, end]
+        on_cycle = pred[live][rows, end] != end
         cyclic = on_cycle.any(axis=1)
         for k in np.flatnonzero(cyclic):
             member = live[k]
