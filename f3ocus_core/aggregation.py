@@ -154,7 +154,9 @@ def lora_product_mean(
     ``B_k`` is ``(out, r)`` and ``A_k`` ``(r, in)`` (trailing singleton dimensions of a convolution's
     factors are flattened). The mean ``M = sum_k w_k B_k A_k / sum_k w_k`` has rank <= k r, so it is
     cut to rank r by its truncated SVD ``U_r S_r V_r^T`` (the best rank-r approximation, Eckart-Young)
-    and split evenly: ``B' = U_r sqrt(S_r)``, ``A' = sqrt(S_r) V_r^T``. The SVD is taken of the
+    and split evenly: ``B' = U_r sqrt(S_r)``, ``A' = sqrt(S_r) V_r^T``, each pair's sign chosen so
+    that the largest entry of each column of ``B'`` is positive (the factors then do not depend on
+    the order of the clients). The SVD is taken of the
     k r x k r core of ``M = [w_1 B_1 ... w_k B_k] [A_1; ...; A_k]`` after two QR factorisations, so
     it costs O((out + in) (k r)^2) rather than an SVD of the full ``out x in`` matrix.
     """
@@ -173,6 +175,11 @@ def lora_product_mean(
     vt = np.pad(vt, ((0, max(0, rank - vt.shape[0])), (0, 0)))
     b_new = (q_left @ u[:, :rank]) * root
     a_new = root[:, None] * (vt[:rank] @ q_right.T)
+    # An SVD fixes each singular pair only up to sign, and which sign LAPACK returns can change with
+    # the clients' order; make the largest entry of each column of B' positive, so the factors do not.
+    rows = np.argmax(np.abs(b_new), axis=0)
+    signs = np.where(b_new[rows, np.arange(rank)] < 0, -1.0, 1.0)
+    b_new, a_new = b_new * signs, signs[:, None] * a_new
     norm = float(np.sqrt(np.sum(singular**2)))
     error = float(np.sqrt(np.sum(singular[rank:] ** 2)) / norm) if norm > 0 else 0.0
     return b_new, a_new, error

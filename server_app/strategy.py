@@ -190,7 +190,11 @@ class F3ocusStrategy(Strategy):
         """Check each partial update against its assignment and average layer-wise."""
         self.round.seconds_train = time.perf_counter() - self._train_sent_at
         updates, losses, trained = [], [], []
-        for msg in self._screened(server_round, MessageType.TRAIN, replies, self.round.assignment):
+        # In partition order, not arrival order: the average is then the same bit for bit whichever
+        # client answers first (a resumed run repeats the uninterrupted one exactly).
+        screened = sorted(self._screened(server_round, MessageType.TRAIN, replies, self.round.assignment),
+                          key=lambda m: self.clients[m.metadata.src_node_id].partition_id)
+        for msg in screened:
             update = self._accepted_update(server_round, msg)
             if update is not None:
                 updates.append(update)

@@ -117,6 +117,23 @@ def test_rank_r_mean_of_products_is_reproduced_when_clients_share_the_column_spa
     assert error < 1e-12
 
 
+def test_the_product_factors_do_not_depend_on_the_order_of_the_clients():
+    # An SVD fixes each singular pair only up to sign; without a sign convention, reordering the
+    # clients flips some columns of B' (and rows of A'), and a resumed run would not repeat its
+    # uninterrupted twin.
+    from itertools import permutations
+
+    rng = np.random.default_rng(5)
+    factors = [(rng.standard_normal((12, 3)), rng.standard_normal((3, 9))) for _ in range(3)]
+    weights = [1.0, 2.0, 3.0]
+    reference_b, reference_a, _ = lora_product_mean(factors, weights)
+    for order in permutations(range(3)):
+        b_new, a_new, _ = lora_product_mean([factors[i] for i in order], [weights[i] for i in order])
+        np.testing.assert_allclose(b_new, reference_b, atol=1e-10)
+        np.testing.assert_allclose(a_new, reference_a, atol=1e-10)
+    assert np.all(reference_b[np.argmax(np.abs(reference_b), axis=0), np.arange(3)] > 0)
+
+
 def test_truncation_error_is_reported_and_is_the_best_rank_r_error():
     rng = np.random.default_rng(4)
     factors = [(rng.standard_normal((12, 2)), rng.standard_normal((2, 9))) for _ in range(3)]

@@ -69,6 +69,22 @@ def test_a_run_stopped_in_round_2_resumes_to_the_uninterrupted_result(small_run_
     assert json.loads((out / "config.json").read_text())["resumed"][0]["after_round"] == 1
 
 
+def test_the_global_units_do_not_depend_on_the_order_replies_arrive(small_run_config, monkeypatch):
+    # Flower returns replies in arrival order, which a resumed run does not repeat; the average must
+    # not depend on it (the LoRA product mean once did, by the sign of its SVD factors).
+    two_rounds = {"num-server-rounds": 2}
+    _, rows = run_server_app(dict(_config(small_run_config, "in-order"), **two_rounds), num_nodes=3)
+    deliver = InProcessGrid.send_and_receive
+    monkeypatch.setattr(InProcessGrid, "send_and_receive",
+                        lambda self, messages, **kwargs: list(reversed(list(deliver(self, messages, **kwargs)))))
+    _, reversed_rows = run_server_app(dict(_config(small_run_config, "reversed"), **two_rounds), num_nodes=3)
+    out = Path(small_run_config["output-dir"])
+    shared = [key for key in ("accuracy", "train_loss") if key in rows[-1]]
+    assert shared and [[row[key] for key in shared] for row in rows] == \
+        [[row[key] for key in shared] for row in reversed_rows]
+    assert _max_diff(load_checkpoint(out / "reversed").units, load_checkpoint(out / "in-order").units) == 0.0
+
+
 def test_resuming_with_another_configuration_is_refused_naming_the_keys(small_run_config):
     config = dict(small_run_config, **{"num-server-rounds": 1, "run-name": "first", "train.max-steps": 1})
     run_server_app(config, num_nodes=2)
