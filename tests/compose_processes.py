@@ -16,12 +16,13 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from tests.flwr_process import BIN, flower_env, free_port, run_config_arg, stop, wait_for_log, write_connection
+from tests.flwr_process import BIN, flower_env, free_port, run_config_arg, wait_for_log, write_connection
 
 #: The repository root: the Flower app that `flwr run` sends.
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,12 +158,22 @@ class Started:
         return self.logs[service].read_text(errors="replace")
 
     def stop_all(self) -> None:
-        """SIGTERM then SIGKILL, last started first (nodes before the SuperLink), then anything
-        left in each process's own session (the ServerApp/ClientApp a SuperExec started)."""
-        for name in reversed(list(self.processes)):
-            stop([self.processes[name].pid])
+        """SIGTERM then SIGKILL, every other service together, then the SuperLink (so nodes can
+        deregister), then anything left in each process's own session (the ServerApp/ClientApp a
+        SuperExec started). Waiting on the Popen objects reaps each one as it exits (polling its
+        pid would wait out the whole timeout on an exited, unreaped child)."""
+        others = [process for name, process in self.processes.items() if name != "superlink"]
+        for group in (others, [process for name, process in self.processes.items() if name == "superlink"]):
+            for process in group:
+                process.terminate()
+            deadline = time.monotonic() + 15
+            for process in group:
+                try:
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=30)
         for process in self.processes.values():
-            process.wait(timeout=30)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
 
