@@ -19,11 +19,13 @@ install: $(STAMP)
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-simulation.sh $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
-# Lint (ruff, configured in pyproject.toml), then the tests.
-# Extra pytest arguments: make test PYTEST_ARGS="-m 'not slow'"
+# Lint (ruff, configured in pyproject.toml), then the tests, two files at a time (pytest-xdist):
+# the slow end-to-end tests mostly wait on Flower's transport, so two of them share 2 cores well.
+# Extra pytest arguments: make test PYTEST_ARGS="-m 'not slow'"; one at a time: PYTEST_WORKERS=0
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .flwr outputs .pytest_cache
