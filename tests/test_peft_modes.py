@@ -169,3 +169,13 @@ def test_unknown_method_names_the_key():
     with pytest.raises(ConfigError, match=r"peft.method: unknown method 'dora'.*'adapter'"):
         attach_units(tiny_vilt(), layer_map_for(tiny_vilt()), PeftSettings(method="dora"))
     assert np.array_equal(PEFT_METHODS, ("lora", "adapter", "layernorm", "bias", "prompt", "ia3", "full"))
+
+
+def test_the_metrics_row_names_each_clients_accounting():
+    from f3ocus_core.recorder import RoundRecord, metrics_row
+
+    record = RoundRecord(1)
+    record.trainable_params, record.train_gflop = {7: 1_000, 9: 2_000}, {7: 0.5, 9: 1.5}
+    evaluation = {"accuracy": 0.5, "metric": 0.5, "loss": 1.0, "num-examples": 4}
+    row = metrics_row(record, {"a": evaluation, "b": evaluation}, {7: "a", 9: "b"}.get)
+    assert row["trainable_params"] == {"a": 1_000, "b": 2_000} and row["train_gflop"] == {"a": 0.5, "b": 1.5}
