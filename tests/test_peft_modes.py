@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flwr.app import MessageType
 
 from f3ocus_core.accounting import trainable_parameters, training_step_gflop
 from f3ocus_core.errors import ConfigError
@@ -112,7 +113,19 @@ def test_every_mode_completes_a_federated_round_with_its_accounting(method, smal
                                        "train.max-steps": 1, "scoring.batch-size": 2, "eval.batch-size": 8,
                                        "selection.algorithm": "exact",
                                        "run-name": f"run-{method}"})
-    _, rows = run_server_app(config, num_nodes=2)
+    changed: list[bool] = []
+
+    def spy(train):
+        def wrapped(msg, context):
+            reply = train(msg, context)
+            sent, back = msg.content.array_records["arrays"], reply.content.array_records["arrays"]
+            assert set(back.keys()) == set(sent.keys())
+            changed.append(any(not np.array_equal(sent[k].numpy(), back[k].numpy()) for k in sent))
+            return reply
+        return wrapped
+
+    _, rows = run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+    assert changed == [True, True]  # each client's units moved in training
     row = rows[1]
     assert set(row["trainable_params"]) == set(row["train_gflop"]) == set(row["bytes_up"]) and row["bytes_up"]
     assert all(value > 0 for value in row["trainable_params"].values())
