@@ -33,7 +33,8 @@ def training_step_gflop(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
     params = [param for param in model.parameters() if param.requires_grad]
     if not params:
         raise ValueError("No trainable parameters: a training step would compute nothing.")
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+    devices = sorted({param.device for param in params if param.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
         loss = loss_of(logits_of(model, batch), batch)
         torch.autograd.grad(loss, params, allow_unused=True)
     return counter.get_total_flops() / 1e9
