@@ -22,6 +22,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from f3ocus_core.accounting import trainable_parameters, training_step_gflop
 from f3ocus_core.client_state import ClientStateStore, state_dir
 from f3ocus_core.config import RunSettings, parse_run_config
 from f3ocus_core.data import ClientData
@@ -48,7 +49,9 @@ from f3ocus_flower.protocol import (
     SECONDS,
     SERVER_ROUND,
     STEPS,
+    TRAIN_GFLOP,
     TRAIN_LOSS,
+    TRAINABLE_PARAMS,
     ClientInfo,
     ScoresReply,
     record_to_state,
@@ -153,15 +156,18 @@ def train_fn(msg: Message, context: Context) -> Message:
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     layers = [int(layer) for layer in config[LAYERS]]
     set_trainable(setup.model, setup.units, layers, head=True)
+    collate, seed = make_collate(setup.processor, data.labels), settings.seed + int(config[SERVER_ROUND])
     started = time.perf_counter()
-    result = train(setup.model, data.train, make_collate(setup.processor, data.labels), settings.train,
-                   seed=settings.seed + int(config[SERVER_ROUND]), device=device)
+    result = train(setup.model, data.train, collate, settings.train, seed=seed, device=device)
+    seconds = time.perf_counter() - started
+    step = to_device(first_batch(data.train, collate, settings.train.batch_size, seed=seed), device)
+    gflop = training_step_gflop(setup.model, step) * result["steps"]
     head = get_state(setup.model, head_names(setup.model))
     context.state[HEAD] = state_to_record(head)
     if store is not None:
         store.save(HEAD, int(config[SERVER_ROUND]), head)
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
-                            SECONDS: time.perf_counter() - started})
+                            SECONDS: seconds, TRAINABLE_PARAMS: trainable_parameters(setup.model), TRAIN_GFLOP: gflop})
     trained = state_to_record(get_state(setup.model, setup.units.keys_of(layers)))
     return Message(RecordDict({ARRAYS: trained, METRICS: metrics,
                                CLIENT: _client_info(context, data, False).to_record()}), reply_to=msg)

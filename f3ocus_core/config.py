@@ -181,6 +181,8 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
                 for part in r.get("peft.target-modules", str, ",".join(PeftSettings.target_modules)).split(",")
                 if part.strip()
             ),
+            adapter_reduction=r.positive("peft.adapter-reduction", int, PeftSettings.adapter_reduction),
+            prompt_length=r.positive("peft.prompt-length", int, PeftSettings.prompt_length),
         ),
         data=DataSettings(
             task=r.get("task", str, DataSettings.task),

@@ -29,7 +29,7 @@ TOWER_PATTERNS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 #: Substrings that mark a parameter as part of a PEFT unit rather than the layer's own weights.
-PEFT_MARKERS: tuple[str, ...] = ("lora_", "adapter", "modules_to_save", "prompt_encoder")
+PEFT_MARKERS: tuple[str, ...] = ("lora_", "adapter", "modules_to_save", "prompt_encoder", "ia3_", "prompt_tokens")
 
 
 @dataclass(frozen=True)

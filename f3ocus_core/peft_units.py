@@ -4,11 +4,9 @@ F3OCUS assigns different layers to different clients every round, so the global 
 unit in *every* layer and each client trains only those of its assigned layers (plus its personal
 answer head); everything else stays frozen and is not sent back.
 
-Methods:
-
-- ``lora``: LoRA adapters (via ``peft``) on the ``target_modules`` of every layer; a layer's units
-  are its ``lora_A``/``lora_B`` matrices.
-- ``full``: no adapter; a layer's units are all of its own weights (whole-layer fine-tuning).
+Methods (``peft.method``; one module each in :mod:`f3ocus_core.peft_modes`, docs/peft.md):
+``lora``, ``adapter`` (Pfeiffer bottleneck), ``layernorm``, ``bias`` (BitFit), ``prompt`` (deep
+prompt tuning), ``ia3``, and ``full`` (a layer's units are all of its own weights).
 
 The federated state is a flat ``{parameter name: array}`` dict of every layer's units;
 :class:`UnitMap` says which names belong to which layer.
@@ -21,9 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from f3ocus_core.layers import LayerMap, is_peft_parameter
+from f3ocus_core.layers import LayerMap
+from f3ocus_core.peft_modes import PEFT_METHODS, peft_mode
+from f3ocus_core.peft_modes.targets import target_regex
 
-PEFT_METHODS = ("lora", "full")
+__all__ = ["PEFT_METHODS", "PeftSettings", "UnitMap", "attach_units", "get_state", "head_names", "set_state",
+           "set_trainable", "target_regex", "unit_map"]
+
 #: Parameter-name prefixes of the personal answer head (ViLT's ``classifier``), PEFT-wrapped or not.
 HEAD_MARKERS = ("classifier.",)
 
@@ -34,13 +36,17 @@ class PeftSettings:
 
     Parameters
     ----------
-    method : {"lora", "full"}
-        LoRA units in every layer, or whole layers.
+    method : str
+        One of :data:`PEFT_METHODS`.
     rank, alpha, dropout : int, int, float
         LoRA rank, scaling numerator and dropout.
     target_modules : tuple[str, ...]
-        Names of the linear modules inside a layer that get LoRA (ViLT: ``query``, ``key``, ``value``,
-        ``dense``).
+        Names of the linear modules inside a layer that get LoRA or IA3 (ViLT: ``query``, ``key``,
+        ``value``, ``dense``).
+    adapter_reduction : int
+        Bottleneck adapter reduction factor (width / bottleneck width).
+    prompt_length : int
+        Deep prompt vectors per layer.
     """
 
     method: str = "lora"
@@ -48,33 +54,21 @@ class PeftSettings:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("query", "value", "dense")
-
-
-def target_regex(layer_map: LayerMap, modules: tuple[str, ...]) -> str:
-    """A ``peft`` ``target_modules`` regex matching ``modules`` inside every layer of ``layer_map``
-    and nowhere else (per tower, so a two-tower model gets adapters in both towers' blocks only)."""
-    blocks = [pattern.removeprefix(r"(?:^|\.)").replace(r"(\d+)", r"\d+") for _, pattern in layer_map.towers]
-    names = "|".join(modules)
-    return rf"(?:.*\.)?(?:{'|'.join(blocks)})(?:.*\.)?(?:{names})"
+    adapter_reduction: int = 16
+    prompt_length: int = 10
 
 
 def attach_units(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> torch.nn.Module:
-    """Return ``model`` ready for F3OCUS: LoRA-wrapped (``lora``) or as is (``full``), all frozen."""
-    if settings.method not in PEFT_METHODS:
-        raise ValueError(f"peft.method: unknown method {settings.method!r}; choose one of {PEFT_METHODS}.")
-    if settings.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    """Return ``model`` with the units of ``settings.method`` in every layer (wrapped by ``peft``
+    for ``lora``/``ia3``/``layernorm``), everything frozen.
 
-        config = LoraConfig(
-            r=settings.rank,
-            lora_alpha=settings.alpha,
-            lora_dropout=settings.dropout,
-            target_modules=target_regex(layer_map, settings.target_modules),
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as error:
-            raise ValueError(f"peft.target-modules: {error}") from error
+    Raises
+    ------
+    ConfigError
+        Naming ``peft.method`` (unknown, or a mode this model's layers cannot take) or
+        ``peft.target-modules`` (no match in some layer), with what would work.
+    """
+    model = peft_mode(settings.method).attach(model, layer_map, settings)
     for param in model.parameters():
         param.requires_grad_(False)
     return model
@@ -102,12 +96,13 @@ def unit_map(model: torch.nn.Module, layer_map: LayerMap, method: str) -> UnitMa
     ValueError
         If some layer has no unit (for LoRA: no target module inside that layer).
     """
+    is_unit = peft_mode(method).is_unit
     per_layer: list[list[str]] = [[] for _ in layer_map.names]
     for name, _ in model.named_parameters():
         layer = layer_map.layer_index(name)
         if layer is None:
             continue
-        if (method == "lora" and "lora_" in name) or (method == "full" and not is_peft_parameter(name)):
+        if is_unit(name):
             per_layer[layer].append(name)
     for layer, names in enumerate(per_layer):
         if not names:

@@ -10,7 +10,8 @@
 - ``assignments.png``: heatmap of clients x layers, one panel per round.
 - ``accuracy.png``: the task metric (accuracy or F1) per round, overall and per client.
 - ``labels/<client>.json``: each client's answer vocabulary or label set.
-- ``adapter/``: the final global adapter in PEFT format (written by the server app).
+- ``adapter/``: the final global units (written by the server app with
+  :func:`f3ocus_core.peft_modes.save_adapter`; ``model/`` for ``peft.method=full``).
 - ``checkpoint/state.npz``: the state after the last complete round (:mod:`f3ocus_core.checkpoint`).
 
 A resumed run (:meth:`RunRecorder.import_state`) appends to the same files after cutting off what
@@ -58,6 +59,8 @@ class RoundRecord:
     seconds_eval: float = 0.0
     bytes_down: dict[str, dict[int, int]] = field(default_factory=lambda: {phase: {} for phase in PHASES})
     bytes_up: dict[int, int] = field(default_factory=dict)
+    trainable_params: dict[int, int] = field(default_factory=dict)
+    train_gflop: dict[int, float] = field(default_factory=dict)
     assignment: dict[int, list[int]] = field(default_factory=dict)
     coverage: list[int] = field(default_factory=list)
     train_loss: float | None = None
@@ -88,6 +91,9 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
     when the clients' tasks differ), example-weighted over the clients that evaluated.
     ``mbit_train_per_client`` is what training moves per client: the mean, over the clients sent a
     ``train`` message, of (bytes of units sent to it + bytes of its accepted update) x 8 / 1e6.
+    ``trainable_params`` and ``train_gflop`` are, per client whose update was accepted, the
+    parameters it trained (units and head) and the estimated GFLOP of its local training
+    (:mod:`f3ocus_core.accounting`).
     """
 
     def weighted(key: str, clients: list[str]) -> float | None:
@@ -112,6 +118,8 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
         "train_loss": record.train_loss,
         "bytes_up": by_name(record.bytes_up),
         "bytes_down": {phase: by_name(per_node) for phase, per_node in record.bytes_down.items()},
+        "trainable_params": by_name(record.trainable_params),
+        "train_gflop": {name_of(node): float(value) for node, value in sorted(record.train_gflop.items())},
         "mbit_train_per_client": float(np.mean([
             (record.bytes_down["train"][node] + record.bytes_up.get(node, 0)) * 8 / 1e6 for node in trained
         ])) if trained else None,

@@ -9,7 +9,7 @@ state on disk (:mod:`f3ocus_core.client_state`).
   client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``.
 - ``train``: server -> client ``{ARRAYS: the assigned layers' units, CONFIG: {SERVER_ROUND, LAYERS}}``;
   client -> server ``{ARRAYS: the trained units, METRICS: {NUM_EXAMPLES, TRAIN_LOSS, STEPS,
-  SECONDS}, CLIENT: ClientInfo}``.
+  SECONDS, TRAINABLE_PARAMS, TRAIN_GFLOP}, CLIENT: ClientInfo}``.
 - ``evaluate``: server -> client as ``query``; client -> server ``{METRICS: {LOSS, METRIC, accuracy
   or f1, NUM_EXAMPLES}, CLIENT: ClientInfo}``.
 """
@@ -38,6 +38,8 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 STEPS = "steps"
 SECONDS = "seconds"
+TRAINABLE_PARAMS = "trainable-params"
+TRAIN_GFLOP = "train-gflop"
 LOSS = "loss"
 METRIC = "metric"
 NORMALIZED = "scores"

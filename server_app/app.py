@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from f3ocus_core.checkpoint import Checkpoint, check_fingerprint, config_fingerprint, load_checkpoint, restore_rng
 from f3ocus_core.config import ConfigError, check_against_model, parse_run_config
 from f3ocus_core.importance import SCORERS
+from f3ocus_core.peft_modes import save_adapter
 from f3ocus_core.peft_units import get_state, set_state
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
@@ -78,8 +79,7 @@ def main(grid: Grid, context: Context) -> None:
     result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
 
     set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
-    target = out_dir / ("adapter" if settings.peft.method == "lora" else "model")
-    model.save_pretrained(target)
+    save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft, units)
     first, last = recorder.rows[0], recorder.rows[-1]
     log(INFO, "F3OCUS finished: %s %.4f at round 0 -> %.4f at round %d. Outputs: %s",
         last["metric_name"], first["metric"], last["metric"], last["round"], out_dir)

@@ -43,7 +43,9 @@ from f3ocus_flower.protocol import (
     METRIC,
     METRICS,
     RUN_KEY,
+    TRAIN_GFLOP,
     TRAIN_LOSS,
+    TRAINABLE_PARAMS,
     ClientInfo,
     ScoresReply,
     record_to_state,
@@ -198,7 +200,12 @@ class F3ocusStrategy(Strategy):
             update = self._accepted_update(server_round, msg)
             if update is not None:
                 updates.append(update)
-                losses.append(float(msg.content.metric_records[METRICS][TRAIN_LOSS]))
+                metrics = msg.content.metric_records[METRICS]
+                losses.append(float(metrics[TRAIN_LOSS]))
+                node = msg.metadata.src_node_id
+                if TRAINABLE_PARAMS in metrics and TRAIN_GFLOP in metrics:  # absent from older clients
+                    self.round.trainable_params[node] = int(metrics[TRAINABLE_PARAMS])
+                    self.round.train_gflop[node] = float(metrics[TRAIN_GFLOP])
                 trained.append(self.round.assignment[msg.metadata.src_node_id])
         self.round.coverage = coverage(trained, self.num_layers).tolist()
         if not updates:
