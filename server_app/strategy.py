@@ -195,7 +195,7 @@ class F3ocusStrategy(Strategy):
         # In partition order, not arrival order: the average is then the same bit for bit whichever
         # client answers first (a resumed run repeats the uninterrupted one exactly).
         screened = sorted(self._screened(server_round, MessageType.TRAIN, replies, self.round.assignment),
-                          key=lambda m: self.clients[m.metadata.src_node_id].partition_id)
+                          key=lambda m: self._partition_order(m.metadata.src_node_id))
         for msg in screened:
             update = self._accepted_update(server_round, msg)
             if update is not None:
@@ -336,6 +336,11 @@ class F3ocusStrategy(Strategy):
         self.round.count_down(kind, node, arrays.count_bytes())
         config[RUN_KEY] = self.run_key
         return Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), message_type=kind, dst_node_id=node)
+
+    def _partition_order(self, node_id: int) -> tuple[int, int]:
+        """A sort key that puts known clients in partition order (node id for any unknown one)."""
+        info = self.clients.get(node_id)
+        return (info.partition_id, node_id) if info else (1 << 62, node_id)
 
     def _name(self, node_id: int) -> str:
         info = self.clients.get(node_id)

@@ -1,5 +1,6 @@
 """Shared fixtures: a small run config, a prebuilt tiny base checkpoint and a tree of data fixtures."""
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -8,6 +9,16 @@ from types import MappingProxyType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers on 2 cores), one torch thread per worker
+    and per process it starts: two workers with two threads each oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
