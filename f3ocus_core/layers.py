@@ -37,6 +37,10 @@ TOWER_PATTERNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("vision", r"(?:^|\.)vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\."),
         ("language", r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\."),
     ),
+    "paligemma": (
+        ("vision", r"(?:^|\.)vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\."),
+        ("language", r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\."),
+    ),
 }
 
 #: Substrings that mark a parameter as part of a PEFT unit rather than the layer's own weights.

@@ -31,6 +31,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "builtin:tiny-blip-easyvqa": "blip",
     "builtin:tiny-blip2-easyvqa": "blip2",
     "builtin:tiny-llava-easyvqa": "llava",
+    "builtin:tiny-paligemma-easyvqa": "paligemma",
 }
 #: Bump when the recipe below changes, so that old caches are not reused.
 RECIPE_VERSION = 1

@@ -18,7 +18,7 @@ from f3ocus_core.models import load_vqa_model, logits_of, loss_of
 from f3ocus_core.training import evaluate, make_collate, train
 from tests.test_importance import dense_lntk_of
 
-GENERATIVE = ("blip", "blip2", "llava")
+GENERATIVE = ("blip", "blip2", "llava", "paligemma")
 LABELS = ["circle", "red", "yes", "no"]
 
 
@@ -71,7 +71,7 @@ def test_a_saved_tiny_model_loads_through_the_loader_with_its_family(saved, name
     torch.testing.assert_close(logits_of(model, batch), logits_of(again, batch), rtol=0, atol=0)
     layer_map = layer_map_for(model)
     towers = {"blip": ("vision", "text", "decoder"), "blip2": ("vision", "qformer", "language"),
-              "llava": ("vision", "language")}[name]
+              "llava": ("vision", "language"), "paligemma": ("vision", "language")}[name]
     assert layer_map.names == tuple(f"{tower}.{k}" for tower in towers for k in range(2))
 
 
@@ -94,7 +94,7 @@ def test_a_model_of_no_family_stops_with_model_name_and_the_families(tmp_path):
 
     config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model\.name.*'bert'.*vilt.*blip.*blip2.*llava"):
+    with pytest.raises(ValueError, match=r"model\.name.*'bert'.*vilt.*blip.*blip2.*llava.*paligemma"):
         load_vqa_model(str(tmp_path))
 
 

@@ -1,13 +1,14 @@
 """The model families F3OCUS can fine-tune, and the registry that maps a model to its family.
 
-============ ===================================== ==============================================
-family       Hugging Face class                    towers (layers numbered in this order)
-============ ===================================== ==============================================
-``vilt``     ``ViltForQuestionAnswering``          ``layer``
-``blip``     ``BlipForQuestionAnswering``          ``vision``, ``text``, ``decoder``
-``blip2``    ``Blip2ForConditionalGeneration``     ``vision``, ``qformer``, ``language``
-``llava``    ``LlavaForConditionalGeneration``     ``vision``, ``language``
-============ ===================================== ==============================================
+============= ====================================== ==========================================
+family        Hugging Face class                     towers (layers numbered in this order)
+============= ====================================== ==========================================
+``vilt``      ``ViltForQuestionAnswering``           ``layer``
+``blip``      ``BlipForQuestionAnswering``           ``vision``, ``text``, ``decoder``
+``blip2``     ``Blip2ForConditionalGeneration``      ``vision``, ``qformer``, ``language``
+``llava``     ``LlavaForConditionalGeneration``      ``vision``, ``language``
+``paligemma`` ``PaliGemmaForConditionalGeneration``  ``vision``, ``language``
+============= ====================================== ==========================================
 
 A model's family is found from its ``config.model_type`` (PEFT wrappers are looked through); a
 processor's from its class. See docs/models.md.
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from f3ocus_core.families import blip, blip2, llava, vilt
+from f3ocus_core.families import blip, blip2, llava, paligemma, vilt
 from f3ocus_core.families.base import Family, unwrap
 
 #: Every family, by name, in the order docs list them.
-FAMILIES: dict[str, Family] = {family.name: family for family in (vilt.FAMILY, blip.FAMILY, blip2.FAMILY, llava.FAMILY)}
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (vilt.FAMILY, blip.FAMILY, blip2.FAMILY, llava.FAMILY, paligemma.FAMILY)
+}
 
 __all__ = ["FAMILIES", "Family", "family_named", "family_of", "family_of_processor", "family_of_type", "unwrap"]
 

@@ -111,14 +111,16 @@ def join_prompt_answers(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def decoder_only_logits(
-    language_model: torch.nn.Module, embed: torch.nn.Module, features: torch.Tensor, image_token: int, batch: Batch
+    language_model: torch.nn.Module, embed: torch.nn.Module, features: torch.Tensor, image_token: int, batch: Batch,
+    prefix_lm: bool = False,
 ) -> torch.Tensor:
     """Answer log-odds ``(n, A)`` of a decoder-only language model fed image features.
 
     ``features`` ``(n, tokens, hidden)`` are computed once per example and put in place of the
     ``image_token`` placeholders of every (example, answer) sequence, so the vision side sees ``n``
     rows and only ``language_model`` (called with ``inputs_embeds``; returns ``.logits``) sees
-    ``n x A``.
+    ``n x A``. ``prefix_lm`` passes ``token_type_ids`` (0 prompt, 1 answer), for models whose prompt
+    attends both ways (PaliGemma).
     """
     ids, mask, scored = join_prompt_answers(batch)
     count = batch["answer_ids"].shape[1]
@@ -126,22 +128,27 @@ def decoder_only_logits(
     embeds = embed(ids.masked_fill(is_image, 0))
     features = repeat_rows(features, count).to(embeds.dtype)
     embeds = embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(embeds), features)
-    out = language_model(inputs_embeds=embeds, attention_mask=mask)
+    types = {"token_type_ids": scored.long()} if prefix_lm else {}
+    out = language_model(inputs_embeds=embeds, attention_mask=mask, **types)
     loglik = sequence_loglik(out.logits, ids, scored)
     return log_odds(loglik.view(batch["answer_ids"].shape[:2]))
 
 
-def greedy_per_example(model: torch.nn.Module, batch: Batch, eos: int) -> torch.Tensor:
+def greedy_per_example(model: torch.nn.Module, batch: Batch, eos: int, prefix_lm: bool = False) -> torch.Tensor:
     """Greedy generation of each example alone (its unpadded prompt and image, ``model`` called with
-    ``input_ids`` and ``pixel_values``); 0/1 ``(n, A)`` exact matches with the answer set."""
+    ``input_ids`` and ``pixel_values``, and with ``token_type_ids`` marking the generated tokens when
+    ``prefix_lm``); 0/1 ``(n, A)`` exact matches with the answer set."""
     steps = batch["answer_ids"].shape[2]
     generated = []
     for i in range(batch["input_ids"].shape[0]):
         length = int(batch["attention_mask"][i].sum())
         pixels = batch["pixel_values"][i : i + 1]
 
-        def step(ids: torch.Tensor, pixels: torch.Tensor = pixels) -> torch.Tensor:
-            return model(input_ids=ids, pixel_values=pixels).logits[:, -1]
+        def step(ids: torch.Tensor, pixels: torch.Tensor = pixels, length: int = length) -> torch.Tensor:
+            types = {}
+            if prefix_lm:
+                types["token_type_ids"] = (torch.arange(ids.shape[1], device=ids.device) >= length).long()[None]
+            return model(input_ids=ids, pixel_values=pixels, **types).logits[:, -1]
 
         generated += greedy(step, batch["input_ids"][i : i + 1, :length], steps, eos)
     return matches(generated, batch, eos, skip=0)
