@@ -136,10 +136,15 @@ def test_lntk_is_exact_against_a_dense_jacobian(saved, name):
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
-def test_training_raises_the_likelihood_of_right_answers_and_both_answer_modes_evaluate(saved, name):
+def test_full_fine_tuning_raises_the_likelihood_of_right_answers_and_both_answer_modes_evaluate(saved, name):
+    from f3ocus_core.peft_units import PeftSettings, attach_units, set_trainable, unit_map
+
     model, processor = load_vqa_model(saved[name])
-    for param in model.parameters():
-        param.requires_grad_(True)
+    layer_map = layer_map_for(model)
+    model = attach_units(model, layer_map, PeftSettings(method="full"))
+    units = unit_map(model, layer_map, "full")
+    trained = set_trainable(model, units, list(range(len(layer_map))))
+    assert trained and all(layer_map.layer_index(key) is not None for key in trained)
     data = rows(8)
     data[0]["answers"] = ["yes", "red"]  # a multi-label row
     dataset = datasets.Dataset.from_list([dict(row, image=row["image"]) for row in data])
