@@ -98,6 +98,30 @@ def test_a_model_of_no_family_stops_with_model_name_and_the_families(tmp_path):
         load_vqa_model(str(tmp_path))
 
 
+def test_a_run_on_a_model_of_no_family_stops_before_any_client_trains(tmp_path, shipped_run_config):
+    from flwr.app import MessageType
+    from transformers import BertConfig
+
+    from tests.inprocess_grid import run_server_app
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path / "bert"
+    )
+    config = dict(shipped_run_config, **{"model.name": str(tmp_path / "bert"), "output-dir": str(tmp_path / "out"),
+                                         "run-name": "bad"})
+    trained = []
+
+    def spy(train):
+        def wrapped(msg, context):
+            trained.append(msg)
+            return train(msg, context)
+        return wrapped
+
+    with pytest.raises(ValueError, match=r"model\.name.*paligemma"):
+        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+    assert trained == []
+
+
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_answer_scores_are_the_log_odds_of_each_answer_and_do_not_depend_on_padding(saved, name):
     model, processor = load_vqa_model(saved[name])
