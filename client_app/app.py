@@ -29,6 +29,7 @@ from f3ocus_core.data import ClientData
 from f3ocus_core.data.cache import cached_client_data
 from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import resolve_device, to_device
+from f3ocus_core.families import family_of
 from f3ocus_core.importance import SCORERS, score_layers
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
@@ -108,7 +109,7 @@ def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch
     data = _data(data_settings, node.partition_id, node.num_partitions)
     pristine = _pristine(model_path(settings), settings.peft)
     model = copy.deepcopy(pristine.model)
-    set_answer_head(model.get_base_model() if hasattr(model, "get_base_model") else model, data.labels, settings.seed)
+    set_answer_head(model, data.labels, settings.seed)
     if HEAD in context.state.array_records:
         set_state(model, record_to_state(context.state.array_records[HEAD]))
     return settings, data, replace(pristine, model=model.to(device)), device
@@ -134,8 +135,11 @@ def query(msg: Message, context: Context) -> Message:
     context.state[GLOBAL_UNITS] = arrays
     collate = make_collate(setup.processor, data.labels)
     batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
+    reduction = settings.scoring.reduction
+    if reduction == "head" and family_of(setup.model).generative:
+        reduction = "projection"  # a generative model has no answer head to project on
     scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
-                          reduction=settings.scoring.reduction, projection_dim=settings.scoring.projection_dim,
+                          reduction=reduction, projection_dim=settings.scoring.projection_dim,
                           seed=settings.seed + server_round,
                           client_seed=parse_node_config(context.node_config).partition_id)
     reply = ScoresReply(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
@@ -180,7 +184,8 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     settings, data, setup, device = _setup(context)
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     metrics = evaluate(setup.model, data.test, make_collate(setup.processor, data.labels), data.kind,
-                       settings.eval_batch_size, device=device, precision=settings.train.precision)
+                       settings.eval_batch_size, device=device, precision=settings.train.precision,
+                       answer_mode=settings.eval_answer_mode)
     metrics[NUM_EXAMPLES] = len(data.test)
     return Message(RecordDict({METRICS: MetricRecord(metrics), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)

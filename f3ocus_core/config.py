@@ -16,7 +16,7 @@ from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
-from f3ocus_core.training import TrainSettings
+from f3ocus_core.training import ANSWER_MODES, TrainSettings
 
 
 @dataclass
@@ -77,6 +77,7 @@ class RunSettings:
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval_batch_size: int = 64
+    eval_answer_mode: str = "rank"
     aggregation_lora: str = "product"
     device: str = "auto"
     resume: str = ""
@@ -216,6 +217,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             precision=r.choice("train.precision", TrainSettings.precision, PRECISIONS),
         ),
         eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
+        eval_answer_mode=r.choice("eval.answer-mode", defaults.eval_answer_mode, ANSWER_MODES),
         aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
         device=r.get("device", str, defaults.device),
         resume=r.get("resume", str, defaults.resume),

@@ -1,8 +1,9 @@
 """Which blocks of a vision-language model are the "layers" that F3OCUS scores, assigns and averages.
 
 Every other module speaks in layer indices ``0..L-1`` from a :class:`LayerMap`. A layer is one
-transformer block of one tower; single-stream models (ViLT) have one tower, two-tower models (BLIP,
-ALBEF) have one entry per tower, and their layers are numbered tower by tower.
+transformer block of one tower; single-stream models (ViLT) have one tower, multi-tower models (BLIP,
+LLaVA) have one entry per tower, and their layers are numbered tower by tower in the order vision,
+(Q-Former,) text/language, decoder (:mod:`f3ocus_core.families` lists each family's towers).
 
 A parameter belongs to layer ``l`` when its name matches that tower's regex with block number ``k``.
 The match is a search, so the names of a PEFT-wrapped model (``base_model.model.vilt...``) map the
@@ -25,6 +26,20 @@ TOWER_PATTERNS: dict[str, tuple[tuple[str, str], ...]] = {
     "blip": (
         ("vision", r"(?:^|\.)vision_model\.encoder\.layers\.(\d+)\."),
         ("text", r"(?:^|\.)text_encoder\.encoder\.layer\.(\d+)\."),
+        ("decoder", r"(?:^|\.)text_decoder\.bert\.encoder\.layer\.(\d+)\."),
+    ),
+    "blip-2": (
+        ("vision", r"(?:^|\.)vision_model\.encoder\.layers\.(\d+)\."),
+        ("qformer", r"(?:^|\.)qformer\.encoder\.layer\.(\d+)\."),
+        ("language", r"(?:^|\.)language_model\.(?:model\.)?decoder\.layers\.(\d+)\."),
+    ),
+    "llava": (
+        ("vision", r"(?:^|\.)vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\."),
+        ("language", r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\."),
+    ),
+    "paligemma": (
+        ("vision", r"(?:^|\.)vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\."),
+        ("language", r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\."),
     ),
 }
 

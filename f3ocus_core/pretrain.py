@@ -1,5 +1,5 @@
-"""The embedded default's base checkpoint: a tiny ViLT pretrained centrally on easy-vqa images that
-no client holds, saved with ``save_pretrained`` and cached.
+"""The built-in base checkpoints: a tiny model of each family (the default: ViLT) pretrained
+centrally on easy-vqa images that no client holds, saved with ``save_pretrained`` and cached.
 
 Federated fine-tuning in the paper starts from a pretrained model; this gives the default run one
 without any download. The run then loads it with ``from_pretrained`` exactly as it would load a hub
@@ -19,13 +19,20 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import ViltForQuestionAnswering
 
 from f3ocus_core.data import easy_vqa
-from f3ocus_core.models import build_processor, tiny_vilt_config
+from f3ocus_core.families import family_named
 from f3ocus_core.training import TrainSettings, evaluate, make_collate, train
 
 BUILTIN_MODEL = "builtin:tiny-vilt-easyvqa"
+#: Every built-in base, and the model family it is a tiny model of.
+BUILTIN_MODELS: dict[str, str] = {
+    BUILTIN_MODEL: "vilt",
+    "builtin:tiny-blip-easyvqa": "blip",
+    "builtin:tiny-blip2-easyvqa": "blip2",
+    "builtin:tiny-llava-easyvqa": "llava",
+    "builtin:tiny-paligemma-easyvqa": "paligemma",
+}
 #: Bump when the recipe below changes, so that old caches are not reused.
 RECIPE_VERSION = 1
 
@@ -42,21 +49,23 @@ def default_cache_dir() -> Path:
 def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 400, seed: int = 0) -> str:
     """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed."""
     if name.startswith("builtin:"):
-        if name != BUILTIN_MODEL:
-            raise ValueError(f"model.name: unknown built-in model {name!r}; the one built-in is {BUILTIN_MODEL!r}.")
-        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed))
+        if name not in BUILTIN_MODELS:
+            raise ValueError(
+                f"model.name: unknown built-in model {name!r}; the built-ins are {sorted(BUILTIN_MODELS)}."
+            )
+        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, BUILTIN_MODELS[name]))
     if not name:
         raise ValueError("model.name: empty; give a local folder, a hub id or " + BUILTIN_MODEL)
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0) -> Path:
-    """The folder of the base checkpoint for (``steps``, ``seed``), built first if missing."""
+def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, family: str = "vilt") -> Path:
+    """The folder of ``family``'s base checkpoint for (``steps``, ``seed``), built first if missing."""
     if steps < 1:
         raise ValueError(f"model.pretrain-steps: must be >= 1, got {steps}.")
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"tiny-vilt-easyvqa-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
+    target = cache / f"tiny-{family}-easyvqa-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
     if (target / "config.json").exists():
         return target
     with open(cache / f"{target.name}.lock", "w") as lock:
@@ -64,15 +73,18 @@ def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 
         if not (target / "config.json").exists():
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
             try:
-                build_base_checkpoint(scratch, steps, seed)
+                build_base_checkpoint(scratch, steps, seed, family)
                 scratch.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
-def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0) -> dict[str, float]:
-    """Train the tiny ViLT on the easy-vqa base pool for ``steps`` steps and save model + processor.
+def build_base_checkpoint(
+    out_dir: str | Path, steps: int = 400, seed: int = 0, family: str = "vilt"
+) -> dict[str, float]:
+    """Train ``family``'s tiny model on the easy-vqa base pool for ``steps`` steps and save model +
+    processor.
 
     Returns the metrics of the build (train loss, held-out accuracy of the base pool's last 10%).
     """
@@ -80,15 +92,14 @@ def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0) 
     pool = easy_vqa.base_pool(seed)
     held_out = max(1, len(pool) // 10)
     fit, check = pool.select(range(len(pool) - held_out)), pool.select(range(len(pool) - held_out, len(pool)))
-    processor = build_processor(pool["question"])
+    kind = family_named(family)
     labels = easy_vqa.ANSWERS
-    config = tiny_vilt_config(num_labels=len(labels), vocab_size=len(processor.tokenizer))
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
+    processor = kind.build_processor(pool["question"], labels)
+    config = kind.tiny_config(processor, labels)
     torch.manual_seed(seed)
-    model = ViltForQuestionAnswering(config)
+    model = kind.model_class(config)
     collate = make_collate(processor, labels)
-    log.info("Building the base checkpoint %s: %d steps on %d questions", BUILTIN_MODEL, steps, len(fit))
+    log.info("Building the base checkpoint of tiny %s: %d steps on %d questions", family, steps, len(fit))
 
     def progress(step: int, loss: float) -> None:
         if step % 100 == 0 or step == steps:

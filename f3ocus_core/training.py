@@ -17,40 +17,25 @@ import numpy as np
 import torch
 
 from f3ocus_core.devices import autocast, check_precision, grad_scaler, model_device, to_device
+from f3ocus_core.families import family_of, family_of_processor
 from f3ocus_core.models import logits_of, loss_of
 
 Batch = dict[str, torch.Tensor]
 Collate = Callable[[list[dict]], Batch]
 
+#: The values of ``eval.answer-mode``: closed-set ranking, or exact match of greedy generation.
+ANSWER_MODES: tuple[str, ...] = ("rank", "generate")
+
 
 def make_collate(processor: object, labels: list[str], max_text_len: int = 40) -> Collate:
-    """A function that turns rows (``image``, ``question``, ``answers``) into a model batch.
+    """A function that turns rows (``image``, ``question``, ``answers``) into a model batch, as the
+    processor's model family lays it out (:mod:`f3ocus_core.families`).
 
     Images are converted to RGB (medical sets are often grey-scale); answers become a multi-hot
     ``labels`` target over ``labels``; answers outside ``labels`` contribute nothing to the target.
+    Generative families also get the answer set tokenised (``answer_ids``, ``answer_mask``).
     """
-    index = {label: i for i, label in enumerate(labels)}
-
-    def collate(rows: list[dict]) -> Batch:
-        images = [row["image"].convert("RGB") for row in rows]
-        encoded = processor(
-            images=images,
-            text=[row["question"] for row in rows],
-            padding="longest",
-            truncation=True,
-            max_length=max_text_len,
-            return_tensors="pt",
-        )
-        target = torch.zeros(len(rows), len(labels))
-        for i, row in enumerate(rows):
-            for answer in row["answers"]:
-                if answer in index:
-                    target[i, index[answer]] = 1.0
-        batch = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
-        batch["labels"] = target
-        return batch
-
-    return collate
+    return family_of_processor(processor).make_collate(processor, labels, max_text_len)
 
 
 def iterate_batches(
@@ -198,6 +183,7 @@ def evaluate(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     precision: str = "fp32",
+    answer_mode: str = "rank",
 ) -> dict[str, float]:
     """Loss and task metric of ``model`` on ``dataset``, computed on ``device`` (default: where the
     model's parameters are; the model is moved there and left there) with
@@ -206,7 +192,15 @@ def evaluate(
     VQA (``kind="vqa"``): ``accuracy``, the share of examples whose top answer is one of its answers.
     Multi-label: ``f1``, micro-averaged F1 of sigmoid > 0.5 decisions. Both also give ``metric`` (the
     task's metric under one name, whichever it is) and ``loss``.
+
+    ``answer_mode`` (``eval.answer-mode``) matters for generative families only: ``"rank"`` decides by
+    the answer scores (closed-set ranking), ``"generate"`` by exact match of greedy generation with
+    an answer of the set (an example that generates none of them is wrong, and has no label). The
+    loss is the ranking loss in both modes.
     """
+    if answer_mode not in ANSWER_MODES:
+        raise ValueError(f"eval.answer-mode: unknown mode {answer_mode!r}; choose one of {ANSWER_MODES}.")
+    generate = family_of(model).generate if answer_mode == "generate" else None
     if len(dataset) == 0:
         raise ValueError("Cannot evaluate on an empty dataset.")
     device = model_device(model) if device is None else torch.device(device)
@@ -221,7 +215,15 @@ def evaluate(
             logits = logits_of(model, batch).float()
         labels = batch["labels"]
         total_loss += loss_of(logits, batch).item() * len(labels)
-        if kind == "vqa":
+        if generate is not None:
+            decided = generate(model, batch).to(labels.device)
+            if kind == "vqa":
+                correct += (decided * labels).amax(dim=1).clamp(max=1).sum().item()
+            else:
+                tp += (decided * labels).sum().item()
+                fp += (decided * (1 - labels)).sum().item()
+                fn += ((1 - decided) * labels).sum().item()
+        elif kind == "vqa":
             top = logits.argmax(dim=1)
             correct += labels[torch.arange(len(labels), device=labels.device), top].clamp(max=1).sum().item()
         else:

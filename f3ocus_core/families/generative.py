@@ -1,0 +1,187 @@
+"""Answer scoring for generative families: closed-set ranking by teacher-forced likelihood, and
+exact match of greedy generation.
+
+A generative model has no answer head; its "logits" over the client's answer set ``a_1 .. a_A`` come
+from the likelihood of each answer's token sequence (ending in EOS) given image and question:
+
+    s_a = Σ_k log p(t_{a,k} | image, question, t_{a,<k})          (teacher forcing)
+    z_a = s_a - log(1 - exp(s_a))                                   (log-odds of generating a)
+
+``z`` is what :func:`f3ocus_core.models.logits_of` returns. ``sigmoid(z_a) = p(a)``, so the binary
+cross-entropy of :func:`f3ocus_core.models.loss_of` is the likelihood of generating the right answers
+and not the wrong ones, ``argmax z = argmax s`` is closed-set ranking, and the layer scorers take the
+NTK over the same answer scores they use for a classifier head. The answers are distinct sequences
+ending in EOS, so their probabilities sum to at most 1: in a multi-label task at most one label can
+pass the 0.5 threshold, which caps recall when an example has several labels (docs/models.md).
+
+The batch carries the answer set tokenised: ``answer_ids``/``answer_mask`` of shape ``(n, A, T)``
+(the same rows for every example, so that every tensor of the batch has ``n`` rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from f3ocus_core.families.base import Batch, Collate, multi_hot
+
+#: Below this log-likelihood, ``log(1 - exp(s))`` is computed as ``log1p(-exp(s))``; above, as
+#: ``log(-expm1(s))`` (the stable split of Mächler's log1mexp).
+_LOG_HALF = -0.6931471805599453
+
+
+def log_odds(loglik: torch.Tensor) -> torch.Tensor:
+    """``s - log(1 - exp(s))`` for log-likelihoods ``s <= 0``, computed stably."""
+    s = loglik.clamp(max=-1e-7)
+    log1mexp = torch.where(s > _LOG_HALF, torch.log(-torch.expm1(s)), torch.log1p(-torch.exp(s)))
+    return s - log1mexp
+
+
+def answer_tokens(
+    tokenizer: object, labels: list[str], prefix: list[int], eos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, T)`` token ids (``prefix + answer + [eos]``, right-padded with 0) and their 0/1 mask."""
+    rows = [prefix + tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
+    width = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def make_collate(
+    processor: object, labels: list[str], prompt: Callable[[str], str], prefix: list[int], eos: int,
+    max_text_len: int | None,
+) -> Collate:
+    """Rows -> prompts through ``processor`` (right-padded), the answer set tokenised, multi-hot ``labels``."""
+    ids, mask = answer_tokens(processor.tokenizer, labels, prefix, eos)
+    limits = {} if max_text_len is None else {"truncation": True, "max_length": max_text_len}
+
+    def collate(rows: list[dict]) -> Batch:
+        encoded = processor(
+            images=[row["image"].convert("RGB") for row in rows],
+            text=[prompt(row["question"]) for row in rows],
+            padding="longest",
+            return_tensors="pt",
+            **limits,
+        )
+        batch = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        batch.pop("token_type_ids", None)
+        n = len(rows)
+        batch["answer_ids"] = ids.unsqueeze(0).expand(n, -1, -1).clone()
+        batch["answer_mask"] = mask.unsqueeze(0).expand(n, -1, -1).clone()
+        batch["labels"] = multi_hot(rows, labels)
+        return batch
+
+    return collate
+
+
+def sequence_loglik(logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Per row, the sum of ``log p(ids[t])`` under ``logits[t - 1]`` over positions where ``scored[t]``."""
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (picked * scored[:, 1:].to(picked.dtype)).sum(dim=1)
+
+
+def join_prompt_answers(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For decoder-only models: every (example, answer) pair as one sequence ``prompt + answer``.
+
+    Returns ``(n*A, P+T)`` token ids, attention mask, and the mask of answer tokens (the scored ones).
+    Prompts are right-padded, so each answer starts right after its prompt's last real token and the
+    positions of the real tokens are ``0, 1, ...`` in every row.
+    """
+    prompt, prompt_mask = batch["input_ids"], batch["attention_mask"]
+    answers, answer_mask = batch["answer_ids"], batch["answer_mask"]
+    n, width = prompt.shape
+    count, tokens = answers.shape[1], answers.shape[2]
+    lengths = prompt_mask.sum(dim=1)
+    positions = torch.arange(width + tokens, device=prompt.device)
+    in_prompt = positions.unsqueeze(0) < lengths.unsqueeze(1)
+    prompt_ids = prompt.gather(1, positions.clamp(max=width - 1).unsqueeze(0).expand(n, -1))
+    offset = positions.unsqueeze(0) - lengths.unsqueeze(1)
+    where = offset.clamp(0, tokens - 1).unsqueeze(1).expand(n, count, -1)
+    in_answer = (offset >= 0).unsqueeze(1) & (offset < tokens).unsqueeze(1) & answer_mask.gather(2, where).bool()
+    answer_ids = torch.where(in_answer, answers.gather(2, where), 0)
+    ids = torch.where(in_prompt.unsqueeze(1), prompt_ids.unsqueeze(1), answer_ids)
+    mask = in_prompt.unsqueeze(1) | in_answer
+    return ids.flatten(0, 1), mask.flatten(0, 1).long(), in_answer.flatten(0, 1)
+
+
+def decoder_only_logits(
+    language_model: torch.nn.Module, embed: torch.nn.Module, features: torch.Tensor, image_token: int, batch: Batch,
+    prefix_lm: bool = False,
+) -> torch.Tensor:
+    """Answer log-odds ``(n, A)`` of a decoder-only language model fed image features.
+
+    ``features`` ``(n, tokens, hidden)`` are computed once per example and put in place of the
+    ``image_token`` placeholders of every (example, answer) sequence, so the vision side sees ``n``
+    rows and only ``language_model`` (called with ``inputs_embeds``; returns ``.logits``) sees
+    ``n x A``. ``prefix_lm`` passes ``token_type_ids`` (0 prompt, 1 answer), for models whose prompt
+    attends both ways (PaliGemma).
+    """
+    ids, mask, scored = join_prompt_answers(batch)
+    count = batch["answer_ids"].shape[1]
+    is_image = ids == image_token
+    embeds = embed(ids.masked_fill(is_image, 0))
+    features = repeat_rows(features, count).to(embeds.dtype)
+    embeds = embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(embeds), features)
+    types = {"token_type_ids": scored.long()} if prefix_lm else {}
+    out = language_model(inputs_embeds=embeds, attention_mask=mask, **types)
+    loglik = sequence_loglik(out.logits, ids, scored)
+    return log_odds(loglik.view(batch["answer_ids"].shape[:2]))
+
+
+def greedy_per_example(model: torch.nn.Module, batch: Batch, eos: int, prefix_lm: bool = False) -> torch.Tensor:
+    """Greedy generation of each example alone (its unpadded prompt and image, ``model`` called with
+    ``input_ids`` and ``pixel_values``, and with ``token_type_ids`` marking the generated tokens when
+    ``prefix_lm``); 0/1 ``(n, A)`` exact matches with the answer set."""
+    steps = batch["answer_ids"].shape[2]
+    generated = []
+    for i in range(batch["input_ids"].shape[0]):
+        length = int(batch["attention_mask"][i].sum())
+        pixels = batch["pixel_values"][i : i + 1]
+
+        def step(ids: torch.Tensor, pixels: torch.Tensor = pixels, length: int = length) -> torch.Tensor:
+            types = {}
+            if prefix_lm:
+                types["token_type_ids"] = (torch.arange(ids.shape[1], device=ids.device) >= length).long()[None]
+            return model(input_ids=ids, pixel_values=pixels, **types).logits[:, -1]
+
+        generated += greedy(step, batch["input_ids"][i : i + 1, :length], steps, eos)
+    return matches(generated, batch, eos, skip=0)
+
+
+def repeat_rows(value: torch.Tensor, count: int) -> torch.Tensor:
+    """Each example's rows ``count`` times in a row (example-major, like :func:`join_prompt_answers`)."""
+    return value.repeat_interleave(count, dim=0)
+
+
+def matches(generated: list[list[int]], batch: Batch, eos: int, skip: int) -> torch.Tensor:
+    """0/1 ``(n, A)``: which answer (its tokens after ``skip`` prefix tokens, up to EOS) each generated
+    sequence (up to its first EOS) equals."""
+    answers, answer_mask = batch["answer_ids"], batch["answer_mask"]
+    decided = torch.zeros(answers.shape[:2])
+    for i, tokens in enumerate(generated):
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+        for a in range(answers.shape[1]):
+            want = answers[i, a][answer_mask[i, a].bool()].tolist()[skip:-1]
+            if tokens == want:
+                decided[i, a] = 1.0
+    return decided
+
+
+def greedy(step: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int, eos: int) -> list[list[int]]:
+    """Greedy decoding: ``step(ids)`` gives next-token logits ``(rows, V)``; stops at EOS or ``steps``."""
+    ids = start
+    done = torch.zeros(start.shape[0], dtype=torch.bool, device=start.device)
+    for _ in range(steps):
+        token = step(ids).argmax(dim=-1)
+        ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
+        done |= token == eos
+        if bool(done.all()):
+            break
+    return [row.tolist() for row in ids[:, start.shape[1]:]]
