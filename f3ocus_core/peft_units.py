@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from f3ocus_core.layers import LayerMap
-from f3ocus_core.peft_modes import PEFT_METHODS, peft_mode
+from f3ocus_core.peft_modes import PEFT_METHODS, check_method, peft_mode
 from f3ocus_core.peft_modes.targets import target_regex
 
 __all__ = ["PEFT_METHODS", "PeftSettings", "UnitMap", "attach_units", "get_state", "head_names", "set_state",
@@ -68,6 +68,7 @@ def attach_units(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSett
         Naming ``peft.method`` (unknown, or a mode this model's layers cannot take) or
         ``peft.target-modules`` (no match in some layer), with what would work.
     """
+    check_method(model, layer_map, settings)
     model = peft_mode(settings.method).attach(model, layer_map, settings)
     for param in model.parameters():
         param.requires_grad_(False)

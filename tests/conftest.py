@@ -71,6 +71,17 @@ def small_run_config(shipped_run_config, model_cache, tmp_path) -> dict:
     return config
 
 
+@pytest.fixture()
+def no_figures(monkeypatch):
+    """Skip drawing the run's figures (tested elsewhere; half the time of a one-round run)."""
+    from f3ocus_core.recorder import RunRecorder
+    from f3ocus_core.selection import figures
+
+    for owner, name in ((RunRecorder, "_plot_metric"), (RunRecorder, "_plot_assignments"),
+                        (figures, "plot_front"), (figures, "plot_coverage")):
+        monkeypatch.setattr(owner, name, lambda *args, **kwargs: None)
+
+
 @pytest.fixture(autouse=True)
 def _own_flower_home(tmp_path, monkeypatch) -> None:
     """Every test gets its own ``FLWR_HOME``, so in-process clients keep their state on disk

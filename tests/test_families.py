@@ -1,5 +1,6 @@
 """Model families: the registry, the loader, answer scoring of generative families, LNTK exactness on
-every family, and a one-round federated run with LoRA on each generative family."""
+every family, a one-round federated run with LoRA and with adapters on each generative family (ViLT's
+runs with every PEFT mode are in test_peft_modes.py), and which PEFT modes each family takes."""
 
 import functools
 
@@ -16,6 +17,7 @@ from f3ocus_core.importance.outputs import reduced_outputs
 from f3ocus_core.layers import layer_map_for
 from f3ocus_core.models import load_vqa_model, logits_of, loss_of
 from f3ocus_core.training import evaluate, make_collate, train
+from tests.inprocess_grid import run_server_app
 from tests.test_importance import dense_lntk_of
 
 GENERATIVE = ("blip", "blip2", "llava", "paligemma")
@@ -186,17 +188,11 @@ def test_full_fine_tuning_raises_the_likelihood_of_right_answers_and_both_answer
 
 
 @pytest.mark.parametrize("name", GENERATIVE)
-def test_one_federated_round_with_lora(saved, shipped_run_config, tmp_path, name):
+def test_one_federated_round_with_lora(saved, shipped_run_config, tmp_path, no_figures, name):
     from peft import PeftModel
 
-    from tests.inprocess_grid import run_server_app
-
-    config = dict(shipped_run_config)
-    config.update({
-        "num-server-rounds": 1, "run-name": "test-run", "output-dir": str(tmp_path / "outputs"),
-        "model.name": saved[name], "data.max-train-per-client": 8, "data.max-test-per-client": 4,
-        "selection.budget": "2", "selection.params": "", "train.batch-size": 4, "train.max-steps": 2,
-        "scoring.batch-size": 4,
+    config = round_config(shipped_run_config, tmp_path, saved[name], **{
+        "selection.algorithm": shipped_run_config["selection.algorithm"],
         "eval.answer-mode": "generate" if name == "llava" else "rank",
     })
     _, rows_ = run_server_app(config, num_nodes=2)
@@ -206,3 +202,88 @@ def test_one_federated_round_with_lora(saved, shipped_run_config, tmp_path, name
     base, _ = load_vqa_model(saved[name])
     adapted = PeftModel.from_pretrained(base, f"{config['output-dir']}/test-run/adapter")
     assert any("lora_" in key for key, _ in adapted.named_parameters())
+
+
+def round_config(shipped_run_config, tmp_path, path: str, **changes: object) -> dict:
+    """The shipped run config shrunk to one quick round on the model at ``path``."""
+    config = dict(shipped_run_config)
+    config.update({
+        "num-server-rounds": 1, "run-name": "test-run", "output-dir": str(tmp_path / "outputs"),
+        "model.name": path, "data.max-train-per-client": 8, "data.max-test-per-client": 4,
+        "selection.budget": "2", "selection.params": "", "selection.algorithm": "exact", "train.batch-size": 4,
+        "train.max-steps": 2, "scoring.batch-size": 4, "eval.answer-mode": "rank", **changes,
+    })
+    return config
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_one_federated_round_with_adapters_moves_the_adapters_of_the_assigned_layers_only(
+    saved, shipped_run_config, tmp_path, no_figures, name
+):
+    from f3ocus_core.peft_modes import load_adapter
+
+    config = round_config(shipped_run_config, tmp_path, saved[name], **{"peft.method": "adapter"})
+    _, rows_ = run_server_app(config, num_nodes=2)
+    assert [row["round"] for row in rows_] == [0, 1]
+    assigned = {layer for layers in rows_[1]["assignment"].values() for layer in layers}
+    base, processor = load_vqa_model(saved[name])
+    layer_map = layer_map_for(base)
+    batch = make_collate(processor, LABELS)(rows(3))
+    bare = logits_of(base, batch)
+    adapted = load_adapter(base, f"{config['output-dir']}/test-run/adapter")
+    moved = {layer_map.names[layer_map.layer_index(key)] for key, param in adapted.named_parameters()
+             if ".adapter_up." in key and param.abs().sum() > 0}  # W_up starts at zero
+    assert moved == {layer_map.names[layer] if isinstance(layer, int) else layer for layer in assigned}
+    assert not torch.allclose(logits_of(adapted, batch), bare)
+
+
+#: Per generative family, the PEFT modes it cannot take: the decoder language models' blocks take
+#: token positions (no deep prompts), and Llama and Gemma blocks have no bias terms (no BitFit).
+REFUSED = {"blip": (), "blip2": ("prompt",), "llava": ("bias", "prompt"), "paligemma": ("bias", "prompt")}
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_each_family_trains_the_modes_its_layers_take_and_refuses_the_others_with_what_works(saved, name):
+    from f3ocus_core.errors import ConfigError
+    from f3ocus_core.peft_modes import PEFT_METHODS
+    from f3ocus_core.peft_units import PeftSettings, attach_units, set_trainable, unit_map
+
+    works = [method for method in PEFT_METHODS if method not in REFUSED[name]]
+    listed = f"{', '.join(works[:-1])} or {works[-1]}"
+    for method in ("layernorm", "bias", "prompt", "ia3"):
+        model, processor = load_vqa_model(saved[name])
+        layer_map = layer_map_for(model)
+        settings = PeftSettings(method=method, target_modules=FAMILIES[name].lora_targets, prompt_length=2)
+        if method in REFUSED[name]:
+            with pytest.raises(ConfigError, match=rf"^peft\.method: '{method}' .*\. Use {listed}\.$"):
+                attach_units(model, layer_map, settings)
+            continue
+        model = attach_units(model, layer_map, settings)
+        units = unit_map(model, layer_map, method)
+        set_trainable(model, units, list(range(len(layer_map))), head=False)
+        batch = make_collate(processor, LABELS)(rows(2))
+        loss_of(logits_of(model, batch), batch).backward()
+        params = dict(model.named_parameters())
+        reached = [any(params[key].grad is not None and params[key].grad.abs().sum() > 0 for key in keys)
+                   for keys in units.names]
+        assert all(reached), (method, [layer_map.names[i] for i, ok in enumerate(reached) if not ok])
+
+
+def test_a_mode_the_family_cannot_take_stops_the_run_before_any_client_trains(saved, shipped_run_config, tmp_path):
+    from flwr.app import MessageType
+
+    from f3ocus_core.errors import ConfigError
+
+    trained = []
+
+    def spy(train):
+        def wrapped(msg, context):
+            trained.append(msg)
+            return train(msg, context)
+        return wrapped
+
+    config = round_config(shipped_run_config, tmp_path, saved["llava"], **{"peft.method": "prompt"})
+    with pytest.raises(ConfigError, match=r"peft\.method: 'prompt' cannot take LlamaDecoderLayer.*"
+                                          r"Use lora, adapter, layernorm, ia3 or full\."):
+        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+    assert trained == []

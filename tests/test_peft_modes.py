@@ -95,17 +95,6 @@ def test_the_saved_result_reloads_and_reproduces_the_logits(method, tmp_path):
                               atol=1e-5)
 
 
-@pytest.fixture()
-def no_figures(monkeypatch):
-    """Skip drawing the run's figures (tested elsewhere; half the time of a one-round run)."""
-    from f3ocus_core.recorder import RunRecorder
-    from f3ocus_core.selection import figures
-
-    for owner, name in ((RunRecorder, "_plot_metric"), (RunRecorder, "_plot_assignments"),
-                        (figures, "plot_front"), (figures, "plot_coverage")):
-        monkeypatch.setattr(owner, name, lambda *args, **kwargs: None)
-
-
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_every_mode_completes_a_federated_round_with_its_accounting(method, small_run_config, no_figures):
     config = dict(small_run_config, **{"peft.method": method, "num-server-rounds": 1, "selection.budget": "1",

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f3ocus_core.errors import ConfigError
 from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import layer_modules
 
@@ -52,20 +51,19 @@ def feedforward_outputs(model: nn.Module, layer_map: LayerMap) -> list[list[str]
             for layer in layer_modules(model, layer_map)]
 
 
-def attach(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> nn.Module:
-    """Wrap every layer's feed-forward output in a :class:`BottleneckAdapter` (in place).
-
-    Raises
-    ------
-    ConfigError
-        Naming ``peft.method`` when a layer has no feed-forward down-projection.
-    """
-    targets = feedforward_outputs(model, layer_map)
-    empty = [layer_map.names[i] for i, names in enumerate(targets) if not names]
+def unfit(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Why some layer cannot take an adapter (it has no feed-forward down-projection), or ``None``."""
+    empty = [layer_map.names[i] for i, names in enumerate(feedforward_outputs(model, layer_map)) if not names]
     if empty:
-        raise ConfigError(f"peft.method: 'adapter' needs a feed-forward output (a linear module narrowing its input) "
-                          f"in every layer; {empty[:4]} have none. Use lora, layernorm, bias, ia3 or full.")
-    for name in (name for names in targets for name in names):
+        return (f"'adapter' needs a feed-forward output (a linear module narrowing its input) in every layer; "
+                f"{empty[:4]} have none")
+    return None
+
+
+def attach(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> nn.Module:
+    """Wrap every layer's feed-forward output in a :class:`BottleneckAdapter` (in place); a model
+    that :func:`unfit` refuses gets no adapter in some layer."""
+    for name in (name for names in feedforward_outputs(model, layer_map) for name in names):
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
         setattr(owner, child, BottleneckAdapter(getattr(owner, child), settings.adapter_reduction))

@@ -20,6 +20,11 @@ def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) 
     return model
 
 
+def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Always ``None``: every layer has weights."""
+    return None
+
+
 def is_unit(name: str) -> bool:
     """Every own weight of a layer is a unit."""
     return not is_peft_parameter(name)

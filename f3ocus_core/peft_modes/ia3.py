@@ -3,7 +3,8 @@ of every layer; a layer's units are its ``ia3_l`` vectors. Saved in PEFT format.
 
 IA3 scales a module's output, except for feed-forward down-projections, whose input it scales (the
 paper's ``l_ff``). Which targets are those is read from the shapes, so that it holds for any family:
-a target whose input is wider than its output (ViLT's ``output.dense``, LLaMA's ``down_proj``).
+a target whose input is wider than its output (ViLT's ``output.dense``, LLaMA's ``down_proj``); when
+no target is one (LoRA-style ``q_proj,v_proj`` targets), every vector scales an output.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) 
     matched = check_targets(model, layer_map, settings.target_modules)
     feedforward = [name for layer in matched for name, module in layer if module.in_features > module.out_features]
     config = IA3Config(target_modules=target_regex(layer_map, settings.target_modules),
-                       feedforward_modules="|".join(re.escape(name) for name in feedforward) or None)
+                       feedforward_modules="|".join(re.escape(name) for name in feedforward) or [])
     return get_peft_model(model, config)
+
+
+def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Always ``None``: any layer with linear modules takes IA3 (which ones is ``peft.target-modules``'s
+    matter, checked by :func:`attach`)."""
+    return None
 
 
 def is_unit(name: str) -> bool:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from f3ocus_core.errors import ConfigError
 from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import layer_modules
 
@@ -30,21 +29,19 @@ def norm_modules(model: torch.nn.Module, layer_map: LayerMap) -> list[list[str]]
             for layer in layer_modules(model, layer_map)]
 
 
-def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> torch.nn.Module:
-    """Wrap ``model`` with trainable copies of every layer's normalisation modules.
+def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Why some layer cannot take LayerNorm tuning (no normalisation module with weights), or ``None``."""
+    empty = [layer_map.names[i] for i, names in enumerate(norm_modules(model, layer_map)) if not names]
+    if empty:
+        return f"'layernorm' needs a normalisation module with weights in every layer; {empty[:4]} have none"
+    return None
 
-    Raises
-    ------
-    ConfigError
-        Naming ``peft.method`` when some layer has no normalisation module with parameters.
-    """
+
+def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> torch.nn.Module:
+    """Wrap ``model`` with trainable copies of every layer's normalisation modules."""
     from peft import LNTuningConfig, get_peft_model
 
     norms = norm_modules(model, layer_map)
-    empty = [layer_map.names[i] for i, names in enumerate(norms) if not names]
-    if empty:
-        raise ConfigError(f"peft.method: 'layernorm' needs a normalisation module with weights in every layer; "
-                          f"{empty[:4]} have none. Use lora, adapter, bias, ia3 or full.")
     pattern = "|".join(re.escape(name) for names in norms for name in names)
     return get_peft_model(model, LNTuningConfig(target_modules=pattern))
 

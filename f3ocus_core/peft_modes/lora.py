@@ -26,6 +26,12 @@ def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) 
     return get_peft_model(model, config)
 
 
+def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Always ``None``: any layer with linear modules takes LoRA (which ones is ``peft.target-modules``'s
+    matter, checked by :func:`attach`)."""
+    return None
+
+
 def is_unit(name: str) -> bool:
     """Whether parameter ``name`` is a LoRA factor."""
     return "lora_" in name

@@ -7,8 +7,9 @@ Every layer sees its own fresh prompts, which is VPT-deep exactly (there, layer 
 prompt positions are replaced by layer l+1's prompts). The layer's attention mask gains ``p``
 "attend" entries. Works for any block called as ``block(hidden_states, attention_mask=..., ...)``;
 blocks that take token positions (rotary position embeddings, caches: decoder LMs) cannot take
-prompts this way and are refused at attach time. ``peft``'s prompt tuning only prepends at the input
-of a language model, so the result is saved in this package's own format.
+prompts this way and are refused (:func:`unfit`) before anything is attached. ``peft``'s prompt
+tuning only prepends at the input of a language model, so the result is saved in this package's
+own format.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from f3ocus_core.errors import ConfigError
 from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import block_of, layer_modules
 
@@ -66,29 +66,30 @@ def _strip(module: nn.Module, args: tuple, output: object) -> object:
     raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; deep prompts need a tensor or tuple.")
 
 
-def _width(block: nn.Module) -> int:
-    """The hidden size of the block's input: the input width of its first linear module."""
-    for module in block.modules():
-        if isinstance(module, nn.Linear):
-            return module.in_features
-    raise ConfigError(f"peft.method: 'prompt' cannot tell the hidden size of {type(block).__name__} (no linear "
-                      "module). Use lora, adapter, layernorm, bias, ia3 or full.")
+def _width(block: nn.Module) -> int | None:
+    """The hidden size of the block's input: the input width of its first linear module (``None``
+    without one)."""
+    return next((module.in_features for module in block.modules() if isinstance(module, nn.Linear)), None)
 
 
-def attach(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> nn.Module:
-    """Give every layer's block ``peft.prompt-length`` learnable vectors and the hooks that use them.
-
-    Raises
-    ------
-    ConfigError
-        Naming ``peft.method`` when a block takes token positions (see the module docstring).
-    """
+def unfit(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
+    """Why some layer's block cannot take deep prompts (it takes token positions, or has no linear
+    module to tell its width from), or ``None``."""
     for layer in layer_modules(model, layer_map):
         _, block = block_of(layer)
         taken = [name for name in inspect.signature(block.forward).parameters if name in POSITIONAL]
         if taken:
-            raise ConfigError(f"peft.method: 'prompt' cannot take {type(block).__name__} blocks: they take token "
-                              f"positions ({', '.join(taken)}). Use lora, adapter, layernorm, bias, ia3 or full.")
+            return f"'prompt' cannot take {type(block).__name__} blocks: they take token positions ({', '.join(taken)})"
+        if _width(block) is None:
+            return f"'prompt' cannot tell the hidden size of {type(block).__name__} (no linear module)"
+    return None
+
+
+def attach(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> nn.Module:
+    """Give every layer's block ``peft.prompt-length`` learnable vectors and the hooks that use them
+    (for a model :func:`unfit` accepts)."""
+    for layer in layer_modules(model, layer_map):
+        _, block = block_of(layer)
         weight = next(block.parameters())
         prompts = torch.randn(settings.prompt_length, _width(block), device=weight.device) * 0.02
         block.register_parameter(PARAMETER, nn.Parameter(prompts.to(weight.dtype)))
