@@ -35,7 +35,7 @@ from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
 from f3ocus_core.pretrain import default_cache_dir
 from f3ocus_core.selection import ALGORITHMS
-from f3ocus_core.training import evaluate, first_batch, make_collate, train
+from f3ocus_core.training import Collate, evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
 from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import (
@@ -115,6 +115,11 @@ def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch
     return settings, data, replace(pristine, model=model.to(device)), device
 
 
+def _collate(setup: ModelSetup, data: ClientData) -> Collate:
+    """The client's rows-to-batch function; a multi-label task asks generative models yes/no per label."""
+    return make_collate(setup.processor, data.labels, multi_label=data.kind == "multilabel")
+
+
 def _client_info(context: Context, data: ClientData, with_labels: bool) -> ClientInfo:
     labels = tuple(data.labels) if with_labels else None
     return ClientInfo(data.name, parse_node_config(context.node_config).partition_id, data.kind, labels)
@@ -133,7 +138,7 @@ def query(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
     context.state[GLOBAL_UNITS] = arrays
-    collate = make_collate(setup.processor, data.labels)
+    collate = _collate(setup, data)
     batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
     reduction = settings.scoring.reduction
     if reduction == "head" and family_of(setup.model).generative:
@@ -160,7 +165,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     layers = [int(layer) for layer in config[LAYERS]]
     set_trainable(setup.model, setup.units, layers, head=True)
-    collate, seed = make_collate(setup.processor, data.labels), settings.seed + int(config[SERVER_ROUND])
+    collate, seed = _collate(setup, data), settings.seed + int(config[SERVER_ROUND])
     started = time.perf_counter()
     result = train(setup.model, data.train, collate, settings.train, seed=seed, device=device)
     seconds = time.perf_counter() - started
@@ -183,7 +188,7 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     _restore_head(context, _store(msg, context), int(msg.content.config_records[CONFIG][SERVER_ROUND]))
     settings, data, setup, device = _setup(context)
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
-    metrics = evaluate(setup.model, data.test, make_collate(setup.processor, data.labels), data.kind,
+    metrics = evaluate(setup.model, data.test, _collate(setup, data), data.kind,
                        settings.eval_batch_size, device=device, precision=settings.train.precision,
                        answer_mode=settings.eval_answer_mode)
     metrics[NUM_EXAMPLES] = len(data.test)

@@ -27,15 +27,19 @@ Collate = Callable[[list[dict]], Batch]
 ANSWER_MODES: tuple[str, ...] = ("rank", "generate")
 
 
-def make_collate(processor: object, labels: list[str], max_text_len: int = 40) -> Collate:
+def make_collate(
+    processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
     """A function that turns rows (``image``, ``question``, ``answers``) into a model batch, as the
     processor's model family lays it out (:mod:`f3ocus_core.families`).
 
     Images are converted to RGB (medical sets are often grey-scale); answers become a multi-hot
     ``labels`` target over ``labels``; answers outside ``labels`` contribute nothing to the target.
-    Generative families also get the answer set tokenised (``answer_ids``, ``answer_mask``).
+    Generative families also get the answer set tokenised (``answer_ids``, ``answer_mask``); with
+    ``multi_label`` (a ``"multilabel"`` task) each label as a yes/no question instead
+    (:mod:`f3ocus_core.families.generative`).
     """
-    return family_of_processor(processor).make_collate(processor, labels, max_text_len)
+    return family_of_processor(processor).make_collate(processor, labels, max_text_len, multi_label)
 
 
 def iterate_batches(

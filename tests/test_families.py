@@ -11,7 +11,8 @@ import torch
 
 from f3ocus_core.data import easy_vqa
 from f3ocus_core.families import FAMILIES, family_of, family_of_processor
-from f3ocus_core.families.generative import log_odds, matches
+from f3ocus_core.families.generative import YES_NO, log_odds, matches, yes_no_ids
+from f3ocus_core.families.offline_tokenizers import word_tokenizer
 from f3ocus_core.importance import score_layers
 from f3ocus_core.importance.outputs import reduced_outputs
 from f3ocus_core.layers import layer_map_for
@@ -161,6 +162,69 @@ def test_lntk_is_exact_against_a_dense_jacobian(saved, name):
     assert (reference > 0).all()
 
 
+def _fit(model: torch.nn.Module, batch: dict, steps: int = 25) -> torch.Tensor:
+    """``steps`` full-batch AdamW steps on ``batch``; the label probabilities after them."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = loss_of(logits_of(model, batch), batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(logits_of(model, batch))
+
+
+@pytest.mark.parametrize("name", GENERATIVE)
+def test_multi_label_yes_no_scores_let_two_labels_pass_where_ranking_cannot(saved, name):
+    data = [dict(row, answers=["circle", "red"]) for row in rows(4)]  # two positives of LABELS per row
+    ranked = make_collate(load_vqa_model(saved[name])[1], LABELS)(data)
+    model, processor = load_vqa_model(saved[name])
+    collate = make_collate(processor, LABELS, multi_label=True)
+    batch = collate(data)
+    assert YES_NO in batch and batch[YES_NO].shape == (4, 2) and YES_NO not in ranked
+    assert torch.equal(batch["labels"], ranked["labels"])
+    # Ranking: after the same training the answers' probabilities still sum to at most 1.
+    old = _fit(load_vqa_model(saved[name])[0], ranked)
+    assert (old.sum(dim=1) <= 1 + 1e-5).all() and not ((old[:, :2] > 0.5).all(dim=1)).any()
+    new = _fit(model, batch)
+    assert (new[:, :2] > 0.5).all() and (new[:, 2:] < 0.5).all()
+    # Greedy generation answers "yes" to both labels' questions; F1 is perfect in both answer modes.
+    assert torch.equal(FAMILIES[name].generate(model, batch), batch["labels"])
+    dataset = datasets.Dataset.from_list(data)
+    for mode in ("rank", "generate"):
+        assert evaluate(model, dataset, collate, "multilabel", answer_mode=mode)["f1"] == 1.0
+    # Each example alone (no padding) gets the scores it got in the padded batch.
+    scores = logits_of(model, batch)
+    for i, row in enumerate(data):
+        torch.testing.assert_close(logits_of(model, collate([row]))[0], scores[i], rtol=1e-3, atol=1e-3)
+
+
+def test_lntk_is_exact_against_a_dense_jacobian_on_multi_label_scores(saved):
+    model, processor = load_vqa_model(saved["llava"])
+    batch = make_collate(processor, LABELS[:3], multi_label=True)(rows(2))
+    layer_map = layer_map_for(model)
+    scores = score_layers(model, batch, layer_map, "lntk", "projection", 2, seed=3)
+    reference = dense_lntk_of(model, batch, layer_map, lambda m, b: reduced_outputs(m, b, "projection", 2, 3))
+    np.testing.assert_allclose(scores.raw, reference, rtol=1e-4)
+    assert (reference > 0).all()
+
+
+def test_a_tokenizer_without_yes_and_no_cannot_take_a_multi_label_task():
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_tokenizer(["what shape"], ("<pad>", "<unk>"), "<unk>", "$A", None),
+        pad_token="<pad>", unk_token="<unk>",
+    )
+    with pytest.raises(ValueError, match="'yes' and 'no'"):
+        yes_no_ids(tokenizer)
+    for name in GENERATIVE:  # every offline tokenizer knows them, whatever its answers
+        processor = FAMILIES[name].build_processor(["what shape?"], ["circle"])
+        assert len(set(yes_no_ids(processor.tokenizer))) == 2
+
+
 @pytest.mark.parametrize("name", GENERATIVE)
 def test_full_fine_tuning_raises_the_likelihood_of_right_answers_and_both_answer_modes_evaluate(saved, name):
     from f3ocus_core.peft_units import PeftSettings, attach_units, set_trainable, unit_map
@@ -202,6 +266,28 @@ def test_one_federated_round_with_lora(saved, shipped_run_config, tmp_path, no_f
     base, _ = load_vqa_model(saved[name])
     adapted = PeftModel.from_pretrained(base, f"{config['output-dir']}/test-run/adapter")
     assert any("lora_" in key for key, _ in adapted.named_parameters())
+
+
+def test_one_federated_round_on_a_multi_label_task_asks_each_label_yes_or_no(
+    saved, shipped_run_config, tmp_path, no_figures, monkeypatch
+):
+    from f3ocus_core.families import generative
+    from tests.data_fixtures import write_task_fixture
+
+    seen = []
+    scores = generative.answer_scores
+
+    def spy(logits, ids, scored, batch):
+        seen.append(YES_NO in batch)
+        return scores(logits, ids, scored, batch)
+
+    monkeypatch.setattr(generative, "answer_scores", spy)
+    root = write_task_fixture(tmp_path / "data", "4")
+    config = round_config(shipped_run_config, tmp_path, saved["llava"], task="4", **{"data.path": str(root)})
+    _, rows_ = run_server_app(config, num_nodes=4)
+    assert [row["round"] for row in rows_] == [0, 1] and rows_[1]["metric_name"] == "f1"
+    assert 0.0 <= rows_[1]["metric"] <= 1.0 and np.isfinite(rows_[1]["loss"])
+    assert seen and all(seen)  # scoring, training and evaluation all used the yes/no scores
 
 
 def round_config(shipped_run_config, tmp_path, path: str, **changes: object) -> dict:

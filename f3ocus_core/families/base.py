@@ -37,8 +37,8 @@ class Family:
         The default ``peft.target-modules`` for this family (linear modules inside every tower's blocks).
     logits : Callable[[torch.nn.Module, Batch], torch.Tensor]
         ``(n, A)`` scores of the answer set on a batch made by ``make_collate``.
-    make_collate : Callable[[object, list[str], int], Collate]
-        ``(processor, answer labels, max text length)`` -> rows-to-batch function.
+    make_collate : Callable[[object, list[str], int, bool], Collate]
+        ``(processor, answer labels, max text length, multi-label task)`` -> rows-to-batch function.
     build_processor : Callable[[list[str], list[str]], object]
         An offline processor whose vocabulary covers the given questions and answers.
     tiny_config : Callable[[object, list[str]], object]
@@ -56,7 +56,7 @@ class Family:
     generative: bool
     lora_targets: tuple[str, ...]
     logits: Callable[[torch.nn.Module, Batch], torch.Tensor]
-    make_collate: Callable[[object, list[str], int], Collate]
+    make_collate: Callable[[object, list[str], int, bool], Collate]
     build_processor: Callable[[list[str], list[str]], object]
     tiny_config: Callable[[object, list[str]], object]
     generate: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None

@@ -25,7 +25,8 @@ def build_processor(questions: list[str], answers: list[str], image_size: int = 
     ``[DEC]`` decoder start token) and the PIL BLIP image processor (no torchvision)."""
     tokenizer = BertTokenizerFast(
         tokenizer_object=word_tokenizer(
-            list(questions) + list(answers), SPECIAL_TOKENS, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]"
+            list(questions) + list(answers) + list(generative.QUESTION_WORDS), SPECIAL_TOKENS, "[UNK]",
+            "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]",
         ),
         unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
         bos_token="[DEC]",
@@ -61,9 +62,8 @@ def _question_states(model: BlipForQuestionAnswering, batch: Batch) -> torch.Ten
     )[0]
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Log-odds of generating each answer of the set, ``(n, A)`` (see :mod:`.generative`)."""
-    base = unwrap(model)
+def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The decoder's token logits ``(n*A, T, V)`` on the answer rows, their ids and mask."""
     count = batch["answer_ids"].shape[1]
     question = _question_states(base, batch)
     ids, mask = batch["answer_ids"].flatten(0, 1), batch["answer_mask"].flatten(0, 1)
@@ -72,14 +72,22 @@ def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         encoder_hidden_states=generative.repeat_rows(question, count),
         encoder_attention_mask=generative.repeat_rows(batch["attention_mask"], count),
     )
-    loglik = generative.sequence_loglik(out.logits, ids, mask)
-    return generative.log_odds(loglik.view(batch["answer_ids"].shape[:2]))
+    return out.logits, ids, mask
+
+
+def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
+    "yes" against "no" per label on a multi-label batch."""
+    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
 
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy answer generation (batched); 0/1 ``(n, A)`` exact matches with the answer set."""
+    """Greedy answer generation (batched); 0/1 ``(n, A)`` exact matches with the answer set (on a
+    multi-label batch, whether each label's question is answered "yes")."""
     base = unwrap(model)
+    if generative.YES_NO in batch:
+        return generative.says_yes(*_token_logits(base, batch), batch)
     question = _question_states(base, batch)
     eos = base.config.text_config.sep_token_id
     start = batch["answer_ids"][:, 0, :1]
@@ -93,11 +101,15 @@ def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return generative.matches(generated, batch, eos, skip=1)
 
 
-def make_collate(processor: BlipProcessor, labels: list[str], max_text_len: int = 40) -> Collate:
-    """Questions through the processor; answers as ``[DEC] answer [SEP]``."""
+def make_collate(
+    processor: BlipProcessor, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
+    """Questions through the processor; answers as ``[DEC] answer [SEP]`` (multi-label: ``[DEC] label?``)."""
     tokenizer = processor.tokenizer
     start = [tokenizer.convert_tokens_to_ids("[DEC]")]
-    return generative.make_collate(processor, labels, lambda q: q, start, tokenizer.sep_token_id, max_text_len)
+    return generative.make_collate(
+        processor, labels, lambda q: q, start, tokenizer.sep_token_id, max_text_len, multi_label
+    )
 
 
 FAMILY = Family(

@@ -38,7 +38,7 @@ def prompt(question: str) -> str:
 def build_processor(questions: list[str], answers: list[str], image_size: int = 32) -> Blip2Processor:
     """An offline BLIP-2 processor: a word-level tokenizer over prompts and answers (BOS added,
     ``<image>`` one token), the PIL BLIP image processor (no torchvision), 4 query tokens."""
-    texts = [prompt(q) for q in questions] + list(answers)
+    texts = [prompt(q) for q in questions] + list(answers) + list(generative.QUESTION_WORDS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=word_tokenizer(texts, SPECIAL_TOKENS, "<unk>", "<s> $A", "<s> $A $B"),
         pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -75,27 +75,40 @@ def _check_decoder_only(model: Blip2ForConditionalGeneration) -> None:
         )
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Log-odds of generating each answer of the set, ``(n, A)`` (see :mod:`.generative`)."""
-    base = unwrap(model)
+def _token_logits(base: Blip2ForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     _check_decoder_only(base)
     features = base.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
-    return generative.decoder_only_logits(
+    return generative.decoder_only_token_logits(
         base.language_model, base.get_input_embeddings(), features, base.config.image_token_index, batch
     )
 
 
+def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
+    "yes" against "no" per label on a multi-label batch."""
+    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set."""
+    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set (on a
+    multi-label batch, whether each label's question is answered "yes")."""
     base = unwrap(model)
+    if generative.YES_NO in batch:
+        return generative.says_yes(*_token_logits(base, batch), batch)
     _check_decoder_only(base)
     return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
 
 
-def make_collate(processor: Blip2Processor, labels: list[str], max_text_len: int = 40) -> Collate:
-    """Query placeholders and prompt (never truncated), answers ending in EOS."""
-    return generative.make_collate(processor, labels, prompt, [], processor.tokenizer.eos_token_id, None)
+def make_collate(
+    processor: Blip2Processor, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
+    """Query placeholders and prompt (never truncated), answers ending in EOS (multi-label: the
+    labels' yes/no rows)."""
+    return generative.make_collate(
+        processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label
+    )
 
 
 FAMILY = Family(

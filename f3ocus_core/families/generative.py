@@ -10,12 +10,23 @@ from the likelihood of each answer's token sequence (ending in EOS) given image 
 ``z`` is what :func:`f3ocus_core.models.logits_of` returns. ``sigmoid(z_a) = p(a)``, so the binary
 cross-entropy of :func:`f3ocus_core.models.loss_of` is the likelihood of generating the right answers
 and not the wrong ones, ``argmax z = argmax s`` is closed-set ranking, and the layer scorers take the
-NTK over the same answer scores they use for a classifier head. The answers are distinct sequences
-ending in EOS, so their probabilities sum to at most 1: in a multi-label task at most one label can
-pass the 0.5 threshold, which caps recall when an example has several labels (docs/models.md).
+NTK over the same answer scores they use for a classifier head.
+
+Multi-label tasks cannot use these scores: the answers are distinct sequences ending in EOS, so their
+probabilities sum to at most 1 and at most one label could pass the 0.5 threshold. There each label
+``l`` is asked as a yes/no question instead: the row after the prompt is ``l?`` (no EOS), and
+
+    z_l = logit(yes) - logit(no)      at the next-token position after ``l?``
+
+so ``sigmoid(z_l)`` is the probability of "yes" against "no", independent across labels, and several
+labels can pass 0.5. It costs the same ``n x A`` rows as the ranking. Greedy generation of a
+multi-label batch answers each label's question with one greedy token: the label is decided when
+that token is "yes".
 
 The batch carries the answer set tokenised: ``answer_ids``/``answer_mask`` of shape ``(n, A, T)``
-(the same rows for every example, so that every tensor of the batch has ``n`` rows).
+(the same rows for every example, so that every tensor of the batch has ``n`` rows); a multi-label
+batch also carries ``yes_no`` ``(n, 2)``, the token ids of "yes" and "no", whose presence selects the
+yes/no scores.
 """
 
 from __future__ import annotations
@@ -30,6 +41,12 @@ from f3ocus_core.families.base import Batch, Collate, multi_hot
 #: ``log(-expm1(s))`` (the stable split of Mächler's log1mexp).
 _LOG_HALF = -0.6931471805599453
 
+#: The batch key of a multi-label batch's ``(n, 2)`` "yes"/"no" token ids (see the module docstring).
+YES_NO = "yes_no"
+
+#: Words an offline tokenizer of a generative family must know for the multi-label yes/no questions.
+QUESTION_WORDS: tuple[str, ...] = ("?", "yes", "no")
+
 
 def log_odds(loglik: torch.Tensor) -> torch.Tensor:
     """``s - log(1 - exp(s))`` for log-likelihoods ``s <= 0``, computed stably."""
@@ -39,10 +56,14 @@ def log_odds(loglik: torch.Tensor) -> torch.Tensor:
 
 
 def answer_tokens(
-    tokenizer: object, labels: list[str], prefix: list[int], eos: int
+    tokenizer: object, labels: list[str], prefix: list[int], eos: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, T)`` token ids (``prefix + answer + [eos]``, right-padded with 0) and their 0/1 mask."""
-    rows = [prefix + tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
+    """``(A, T)`` token ids (``prefix + answer + [eos]``, right-padded with 0) and their 0/1 mask;
+    ``eos=None`` gives the multi-label rows ``prefix + answer?`` (see the module docstring)."""
+    if eos is None:
+        rows = [prefix + tokenizer(f"{label}?", add_special_tokens=False)["input_ids"] for label in labels]
+    else:
+        rows = [prefix + tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
     width = max(len(row) for row in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -52,12 +73,32 @@ def answer_tokens(
     return ids, mask
 
 
+def yes_no_ids(tokenizer: object) -> list[int]:
+    """The token ids of "yes" and "no" (the first token of each, tokenised like the answers).
+
+    Raises
+    ------
+    ValueError
+        When the tokenizer does not tell them apart (an offline tokenizer built without them).
+    """
+    ids = [tokenizer(word, add_special_tokens=False)["input_ids"][:1] for word in ("yes", "no")]
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if any(not one or one[0] == unknown for one in ids) or ids[0] == ids[1]:
+        raise ValueError(
+            "model.name: the tokenizer has no distinct 'yes' and 'no' tokens, which multi-label tasks "
+            "of generative families need; use a tokenizer that knows them."
+        )
+    return [ids[0][0], ids[1][0]]
+
+
 def make_collate(
     processor: object, labels: list[str], prompt: Callable[[str], str], prefix: list[int], eos: int,
-    max_text_len: int | None,
+    max_text_len: int | None, multi_label: bool = False,
 ) -> Collate:
-    """Rows -> prompts through ``processor`` (right-padded), the answer set tokenised, multi-hot ``labels``."""
-    ids, mask = answer_tokens(processor.tokenizer, labels, prefix, eos)
+    """Rows -> prompts through ``processor`` (right-padded), the answer set tokenised, multi-hot
+    ``labels``; with ``multi_label``, the labels' yes/no rows and ``yes_no`` instead."""
+    ids, mask = answer_tokens(processor.tokenizer, labels, prefix, None if multi_label else eos)
+    yes_no = torch.tensor(yes_no_ids(processor.tokenizer)) if multi_label else None
     limits = {} if max_text_len is None else {"truncation": True, "max_length": max_text_len}
 
     def collate(rows: list[dict]) -> Batch:
@@ -73,6 +114,8 @@ def make_collate(
         n = len(rows)
         batch["answer_ids"] = ids.unsqueeze(0).expand(n, -1, -1).clone()
         batch["answer_mask"] = mask.unsqueeze(0).expand(n, -1, -1).clone()
+        if yes_no is not None:
+            batch[YES_NO] = yes_no.expand(n, -1).clone()
         batch["labels"] = multi_hot(rows, labels)
         return batch
 
@@ -84,6 +127,33 @@ def sequence_loglik(logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tenso
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (picked * scored[:, 1:].to(picked.dtype)).sum(dim=1)
+
+
+def next_token_logits(logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Per row, ``logits`` ``(rows, T, V)`` at the last position where ``scored`` ``(rows, T)``: the
+    prediction of the token after the row's answer."""
+    positions = torch.arange(scored.shape[1], device=scored.device)
+    last = (positions * scored.long()).amax(dim=1)
+    return logits[torch.arange(logits.shape[0], device=logits.device), last].float()
+
+
+def answer_scores(logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``(n, A)`` scores from the token ``logits`` of the ``n*A`` answer rows (``ids``, ``scored``):
+    the log-odds of generating each answer, or on a multi-label batch ``logit(yes) - logit(no)``."""
+    shape = batch["answer_ids"].shape[:2]
+    if YES_NO in batch:
+        after = next_token_logits(logits, scored)
+        yes_no = repeat_rows(batch[YES_NO], shape[1])
+        picked = after.gather(1, yes_no)
+        return (picked[:, 0] - picked[:, 1]).view(shape)
+    return log_odds(sequence_loglik(logits, ids, scored).view(shape))
+
+
+def says_yes(logits: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """0/1 ``(n, A)`` of a multi-label batch: whether the greedy token after each label's question is "yes"."""
+    after = next_token_logits(logits, scored)
+    yes = repeat_rows(batch[YES_NO][:, 0], batch["answer_ids"].shape[1])
+    return (after.argmax(dim=1) == yes).float().view(batch["answer_ids"].shape[:2]).cpu()
 
 
 def join_prompt_answers(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,11 +180,13 @@ def join_prompt_answers(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch
     return ids.flatten(0, 1), mask.flatten(0, 1).long(), in_answer.flatten(0, 1)
 
 
-def decoder_only_logits(
+def decoder_only_token_logits(
     language_model: torch.nn.Module, embed: torch.nn.Module, features: torch.Tensor, image_token: int, batch: Batch,
     prefix_lm: bool = False,
-) -> torch.Tensor:
-    """Answer log-odds ``(n, A)`` of a decoder-only language model fed image features.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token logits ``(n*A, P+T, V)`` of every (example, answer) sequence of a decoder-only language
+    model fed image features, with the sequences' ids and the mask of their answer tokens (what
+    :func:`answer_scores` and :func:`says_yes` read).
 
     ``features`` ``(n, tokens, hidden)`` are computed once per example and put in place of the
     ``image_token`` placeholders of every (example, answer) sequence, so the vision side sees ``n``
@@ -130,8 +202,7 @@ def decoder_only_logits(
     embeds = embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(embeds), features)
     types = {"token_type_ids": scored.long()} if prefix_lm else {}
     out = language_model(inputs_embeds=embeds, attention_mask=mask, **types)
-    loglik = sequence_loglik(out.logits, ids, scored)
-    return log_odds(loglik.view(batch["answer_ids"].shape[:2]))
+    return out.logits, ids, scored
 
 
 def greedy_per_example(model: torch.nn.Module, batch: Batch, eos: int, prefix_lm: bool = False) -> torch.Tensor:

@@ -39,7 +39,7 @@ def build_processor(
 ) -> LlavaProcessor:
     """An offline LLaVA processor: a word-level tokenizer over the prompts and answers (BOS added,
     ``<image>`` one token) and a CLIP image processor (the PIL one: no torchvision)."""
-    texts = [prompt(q) for q in questions] + list(answers)
+    texts = [prompt(q) for q in questions] + list(answers) + list(generative.QUESTION_WORDS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=word_tokenizer(texts, SPECIAL_TOKENS, "<unk>", "<s> $A", "<s> $A $B"),
         pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -77,30 +77,43 @@ def tiny_config(processor: LlavaProcessor, labels: list[str]) -> LlavaConfig:
     return config
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Log-odds of generating each answer of the set, ``(n, A)`` (see :mod:`.generative`)."""
-    base = unwrap(model)
+def _token_logits(base: LlavaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     config = base.config
     features = base.model.get_image_features(
         pixel_values=batch["pixel_values"],
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
     ).pooler_output
-    return generative.decoder_only_logits(
+    return generative.decoder_only_token_logits(
         base, base.get_input_embeddings(), torch.stack(list(features)), config.image_token_index, batch
     )
 
 
+def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
+    "yes" against "no" per label on a multi-label batch."""
+    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set."""
+    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set (on a
+    multi-label batch, whether each label's question is answered "yes")."""
     base = unwrap(model)
+    if generative.YES_NO in batch:
+        return generative.says_yes(*_token_logits(base, batch), batch)
     return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
 
 
-def make_collate(processor: LlavaProcessor, labels: list[str], max_text_len: int = 40) -> Collate:
-    """Prompts with the image tokens (never truncated, which would cut them), answers ending in EOS."""
-    return generative.make_collate(processor, labels, prompt, [], processor.tokenizer.eos_token_id, None)
+def make_collate(
+    processor: LlavaProcessor, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
+    """Prompts with the image tokens (never truncated, which would cut them), answers ending in EOS
+    (multi-label: the labels' yes/no rows)."""
+    return generative.make_collate(
+        processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label
+    )
 
 
 FAMILY = Family(

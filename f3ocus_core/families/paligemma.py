@@ -40,7 +40,9 @@ def build_processor(
     """An offline PaliGemma processor: a word-level tokenizer over questions and answers (PaliGemma's
     processor adds its location and segmentation tokens) and SigLIP's PIL image processor."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_tokenizer(list(questions) + list(answers), SPECIAL_TOKENS, "<unk>", "$A", "$A $B"),
+        tokenizer_object=word_tokenizer(
+            list(questions) + list(answers) + list(generative.QUESTION_WORDS), SPECIAL_TOKENS, "<unk>", "$A", "$A $B"
+        ),
         pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
     )
     images = SiglipImageProcessorPil(
@@ -71,25 +73,38 @@ def tiny_config(processor: PaliGemmaProcessor, labels: list[str]) -> PaliGemmaCo
     return config
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Log-odds of generating each answer of the set, ``(n, A)`` (see :mod:`.generative`)."""
-    base = unwrap(model)
+def _token_logits(base: PaliGemmaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     features = base.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
-    return generative.decoder_only_logits(
+    return generative.decoder_only_token_logits(
         base, base.get_input_embeddings(), features, base.config.image_token_index, batch, prefix_lm=True
     )
 
 
+def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
+    "yes" against "no" per label on a multi-label batch."""
+    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set."""
+    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set (on a
+    multi-label batch, whether each label's question is answered "yes")."""
     base = unwrap(model)
+    if generative.YES_NO in batch:
+        return generative.says_yes(*_token_logits(base, batch), batch)
     return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id, prefix_lm=True)
 
 
-def make_collate(processor: PaliGemmaProcessor, labels: list[str], max_text_len: int = 40) -> Collate:
-    """Image tokens, BOS and question from the processor (never truncated), answers ending in EOS."""
-    return generative.make_collate(processor, labels, prompt, [], processor.tokenizer.eos_token_id, None)
+def make_collate(
+    processor: PaliGemmaProcessor, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
+    """Image tokens, BOS and question from the processor (never truncated), answers ending in EOS
+    (multi-label: the labels' yes/no rows)."""
+    return generative.make_collate(
+        processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label
+    )
 
 
 FAMILY = Family(

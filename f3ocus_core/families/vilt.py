@@ -113,10 +113,13 @@ def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(**model_inputs(batch)).logits
 
 
-def make_collate(processor: object, labels: list[str], max_text_len: int = 40) -> Collate:
+def make_collate(
+    processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+) -> Collate:
     """Rows (``image``, ``question``, ``answers``) -> processor outputs plus multi-hot ``labels``.
 
-    Images are converted to RGB (medical sets are often grey-scale).
+    Images are converted to RGB (medical sets are often grey-scale). ``multi_label`` changes nothing:
+    the answer head scores each label on its own already.
     """
 
     def collate(rows: list[dict]) -> Batch:
