@@ -1,5 +1,7 @@
-"""The embedded default's base checkpoint: a tiny ViLT pretrained centrally on easy-vqa images that
-no client holds, saved with ``save_pretrained`` and cached.
+"""The built-in base checkpoints: a tiny ViLT pretrained centrally on easy-vqa images that no client
+holds, saved with ``save_pretrained`` and cached. ``builtin:tiny-vilt-easyvqa`` (4 layers) is the
+default run's; ``builtin:small-vilt-easyvqa`` is the same recipe with 8 layers, for comparisons where
+the choice of 2-3 layers out of L should matter (docs/results.md).
 
 Federated fine-tuning in the paper starts from a pretrained model; this gives the default run one
 without any download. The run then loads it with ``from_pretrained`` exactly as it would load a hub
@@ -26,6 +28,8 @@ from f3ocus_core.models import build_processor, tiny_vilt_config
 from f3ocus_core.training import TrainSettings, evaluate, make_collate, train
 
 BUILTIN_MODEL = "builtin:tiny-vilt-easyvqa"
+#: Each built-in model name and its number of transformer layers (the rest of the recipe is shared).
+BUILTIN_LAYERS = {BUILTIN_MODEL: 4, "builtin:small-vilt-easyvqa": 8}
 #: Bump when the recipe below changes, so that old caches are not reused.
 RECIPE_VERSION = 1
 
@@ -42,21 +46,21 @@ def default_cache_dir() -> Path:
 def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 400, seed: int = 0) -> str:
     """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed."""
     if name.startswith("builtin:"):
-        if name != BUILTIN_MODEL:
-            raise ValueError(f"model.name: unknown built-in model {name!r}; the one built-in is {BUILTIN_MODEL!r}.")
-        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed))
+        if name not in BUILTIN_LAYERS:
+            raise ValueError(f"model.name: unknown built-in model {name!r}; the built-ins are {list(BUILTIN_LAYERS)}.")
+        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, name))
     if not name:
         raise ValueError("model.name: empty; give a local folder, a hub id or " + BUILTIN_MODEL)
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0) -> Path:
-    """The folder of the base checkpoint for (``steps``, ``seed``), built first if missing."""
+def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, name: str = BUILTIN_MODEL) -> Path:
+    """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``), built first if missing."""
     if steps < 1:
         raise ValueError(f"model.pretrain-steps: must be >= 1, got {steps}.")
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"tiny-vilt-easyvqa-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
+    target = cache / f"{name.removeprefix('builtin:')}-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
     if (target / "config.json").exists():
         return target
     with open(cache / f"{target.name}.lock", "w") as lock:
@@ -64,15 +68,16 @@ def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 
         if not (target / "config.json").exists():
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
             try:
-                build_base_checkpoint(scratch, steps, seed)
+                build_base_checkpoint(scratch, steps, seed, name)
                 scratch.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
-def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0) -> dict[str, float]:
-    """Train the tiny ViLT on the easy-vqa base pool for ``steps`` steps and save model + processor.
+def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0,
+                          name: str = BUILTIN_MODEL) -> dict[str, float]:
+    """Train the built-in ViLT ``name`` on the easy-vqa base pool for ``steps`` steps and save model + processor.
 
     Returns the metrics of the build (train loss, held-out accuracy of the base pool's last 10%).
     """
@@ -82,13 +87,14 @@ def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0) 
     fit, check = pool.select(range(len(pool) - held_out)), pool.select(range(len(pool) - held_out, len(pool)))
     processor = build_processor(pool["question"])
     labels = easy_vqa.ANSWERS
-    config = tiny_vilt_config(num_labels=len(labels), vocab_size=len(processor.tokenizer))
+    config = tiny_vilt_config(num_labels=len(labels), vocab_size=len(processor.tokenizer),
+                              num_hidden_layers=BUILTIN_LAYERS[name])
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
     torch.manual_seed(seed)
     model = ViltForQuestionAnswering(config)
     collate = make_collate(processor, labels)
-    log.info("Building the base checkpoint %s: %d steps on %d questions", BUILTIN_MODEL, steps, len(fit))
+    log.info("Building the base checkpoint %s: %d steps on %d questions", name, steps, len(fit))
 
     def progress(step: int, loss: float) -> None:
         if step % 100 == 0 or step == steps:
