@@ -86,6 +86,7 @@ class CellResult:
     curve: list[float]
     upload_mbit: float
     seconds_round: float
+    final_loss: float = float("nan")
 
     @property
     def final(self) -> float:
@@ -119,7 +120,7 @@ def cell_result(method: str, seed: int, folder: str | Path) -> CellResult:
         raise ValueError(f"{folder}: no round after round 0 in metrics.jsonl; the run did not finish a round.")
     return CellResult(method, seed, str(folder), rows[-1]["metric_name"], [float(row["metric"]) for row in rows],
                       float(np.mean([upload_mbit_per_client(row) for row in trained])),
-                      float(np.mean([row["seconds_round"] for row in trained])))
+                      float(np.mean([row["seconds_round"] for row in trained])), float(rows[-1]["loss"]))
 
 
 def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 10_000,
@@ -170,6 +171,7 @@ class TableRow:
     finals: dict[int, float]
     mean: float
     std: float
+    loss: float
     vs_reference: PairedDifference | None
     vs_best_other: PairedDifference | None
     best_other: str
@@ -179,7 +181,7 @@ class TableRow:
 
 
 def build_table(cells: Sequence[CellResult], order: Sequence[str]) -> list[TableRow]:
-    """Per method (in ``order``): final metric mean and sample std over seeds, the paired
+    """Per method (in ``order``): final metric mean and sample std over seeds, mean final loss, the paired
     difference to LNTK alone and to the best other selector (the ``selector`` row with the highest
     mean; a ``selector`` row is compared with the best of the others), upload Mbit per client per
     round and seconds per round (means over seeds)."""
@@ -199,6 +201,7 @@ def build_table(cells: Sequence[CellResult], order: Sequence[str]) -> list[Table
             method=name, about=METHODS[name].about if name in METHODS else "", metric_name=group[0].metric_name,
             finals=finals[name], mean=float(np.mean(values)),
             std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            loss=float(np.mean([c.final_loss for c in group])),
             vs_reference=paired_difference(finals[name], finals[REFERENCE])
             if REFERENCE in finals and name != REFERENCE else None,
             vs_best_other=paired_difference(finals[name], finals[best]) if best else None, best_other=best,
@@ -222,15 +225,15 @@ def write_table(rows: Sequence[TableRow], out_dir: str | Path, header: str = "")
     metric = rows[0].metric_name if rows else "metric"
     lines = [header, ""] if header else []
     lines += [f"| method | seeds | final {metric} (mean ± std) | Δ vs LNTK alone [95% CI] | "
-              f"Δ vs best other selector [95% CI] | upload Mbit / client / round | s / round | runs |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"Δ vs best other selector [95% CI] | final loss | upload Mbit / client / round | s / round | runs |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         links = " ".join(f"[{seed}]({Path(folder).resolve().relative_to(out.resolve())})"
                          for seed, folder in zip(sorted(row.finals), row.folders))
         best = f" ({row.best_other})" if row.vs_best_other else ""
         lines.append(f"| {row.method} | {len(row.finals)} | {row.mean:.4f} ± {row.std:.4f} | "
                      f"{_difference_text(row.vs_reference)} | {_difference_text(row.vs_best_other)}{best} | "
-                     f"{row.upload_mbit:.3f} | {row.seconds_round:.1f} | {links} |")
+                     f"{row.loss:.4f} | {row.upload_mbit:.3f} | {row.seconds_round:.1f} | {links} |")
     lines += ["", "What each row is:", ""]
     lines += [f"- `{row.method}`: {row.about}" for row in rows]
     md = out / "table.md"
@@ -240,7 +243,7 @@ def write_table(rows: Sequence[TableRow], out_dir: str | Path, header: str = "")
         writer = csv.writer(handle)
         writer.writerow(["method", "metric_name", "seeds", "finals", "mean", "std", "diff_lntk_alone",
                          "diff_lntk_alone_low", "diff_lntk_alone_high", "best_other_selector", "diff_best_other",
-                         "diff_best_other_low", "diff_best_other_high", "upload_mbit_per_client_round",
+                         "diff_best_other_low", "diff_best_other_high", "final_loss", "upload_mbit_per_client_round",
                          "seconds_per_round", "runs"])
         for row in rows:
             ref, best = row.vs_reference, row.vs_best_other
@@ -249,7 +252,7 @@ def write_table(rows: Sequence[TableRow], out_dir: str | Path, header: str = "")
                              *(("", "", "") if ref is None else (ref.mean, ref.low, ref.high)),
                              row.best_other if best else "",
                              *(("", "", "") if best is None else (best.mean, best.low, best.high)),
-                             row.upload_mbit, row.seconds_round, " ".join(row.folders)])
+                             row.loss, row.upload_mbit, row.seconds_round, " ".join(row.folders)])
     return md, path
 
 

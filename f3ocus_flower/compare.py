@@ -34,13 +34,13 @@ SETTING = {
     "model.name": "builtin:small-vilt-easyvqa",
     "data.partitioning": "dirichlet",
     "data.alpha": 0.3,
-    "data.max-train-per-client": 400,
-    "data.max-test-per-client": 200,
+    "data.max-train-per-client": 256,
+    "data.max-test-per-client": 128,
     "selection.budget": "2",
     "train.local-epochs": 1,
 }
 CLIENTS = 4
-ROUNDS = 8
+ROUNDS = 6
 SEEDS = (0, 1, 2)
 METHOD_NAMES = ("f3ocus-nsga2", "f3ocus-aco", "f3ocus-exact", "lntk-alone", "fd", "last", "all-layers",
                 "heads-only", "local-only")
@@ -192,6 +192,7 @@ def grid_plan(args: argparse.Namespace) -> tuple[str, dict, list[str], list[int]
         config["task"] = args.task
     config.update(parse_overrides(args.run_config))
     config.update({"num-server-rounds": rounds, "min-clients": args.clients})
+    args.model = config["model.name"]
     config["model.name"] = base_model(config, args.base_seed)
     return name, config, methods, seeds, rounds
 
@@ -211,6 +212,7 @@ def base_model(config: dict, seed: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid (skipping finished cells), then write the table and figures."""
+    import flwr.common.logger  # noqa: F401  (sets Flower's log level on import: import before changing it)
     import torch
 
     args = parse_args(argv)
@@ -240,9 +242,9 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     started = time.perf_counter()
     layers = num_layers(base) if any("all" in METHODS[m].overrides.values() for m in methods) else 0
     plan = {m: METHODS[m].run_config(layers) for m in methods}
-    (out / "grid.json").write_text(json.dumps({"base_run_config": base, "methods": plan, "seeds": seeds,
-                                               "rounds": rounds, "clients": args.clients, "runner": args.runner},
-                                              indent=2) + "\n")
+    grid = {"model": args.model, "base_run_config": base, "methods": plan, "seeds": seeds, "rounds": rounds,
+            "clients": args.clients, "runner": args.runner}
+    (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     cells, total = [], len(methods) * len(seeds)
     for index, (method, seed) in enumerate(((m, s) for m in methods for s in seeds), start=1):
         folder = cells_dir / f"{method}-seed{seed}"
@@ -265,7 +267,7 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     rows = build_table(cells, methods)
     command = "f3ocus-compare " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"# {name}\n\n`{command.strip()}`: {len(methods)} methods x {len(seeds)} seeds x {rounds} rounds, "
-              f"{args.clients} clients, task {base['task']}, model {base['model.name']}, "
+              f"{args.clients} clients, task {base['task']}, model {args.model} (base seed {args.base_seed}), "
               f"budget {base['selection.budget']}. Run configs: grid.json and each run's config.json.")
     write_table(rows, out, header)
     plot_curves(cells, methods, out / "curves.png")
