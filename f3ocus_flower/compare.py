@@ -169,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="inprocess (default): the apps in this process; simulation: one `flwr run` per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: on a shared "
                         "or busy CPU more threads can make each step many times slower)")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: write the table and figures "
+                        "from the cells finished so far")
     parser.add_argument("--verbose", action="store_true", help="show the apps' per-round log")
     return parser.parse_args(argv)
 
@@ -246,12 +248,15 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
             "clients": args.clients, "runner": args.runner}
     (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     cells, total = [], len(methods) * len(seeds)
-    for index, (method, seed) in enumerate(((m, s) for m in methods for s in seeds), start=1):
+    for index, (seed, method) in enumerate(((s, m) for s in seeds for m in methods), start=1):
         folder = cells_dir / f"{method}-seed{seed}"
         config = {**base, **plan[method], "seed": seed, "output-dir": str(cells_dir), "run-name": folder.name,
                   "resume": ""}
         if is_finished(folder, config):
             state = "kept (finished before)"
+        elif args.table_only:
+            log.info("[%d/%d] %s seed %d: not finished, left out of the table", index, total, method, seed)
+            continue
         else:
             shutil.rmtree(folder, ignore_errors=True)
             cell_started = time.perf_counter()
@@ -264,9 +269,12 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
         cells.append(result)
         log.info("[%d/%d] %s seed %d: %s %.4f after round %d, %s", index, total, method, seed,
                  result.metric_name, result.final, len(result.curve) - 1, state)
+    if not cells:
+        raise SystemExit(f"No finished cell in {cells_dir}; run the grid without --table-only first.")
     rows = build_table(cells, methods)
     command = "f3ocus-compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"# {name}\n\n`{command.strip()}`: {len(methods)} methods x {len(seeds)} seeds x {rounds} rounds, "
+    header = (f"# {name}\n\n`{command.strip()}`: {len(cells)} of {total} runs ({len(methods)} methods x "
+              f"{len(seeds)} seeds) x {rounds} rounds, "
               f"{args.clients} clients, task {base['task']}, model {args.model} (base seed {args.base_seed}), "
               f"budget {base['selection.budget']}. Run configs: grid.json and each run's config.json.")
     write_table(rows, out, header)

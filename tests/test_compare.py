@@ -3,6 +3,7 @@ the statistics; the two controls of the strategy."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,17 @@ from f3ocus_core.evidence import (
 from f3ocus_flower.compare import main
 from f3ocus_flower.inprocess import run_server_app
 from f3ocus_flower.protocol import ARRAYS, CONFIG, LAYERS
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, as f3ocus-compare uses: on a busy 2-core CPU two threads are many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_bootstrap_ci_of_identical_values_is_that_value_and_of_two_values_spans_them():
@@ -101,8 +113,6 @@ def test_a_grid_runs_resumes_and_its_table_is_what_the_cells_measured(tmp_path, 
     kept_mtime = kept.stat().st_mtime_ns
     deleted = out / "cells" / "lntk-alone-seed1"
     before = read_rows(deleted)[-1]["metric"]
-    import shutil
-
     shutil.rmtree(deleted)
     assert main(args) == 0
     second = capsys.readouterr().out
