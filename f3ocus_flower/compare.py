@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -218,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args = parse_args(argv)
-    name, base, methods, seeds, rounds = grid_plan(args)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         flwr_logger.setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     try:
+        name, base, methods, seeds, rounds = grid_plan(args)  # may build the base checkpoint
         return _run_grid(args, argv, name, base, methods, seeds, rounds)
     finally:
         flwr_logger.setLevel(flwr_level)
@@ -272,7 +273,7 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     if not cells:
         raise SystemExit(f"No finished cell in {cells_dir}; run the grid without --table-only first.")
     rows = build_table(cells, methods)
-    command = "f3ocus-compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["f3ocus-compare", *(argv if argv is not None else sys.argv[1:])])
     header = (f"# {name}\n\n`{command.strip()}`: {len(cells)} of {total} runs ({len(methods)} methods x "
               f"{len(seeds)} seeds) x {rounds} rounds, "
               f"{args.clients} clients, task {base['task']}, model {args.model} (base seed {args.base_seed}), "
