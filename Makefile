@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test compare clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 # Extra run-config overrides: make run RUN_CONFIG="num-server-rounds=5 selection.algorithm='aco'"
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-simulation.sh $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+
+# The evidence grid (docs/results.md): methods x seeds into results/default/.
+# Extra arguments: make compare COMPARE_ARGS="--quick"
+compare: $(STAMP)
+	$(BIN)/f3ocus-compare $(COMPARE_ARGS)
 
 # Lint (ruff, configured in pyproject.toml), then the tests, two files at a time (pytest-xdist):
 # the slow end-to-end tests mostly wait on Flower's transport, so two of them share 2 cores well.

@@ -48,7 +48,7 @@ def main() -> None:
     for name in args.families.split(","):
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
-            metrics = build_base_checkpoint(folder, args.steps, 0, name)
+            metrics = build_base_checkpoint(folder, args.steps, 0, f"builtin:tiny-{name}-easyvqa")
             seconds = time.perf_counter() - started
         print(f"{name:<10} {args.steps:>5} {metrics['accuracy']:>8.3f} {metrics['loss']:>10.3f} {seconds:>7.1f}")
 

@@ -60,6 +60,11 @@ class SelectionSettings:
         return list(self.budget)
 
 
+#: ``control`` values: the default (empty, F3OCUS as configured) and the two ablations of the
+#: federated part used by comparisons (docs/config.md).
+CONTROLS = ("", "heads-only", "local-only")
+
+
 @dataclass
 class RunSettings:
     """All settings of one run."""
@@ -81,6 +86,7 @@ class RunSettings:
     aggregation_lora: str = "product"
     device: str = "auto"
     resume: str = ""
+    control: str = ""
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -221,6 +227,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
         device=r.get("device", str, defaults.device),
         resume=r.get("resume", str, defaults.resume),
+        control=r.choice("control", defaults.control, CONTROLS),
     )
     try:
         settings.device = check_device_name(settings.device)
@@ -230,6 +237,9 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
     if not settings.model.name:
         raise ConfigError("model.name: empty; give a local folder, a hub id or builtin:tiny-vilt-easyvqa.")
+    if settings.control == "local-only" and settings.resume:
+        raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
+                          "so it cannot resume; start the run again, or set control=''.")
     if any(b < 1 for b in settings.selection.budget):
         raise ConfigError(f"selection.budget: every budget must be >= 1, got {list(settings.selection.budget)}.")
     return settings

@@ -1,5 +1,8 @@
 """The built-in base checkpoints: a tiny model of each family (the default: ViLT) pretrained
 centrally on easy-vqa images that no client holds, saved with ``save_pretrained`` and cached.
+``builtin:tiny-vilt-easyvqa`` (4 layers) is the default run's; ``builtin:small-vilt-easyvqa`` is the
+same recipe with 8 layers, for comparisons where the choice of 2-3 layers out of L should matter
+(docs/results.md).
 
 Federated fine-tuning in the paper starts from a pretrained model; this gives the default run one
 without any download. The run then loads it with ``from_pretrained`` exactly as it would load a hub
@@ -28,11 +31,15 @@ BUILTIN_MODEL = "builtin:tiny-vilt-easyvqa"
 #: Every built-in base, and the model family it is a tiny model of.
 BUILTIN_MODELS: dict[str, str] = {
     BUILTIN_MODEL: "vilt",
+    "builtin:small-vilt-easyvqa": "vilt",
     "builtin:tiny-blip-easyvqa": "blip",
     "builtin:tiny-blip2-easyvqa": "blip2",
     "builtin:tiny-llava-easyvqa": "llava",
     "builtin:tiny-paligemma-easyvqa": "paligemma",
 }
+#: Built-in ViLT bases with more transformer layers than the family's tiny config (the rest of the
+#: recipe is shared).
+BUILTIN_LAYERS: dict[str, int] = {"builtin:small-vilt-easyvqa": 8}
 #: Bump when the recipe below changes, so that old caches are not reused.
 RECIPE_VERSION = 1
 
@@ -53,19 +60,19 @@ def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 400, 
             raise ValueError(
                 f"model.name: unknown built-in model {name!r}; the built-ins are {sorted(BUILTIN_MODELS)}."
             )
-        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, BUILTIN_MODELS[name]))
+        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, name))
     if not name:
         raise ValueError("model.name: empty; give a local folder, a hub id or " + BUILTIN_MODEL)
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, family: str = "vilt") -> Path:
-    """The folder of ``family``'s base checkpoint for (``steps``, ``seed``), built first if missing."""
+def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, name: str = BUILTIN_MODEL) -> Path:
+    """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``), built first if missing."""
     if steps < 1:
         raise ValueError(f"model.pretrain-steps: must be >= 1, got {steps}.")
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"tiny-{family}-easyvqa-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
+    target = cache / f"{name.removeprefix('builtin:')}-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
     if (target / "config.json").exists():
         return target
     with open(cache / f"{target.name}.lock", "w") as lock:
@@ -73,18 +80,17 @@ def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 
         if not (target / "config.json").exists():
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
             try:
-                build_base_checkpoint(scratch, steps, seed, family)
+                build_base_checkpoint(scratch, steps, seed, name)
                 scratch.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
-def build_base_checkpoint(
-    out_dir: str | Path, steps: int = 400, seed: int = 0, family: str = "vilt"
-) -> dict[str, float]:
-    """Train ``family``'s tiny model on the easy-vqa base pool for ``steps`` steps and save model +
-    processor.
+def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0,
+                          name: str = BUILTIN_MODEL) -> dict[str, float]:
+    """Train the built-in base ``name`` (its family's tiny model) on the easy-vqa base pool for
+    ``steps`` steps and save model + processor.
 
     Returns the metrics of the build (train loss, held-out accuracy of the base pool's last 10%).
     """
@@ -92,14 +98,16 @@ def build_base_checkpoint(
     pool = easy_vqa.base_pool(seed)
     held_out = max(1, len(pool) // 10)
     fit, check = pool.select(range(len(pool) - held_out)), pool.select(range(len(pool) - held_out, len(pool)))
-    kind = family_named(family)
+    kind = family_named(BUILTIN_MODELS[name])
     labels = easy_vqa.ANSWERS
     processor = kind.build_processor(pool["question"], labels)
     config = kind.tiny_config(processor, labels)
+    if name in BUILTIN_LAYERS:
+        config.num_hidden_layers = BUILTIN_LAYERS[name]
     torch.manual_seed(seed)
     model = kind.model_class(config)
     collate = make_collate(processor, labels)
-    log.info("Building the base checkpoint of tiny %s: %d steps on %d questions", family, steps, len(fit))
+    log.info("Building the base checkpoint %s: %d steps on %d questions", name, steps, len(fit))
 
     def progress(step: int, loss: float) -> None:
         if step % 100 == 0 or step == steps:

@@ -11,7 +11,10 @@ One round, as messages (docs/architecture.md draws it):
 Every reply is checked by :mod:`f3ocus_flower.replies` before it is used; a reply that fails a check,
 or that does not come within ``round-timeout``, is logged with its client and the check and left out
 of that step, and the run goes on (docs/reliability.md). A round-0 federated evaluation of the
-starting model runs before round 1. What the round measures
+starting model runs before round 1. The run config's ``control`` turns the federated part off, for
+comparisons: ``heads-only`` assigns no layer (clients train only their personal heads),
+``local-only`` keeps one model per client that only its own updates change (nothing is averaged;
+each client is queried, trained and evaluated on its own model). What the round measures
 goes into a :class:`~f3ocus_core.recorder.RoundRecord`; the recorder turns it into the metrics row
 and the log line.
 """
@@ -99,6 +102,7 @@ class F3ocusStrategy(Strategy):
         self.run_key = run_key(recorder.out_dir)
         self.resumed_round: int | None = None
         self._restored_scores: dict[int, np.ndarray] = {}
+        self.local_states: dict[int, dict[str, np.ndarray]] = {}
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -147,7 +151,8 @@ class F3ocusStrategy(Strategy):
         self.round.seconds_select = time.perf_counter() - started
         messages = []
         for node, layers in self.round.assignment.items():
-            subset = state_to_record({key: self.global_state[key] for key in self.units.keys_of(layers)})
+            state = self.local_states.get(node, self.global_state)
+            subset = state_to_record({key: state[key] for key in self.units.keys_of(layers)})
             messages.append(self._message(MessageType.TRAIN, node, subset, round_config(server_round, layers)))
         self._train_sent_at = time.perf_counter()
         return messages
@@ -157,7 +162,8 @@ class F3ocusStrategy(Strategy):
         :func:`~f3ocus_flower.replies.screen` and name their client (the others sit this round out)."""
         nodes = self._wait_for_nodes(grid)
         started = time.perf_counter()
-        messages = [self._message(MessageType.QUERY, node, arrays, round_config(server_round)) for node in nodes]
+        messages = [self._message(MessageType.QUERY, node, self._model_of(node, arrays), round_config(server_round))
+                    for node in nodes]
         replies = self._screened(server_round, MessageType.QUERY, grid.send_and_receive(messages, timeout=self.timeout),
                                  nodes)
         self.round.seconds_query = time.perf_counter() - started
@@ -173,9 +179,14 @@ class F3ocusStrategy(Strategy):
         budgets = dict(zip(nodes, client_budgets(self.settings.selection.budget,
                                                  [self.clients[node].partition_id for node in nodes])))
         scores = {msg.metadata.src_node_id: self._parsed_scores(server_round, msg) for msg in replies}
-        usable = [node for node in nodes if self._usable(server_round, node, scores[node], budgets[node])]
+        heads_only = self.settings.control == "heads-only"
+        usable = [] if heads_only else [node for node in nodes
+                                        if self._usable(server_round, node, scores[node], budgets[node])]
         unusable = [n for n in nodes if n not in usable]
-        assignment = self._select(server_round, usable, unusable, scores, budgets) if usable else {}
+        if heads_only:
+            assignment = {node: [] for node in nodes}
+        else:
+            assignment = self._select(server_round, usable, unusable, scores, budgets) if usable else {}
         rng = np.random.default_rng(self.settings.seed * 7919 + server_round)
         for node in nodes:
             if node not in assignment:
@@ -189,9 +200,10 @@ class F3ocusStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check each partial update against its assignment and average layer-wise."""
+        """Check each partial update against its assignment and average layer-wise (under
+        ``control='local-only'``: put it into its client's own model instead)."""
         self.round.seconds_train = time.perf_counter() - self._train_sent_at
-        updates, losses, trained = [], [], []
+        updates, losses, trained, nodes = [], [], [], []
         # In partition order, not arrival order: the average is then the same bit for bit whichever
         # client answers first (a resumed run repeats the uninterrupted one exactly).
         screened = sorted(self._screened(server_round, MessageType.TRAIN, replies, self.round.assignment),
@@ -200,9 +212,10 @@ class F3ocusStrategy(Strategy):
             update = self._accepted_update(server_round, msg)
             if update is not None:
                 updates.append(update)
+                node = msg.metadata.src_node_id
+                nodes.append(node)
                 metrics = msg.content.metric_records[METRICS]
                 losses.append(float(metrics[TRAIN_LOSS]))
-                node = msg.metadata.src_node_id
                 if TRAINABLE_PARAMS in metrics and TRAIN_GFLOP in metrics:  # absent from older clients
                     self.round.trainable_params[node] = int(metrics[TRAINABLE_PARAMS])
                     self.round.train_gflop[node] = float(metrics[TRAIN_GFLOP])
@@ -211,7 +224,11 @@ class F3ocusStrategy(Strategy):
         if not updates:
             log(WARNING, "Round %d: no valid update; the global model stays as it was.", server_round)
             return None, None
-        self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora)
+        if self.settings.control == "local-only":
+            for node, update in zip(nodes, updates):
+                self.local_states[node] = {**self.local_states.get(node, self.global_state), **update.state}
+        else:
+            self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora)
         weights = [update.num_examples for update in updates]
         self.round.train_loss = sum(loss * n for loss, n in zip(losses, weights)) / sum(weights)
         return state_to_record(self.global_state), MetricRecord({TRAIN_LOSS: self.round.train_loss})
@@ -219,7 +236,7 @@ class F3ocusStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Send the global units to every connected client for evaluation on its test part."""
-        messages = [self._message(MessageType.EVALUATE, node, arrays, round_config(server_round))
+        messages = [self._message(MessageType.EVALUATE, node, self._model_of(node, arrays), round_config(server_round))
                     for node in self._wait_for_nodes(grid)]
         self._eval_sent_at = time.perf_counter()
         return messages
@@ -329,6 +346,13 @@ class F3ocusStrategy(Strategy):
             return None
         self.round.bytes_up[node] = msg.content.array_records[ARRAYS].count_bytes()
         return update
+
+    def _model_of(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The units ``node`` works on: its own model under ``control='local-only'`` (once it has
+        trained), else the global ``arrays``."""
+        if node in self.local_states:
+            return state_to_record(self.local_states[node])
+        return arrays
 
     def _message(self, kind: str, node: int, arrays: ArrayRecord, config: ConfigRecord) -> Message:
         """One message to ``node``; its arrays count as bytes down in the phase named by ``kind``
