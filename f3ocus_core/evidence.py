@@ -22,6 +22,8 @@ F3OCUS_SELECTORS = ("nsga2", "mopso", "aco", "abc", "sa", "exact")
 OTHER_SCORERS = ("fd", "last", "magnitude", "fishmask", "gradflow", "grasp", "snip", "rgn", "synflow",
                  "fedselect", "spt")
 REFERENCE = "lntk-alone"
+#: The paper's PEFT table, each mode in every layer (LoRA in every layer is ``all-layers``).
+PEFT_ROWS = ("full", "adapter", "layernorm", "bias", "prompt", "ia3")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Method:
         The row's name (and its cells' folder prefix).
     kind : str
         ``f3ocus`` (LNTK scores + a server-side selector), ``reference`` (LNTK alone), ``selector``
-        (another scorer, each client its own top-b), ``all`` (every layer) or ``control``.
+        (another scorer, each client its own top-b), ``all`` (every layer), ``peft`` (one PEFT mode
+        in every layer) or ``control``.
     overrides : dict
         Run-config keys the row sets; ``selection.budget = "all"`` stands for the model's layer count.
     about : str
@@ -63,6 +66,12 @@ def _methods() -> dict[str, Method]:
              for scorer in OTHER_SCORERS]
     rows.append(Method("all-layers", "all", {"scoring.method": "last", "selection.algorithm": "local",
                                              "selection.budget": "all"}, "every client trains every layer"))
+    rows += [Method(f"peft-{mode}", "peft", {"peft.method": mode, "scoring.method": "last",
+                                            "selection.algorithm": "local", "selection.budget": "all"},
+                    f"the paper's PEFT row: {mode} units in every layer") for mode in PEFT_ROWS]
+    rows.append(Method("f3ocus-adapter", "f3ocus", {"peft.method": "adapter", "scoring.method": "lntk",
+                                                    "selection.algorithm": "nsga2"},
+                       "F3OCUS (nsga2) on bottleneck adapters instead of LoRA"))
     rows.append(Method("heads-only", "control", {"control": "heads-only", "scoring.method": "last"},
                        "control: personal heads only, no shared layer trained"))
     rows.append(Method("local-only", "control", {"control": "local-only", "scoring.method": "lntk",

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
+from f3ocus_core.config import parse_run_config
 from f3ocus_core.evidence import (
+    METHODS,
+    PEFT_ROWS,
     CellResult,
     bootstrap_ci,
     build_table,
@@ -130,6 +133,17 @@ def _spy(seen, kind):
             return reply
         return wrapped
     return {kind: decorate}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_row_is_a_valid_run_config(name, shipped_run_config):
+    from f3ocus_core.importance import SCORERS
+    from f3ocus_core.selection import ALGORITHMS
+
+    settings = parse_run_config({**shipped_run_config, **METHODS[name].run_config(8)}, SCORERS, ALGORITHMS)
+    if METHODS[name].kind == "peft":
+        assert settings.peft.method == name.removeprefix("peft-") and settings.selection.budget == (8,)
+    assert {f"peft-{mode}" for mode in PEFT_ROWS} <= set(METHODS)
 
 
 def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
