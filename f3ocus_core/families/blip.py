@@ -14,7 +14,7 @@ import torch
 from transformers import BertTokenizerFast, BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
 
 from f3ocus_core.families import generative
-from f3ocus_core.families.base import Batch, Collate, Family, unwrap
+from f3ocus_core.families.base import Batch, Collate, Family
 from f3ocus_core.families.offline_tokenizers import word_tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
@@ -75,19 +75,8 @@ def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.T
     return out.logits, ids, mask
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
-    "yes" against "no" per label on a multi-label batch."""
-    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
-
-
-@torch.no_grad()
-def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy answer generation (batched); 0/1 ``(n, A)`` exact matches with the answer set (on a
-    multi-label batch, whether each label's question is answered "yes")."""
-    base = unwrap(model)
-    if generative.YES_NO in batch:
-        return generative.says_yes(*_token_logits(base, batch), batch)
+def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Greedy answer generation (batched) by the answer decoder, matched with the answer set."""
     question = _question_states(base, batch)
     eos = base.config.text_config.sep_token_id
     start = batch["answer_ids"][:, 0, :1]
@@ -119,9 +108,9 @@ FAMILY = Family(
     processor_class=BlipProcessor,
     generative=True,
     lora_targets=("qkv", "query", "value"),
-    logits=logits,
+    logits=generative.answer_logits(_token_logits),
     make_collate=make_collate,
     build_processor=build_processor,
     tiny_config=tiny_config,
-    generate=generate,
+    generate=generative.greedy_answers(_token_logits, _greedy),
 )

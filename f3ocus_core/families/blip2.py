@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from f3ocus_core.families import generative
-from f3ocus_core.families.base import Batch, Collate, Family, unwrap
+from f3ocus_core.families.base import Batch, Collate, Family
 from f3ocus_core.families.offline_tokenizers import word_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
@@ -84,19 +84,8 @@ def _token_logits(base: Blip2ForConditionalGeneration, batch: Batch) -> tuple[to
     )
 
 
-def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """``(n, A)`` answer scores (see :mod:`.generative`): log-odds of generating each answer, or of
-    "yes" against "no" per label on a multi-label batch."""
-    return generative.answer_scores(*_token_logits(unwrap(model), batch), batch)
-
-
-@torch.no_grad()
-def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Greedy generation per example; 0/1 ``(n, A)`` exact matches with the answer set (on a
-    multi-label batch, whether each label's question is answered "yes")."""
-    base = unwrap(model)
-    if generative.YES_NO in batch:
-        return generative.says_yes(*_token_logits(base, batch), batch)
+def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Greedy generation per example (decoder-only language models), matched with the answer set."""
     _check_decoder_only(base)
     return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
 
@@ -118,9 +107,9 @@ FAMILY = Family(
     processor_class=Blip2Processor,
     generative=True,
     lora_targets=("qkv", "query", "value", "q_proj", "v_proj"),
-    logits=logits,
+    logits=generative.answer_logits(_token_logits),
     make_collate=make_collate,
     build_processor=build_processor,
     tiny_config=tiny_config,
-    generate=generate,
+    generate=generative.greedy_answers(_token_logits, _greedy),
 )

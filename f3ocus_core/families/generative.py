@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from f3ocus_core.families.base import Batch, Collate, multi_hot
+from f3ocus_core.families.base import Batch, Collate, multi_hot, unwrap
 
 #: Below this log-likelihood, ``log(1 - exp(s))`` is computed as ``log1p(-exp(s))``; above, as
 #: ``log(-expm1(s))`` (the stable split of Mächler's log1mexp).
@@ -256,3 +256,34 @@ def greedy(step: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, st
         if bool(done.all()):
             break
     return [row.tolist() for row in ids[:, start.shape[1]:]]
+
+
+#: A family's teacher-forced pass: ``(token logits, ids, scored mask)`` of the answer (or yes/no) rows.
+TokenLogits = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def answer_logits(token_logits: TokenLogits) -> Callable[[torch.nn.Module, Batch], torch.Tensor]:
+    """A family's ``logits`` from its teacher-forced pass: ``(n, A)`` answer scores, the log-odds of
+    generating each answer, or of "yes" against "no" per label on a multi-label batch."""
+
+    def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return answer_scores(*token_logits(unwrap(model), batch), batch)
+
+    return logits
+
+
+def greedy_answers(
+    token_logits: TokenLogits, greedy_fn: Callable[[torch.nn.Module, Batch], torch.Tensor]
+) -> Callable[[torch.nn.Module, Batch], torch.Tensor]:
+    """A family's ``generate``: 0/1 ``(n, A)`` exact matches of ``greedy_fn``'s greedy answers with the
+    answer set; on a multi-label batch, whether each label's question is answered "yes" (one greedy
+    token, read off the teacher-forced pass)."""
+
+    @torch.no_grad()
+    def generate(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        base = unwrap(model)
+        if YES_NO in batch:
+            return says_yes(*token_logits(base, batch), batch)
+        return greedy_fn(base, batch)
+
+    return generate
