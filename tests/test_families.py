@@ -78,6 +78,16 @@ def test_a_saved_tiny_model_loads_through_the_loader_with_its_family(saved, name
     assert layer_map.names == tuple(f"{tower}.{k}" for tower in towers for k in range(2))
 
 
+def _recording(messages: list):
+    """A wrapper of a client handler that records each message it gets (to see who trained)."""
+    def wrap(handler):
+        def wrapped(msg, context):
+            messages.append(msg)
+            return handler(msg, context)
+        return wrapped
+    return wrap
+
+
 def test_every_generative_built_in_base_is_pretrained_cached_and_loaded(tmp_path, monkeypatch):
     from f3ocus_core.pretrain import BUILTIN_MODELS, resolve_model_path
 
@@ -114,14 +124,8 @@ def test_a_run_on_a_model_of_no_family_stops_before_any_client_trains(tmp_path, 
                                          "run-name": "bad"})
     trained = []
 
-    def spy(train):
-        def wrapped(msg, context):
-            trained.append(msg)
-            return train(msg, context)
-        return wrapped
-
     with pytest.raises(ValueError, match=r"model\.name.*paligemma"):
-        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: _recording(trained)})
     assert trained == []
 
 
@@ -362,14 +366,8 @@ def test_a_mode_the_family_cannot_take_stops_the_run_before_any_client_trains(sa
 
     trained = []
 
-    def spy(train):
-        def wrapped(msg, context):
-            trained.append(msg)
-            return train(msg, context)
-        return wrapped
-
     config = round_config(shipped_run_config, tmp_path, saved["llava"], **{"peft.method": "prompt"})
     with pytest.raises(ConfigError, match=r"peft\.method: 'prompt' cannot take LlamaDecoderLayer.*"
                                           r"Use lora, adapter, layernorm, ia3 or full\."):
-        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+        run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: _recording(trained)})
     assert trained == []

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from f3ocus_core.families import generative
-from f3ocus_core.families.base import Batch, Collate, Family
+from f3ocus_core.families.base import Batch, Family
 from f3ocus_core.families.offline_tokenizers import word_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
@@ -90,16 +90,6 @@ def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
 
 
-def make_collate(
-    processor: Blip2Processor, labels: list[str], max_text_len: int = 40, multi_label: bool = False
-) -> Collate:
-    """Query placeholders and prompt (never truncated), answers ending in EOS (multi-label: the
-    labels' yes/no rows)."""
-    return generative.make_collate(
-        processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label
-    )
-
-
 FAMILY = Family(
     name="blip2",
     model_type="blip-2",
@@ -108,7 +98,7 @@ FAMILY = Family(
     generative=True,
     lora_targets=("qkv", "query", "value", "q_proj", "v_proj"),
     logits=generative.answer_logits(_token_logits),
-    make_collate=make_collate,
+    make_collate=generative.prompted_collate(prompt),
     build_processor=build_processor,
     tiny_config=tiny_config,
     generate=generative.greedy_answers(_token_logits, _greedy),

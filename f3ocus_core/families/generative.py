@@ -287,3 +287,14 @@ def greedy_answers(
         return greedy_fn(base, batch)
 
     return generate
+
+
+def prompted_collate(prompt: Callable[[str], str]) -> Callable[..., Collate]:
+    """A decoder family's ``make_collate``: ``prompt(question)`` through the processor (never
+    truncated, which would cut its image tokens), each answer ending in EOS (multi-label: the
+    labels' yes/no rows)."""
+
+    def make(processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False) -> Collate:
+        return make_collate(processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label)
+
+    return make
