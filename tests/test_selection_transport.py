@@ -5,9 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
-from f3ocus_core.selection import Problem
+from f3ocus_core.selection import Problem, pareto_optimal, select
 from f3ocus_core.selection.archive import Archive
-from f3ocus_core.selection.memetic import ParetoLocalSearch, coverage_mutation
+from f3ocus_core.selection.front import _upper_hull
+from f3ocus_core.selection.memetic import HullWalk, ParetoLocalSearch, coverage_mutation
 from f3ocus_core.selection.synthetic import lntk_like_scores
 from f3ocus_core.selection.transport import apply_move, moved_objectives, polish, transfer_moves
 
@@ -60,11 +61,11 @@ def test_unit_moves_are_exact_and_stay_polished(exact_budget):
     masks, best = _best_by_profile(problem)
     members = polish(problem, masks[np.random.default_rng(1).choice(len(masks), 10, replace=False)])
     importance, _ = problem.evaluate(members)
-    gain, hop, who = transfer_moves(problem, members)
+    gain, hop = transfer_moves(problem, members)
     moved_imp, moved_var = moved_objectives(problem, members, importance, gain)
     checked = 0
     for k, a, c in zip(*np.nonzero(np.isfinite(gain))):
-        moved = apply_move(members[k], int(a), int(c), hop[k], who[k])
+        moved = apply_move(problem, members[k], int(a), int(c), hop[k])
         assert problem.is_feasible(moved)
         imp, var = problem.evaluate(moved)
         assert imp == pytest.approx(moved_imp[k, a, c], abs=1e-12)
@@ -89,3 +90,37 @@ def test_local_search_and_coverage_mutation_keep_budgets_and_polish():
     after = archive.objectives()
     covered = ((after[None, :, 0] >= before[:, None, 0]) & (after[None, :, 1] <= before[:, None, 1])).any(axis=1)
     assert covered.all() and not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("budgets", [3, [1, 2, 3, 4, 5, 2, 3, 4]])
+def test_the_hull_walk_visits_exactly_the_supported_points_of_the_front(seed, budgets):
+    """From the top-b, the walk's points are all Pareto-optimal and include every vertex of the exact
+    front's convex hull, down to its balanced end (M-concavity makes the walk exact)."""
+    scores = lntk_like_scores(8, 16, seed=seed)
+    truth = select(scores, budgets, algorithm="exact").front
+    problem = Problem.create(scores, budgets)
+    archive = Archive()
+    walk = HullWalk(problem)
+    steps = walk.step(archive, 10_000)
+    assert walk.done and steps > 1 and walk.step(archive, 10) == 0
+    walked = archive.objectives()
+    assert pareto_optimal(walked, truth).all()
+    hull = truth[_upper_hull(truth[:, 0], truth[:, 1])]
+    found = (np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9)
+             & (walked[None, :, 1] == hull[:, None, 1])).any(axis=1)
+    assert found.all(), hull[~found]
+    assert walked[:, 1].min() == truth[:, 1].min() and walked[:, 0].max() == pytest.approx(truth[:, 0].max())
+    assert len(walked) < len(truth)
+
+
+def test_the_hull_walk_advances_by_its_step_budget_and_resumes():
+    problem = Problem.create(lntk_like_scores(8, 16, seed=4), 3)
+    whole, parts = Archive(), Archive()
+    HullWalk(problem).step(whole, 10_000)
+    walk, total = HullWalk(problem), 0
+    while not walk.done:
+        done = walk.step(parts, 3)
+        assert done <= 3
+        total += done
+    assert np.array_equal(whole.objectives(), parts.objectives())

@@ -72,10 +72,13 @@ class ACOParams:
     local_search : int
         Archive members whose coverage-move neighbourhood is explored per colony (Pareto local
         search); 0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
     """
 
-    ants: int = 12
-    iterations: int = 20
+    ants: int = 8
+    iterations: int = 16
     alpha: float = 1.0
     beta: float = 2.0
     rho: float = 0.1
@@ -86,6 +89,7 @@ class ACOParams:
     lagrangian_start: int = 0
     polish: bool = True
     local_search: int = 16
+    hull_walk: bool = True
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "aco", allow_zero=True)
@@ -115,7 +119,7 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     tau_count = np.ones((n_clients, int(problem.budgets.max())))
     weights = np.linspace(0.0, 1.0, params.ants)
     evaluations = 0
-    local = ParetoLocalSearch(problem)
+    local = ParetoLocalSearch(problem, params.hull_walk)
     if params.lagrangian_start:
         start = lagrangian_assignments(problem, params.lagrangian_start)
         importance, variance = problem.evaluate(start)

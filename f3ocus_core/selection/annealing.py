@@ -58,6 +58,9 @@ class SAParams:
     local_search : int
         Archive members whose coverage-move neighbourhood is explored at every return to base (Pareto
         local search); 0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
     """
 
     chains: int = 16
@@ -69,6 +72,7 @@ class SAParams:
     lagrangian_start: int = 0
     polish: bool = True
     local_search: int = 16
+    hull_walk: bool = True
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "sa", allow_zero=True)
@@ -95,7 +99,7 @@ def run(problem: Problem, rng: np.random.Generator, params: SAParams) -> tuple[A
     else:
         start, masks = problem.random_masks(rng, 0), problem.random_masks(rng, chains)
     masks = polish_if(problem, masks, params.polish)
-    local = ParetoLocalSearch(problem)
+    local = ParetoLocalSearch(problem, params.hull_walk)
     evaluations = chains
     counts = masks.sum(axis=1).astype(np.int64)
     importance, variance = problem.evaluate(masks)

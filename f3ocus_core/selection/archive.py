@@ -27,11 +27,19 @@ class Archive:
         self._var = np.zeros(0)
 
     def covered(self, importance: np.ndarray, variance: np.ndarray) -> np.ndarray:
-        """Whether each objective pair is dominated by, or equal to, an archive member."""
+        """Whether each objective pair is dominated by, or equal to, an archive member.
+
+        A pair is covered when some member has variance at most its variance and importance at least
+        its importance: the best importance among the members sorted by variance, looked up by binary
+        search, so a check costs O((F + C) log F) for F members and C pairs.
+        """
         importance, variance = np.asarray(importance), np.asarray(variance)
         if not len(self._imp):
             return np.zeros(importance.shape, dtype=bool)
-        return ((self._imp[None, :] >= importance[:, None]) & (self._var[None, :] <= variance[:, None])).any(1)
+        order = np.argsort(self._var, kind="stable")
+        best = np.maximum.accumulate(self._imp[order])
+        below = np.searchsorted(self._var[order], variance, side="right") - 1
+        return (below >= 0) & (best[np.maximum(below, 0)] >= importance)
 
     def update(self, masks: np.ndarray, importance: np.ndarray, variance: np.ndarray) -> int:
         """Offer a population; returns how many assignments entered the archive.
@@ -50,8 +58,8 @@ class Archive:
             self.front.remove(int(index))
         for ind in make_individuals(masks[best], importance[best], variance[best]):
             self.front.insert(ind)
-        values = np.array([ind.fitness.values for ind in self.front], dtype=float).reshape(-1, 2)
-        self._imp, self._var = values[:, 0], values[:, 1]
+        weighted = np.array([ind.fitness.wvalues for ind in self.front], dtype=float).reshape(-1, 2)
+        self._imp, self._var = weighted[:, 0], -weighted[:, 1]
         return len(best)
 
     def __len__(self) -> int:

@@ -63,10 +63,13 @@ class ABCParams:
     local_search : int
         Archive members whose coverage-move neighbourhood is explored per cycle (Pareto local
         search); 0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
     """
 
-    sources: int = 16
-    onlookers: int = 16
+    sources: int = 12
+    onlookers: int = 12
     cycles: int = 25
     limit: int = 5
     scout_moves: float = 3.0
@@ -74,6 +77,7 @@ class ABCParams:
     lagrangian_start: int = 0
     polish: bool = True
     local_search: int = 16
+    hull_walk: bool = True
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "abc", allow_zero=True)
@@ -91,7 +95,7 @@ def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[
     size = params.sources
     food, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
                                                                         params.polish)
-    local = ParetoLocalSearch(problem)
+    local = ParetoLocalSearch(problem, params.hull_walk)
     trials = np.zeros(size, dtype=int)
     for _ in range(params.cycles):
         candidate = polish_if(problem, _neighbours(problem, food, food, rng, params.mutation), params.polish)

@@ -55,10 +55,13 @@ class MOPSOParams:
     local_search : int
         Archive members whose coverage-move neighbourhood is explored per iteration (Pareto local
         search); 0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
     """
 
-    particles: int = 20
-    iterations: int = 25
+    particles: int = 10
+    iterations: int = 20
     inertia: float = 0.1
     cognitive: float = 0.1
     social: float = 0.8
@@ -67,6 +70,7 @@ class MOPSOParams:
     lagrangian_start: int = 0
     polish: bool = True
     local_search: int = 16
+    hull_walk: bool = True
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "mopso", allow_zero=True)
@@ -85,7 +89,7 @@ def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tupl
     size = params.particles
     position, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
                                                                          params.polish)
-    local = ParetoLocalSearch(problem)
+    local = ParetoLocalSearch(problem, params.hull_walk)
     best, best_imp, best_var = position.copy(), importance.copy(), variance.copy()
     weights = np.array([params.inertia, params.cognitive, params.social], dtype=float)
     cumulative = np.cumsum(weights / weights.sum())

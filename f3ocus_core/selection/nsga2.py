@@ -47,16 +47,20 @@ class NSGA2Params:
     local_search : int
         Archive members whose coverage-move neighbourhood is explored per generation (Pareto local
         search); 0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
     """
 
-    population: int = 16
-    generations: int = 25
+    population: int = 12
+    generations: int = 20
     crossover: float = 0.9
     mutation: float = 1.5
     guided: float = 0.5
     lagrangian_start: int = 0
     polish: bool = True
     local_search: int = 16
+    hull_walk: bool = True
 
     def check(self) -> None:
         positive("lagrangian_start", self.lagrangian_start, "nsga2", allow_zero=True)
@@ -73,7 +77,7 @@ def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tupl
     size = params.population + params.population % 2
     masks, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
                                                                          params.polish)
-    local = ParetoLocalSearch(problem)
+    local = ParetoLocalSearch(problem, params.hull_walk)
     population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
     for _ in range(params.generations):
         parents = _tournament(population, rng, size)

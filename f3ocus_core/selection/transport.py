@@ -40,77 +40,146 @@ from f3ocus_core.selection.problem import Problem
 _TOL = 1e-12
 
 
-def transfer_graph(problem: Problem, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Arc weights ``(P, K, K)`` and the client of each arc ``(P, K, K)`` of a population's transfer graphs.
+def transfer_graph(problem: Problem, masks: np.ndarray) -> np.ndarray:
+    """Arc weights ``(P, K, K)`` of a population's transfer graphs (absent arcs weigh ``-inf``).
 
-    Absent arcs weigh ``-inf`` (client ``-1``). Node ``L`` is the pool; its arcs exist only with
-    ``exact_budget=False``. Among clients giving an arc the same weight the highest index is used.
+    Node ``L`` is the pool; its arcs exist only with ``exact_budget=False``. Which client gives an
+    arc is looked up only for the arcs applied (:func:`arc_clients`).
     """
     masks = np.asarray(masks, dtype=bool)
     count, _, n_layers = masks.shape
     scores = problem.scores
     nodes = n_layers + 1
     gain = np.full((count, nodes, nodes), -np.inf)
-    who = np.full((count, nodes, nodes), -1, dtype=np.int64)
-    member, client, layer = np.nonzero(masks)
+    member, layer, client = np.nonzero(masks.transpose(0, 2, 1))
     if member.size:
         values = scores[client] - scores[client, layer][:, None]
         values[masks[member, client]] = -np.inf
         key = member * n_layers + layer
-        order = np.argsort(key, kind="stable")
-        key, values, client = key[order], values[order], client[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        best = np.maximum.reduceat(values, starts, axis=0)
-        group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, key.size]))
-        hit = (values >= best[group]) & np.isfinite(values)
-        best_who = np.maximum.reduceat(np.where(hit, client[:, None], -1), starts, axis=0)
-        rows, cols = key[starts] // n_layers, key[starts] % n_layers
-        gain[rows, cols, :n_layers] = best
-        who[rows, cols, :n_layers] = best_who
+        rows, cols = member[starts], layer[starts]
+        gain[rows, cols, :n_layers] = np.maximum.reduceat(values, starts, axis=0)
     if not problem.exact_budget:
         size = masks.sum(axis=2)
         can_drop = masks & (size > 1)[..., None]
         can_add = ~masks & (size < problem.budgets)[..., None]
-        drop = np.where(can_drop, -scores, -np.inf)
-        add = np.where(can_add, scores, -np.inf)
-        gain[:, :n_layers, n_layers] = drop.max(axis=1)
-        who[:, :n_layers, n_layers] = np.where(can_drop.any(axis=1), _last_argmax(drop), -1)
-        gain[:, n_layers, :n_layers] = add.max(axis=1)
-        who[:, n_layers, :n_layers] = np.where(can_add.any(axis=1), _last_argmax(add), -1)
-    return gain, who
+        gain[:, :n_layers, n_layers] = np.where(can_drop, -scores, -np.inf).max(axis=1)
+        gain[:, n_layers, :n_layers] = np.where(can_add, scores, -np.inf).max(axis=1)
+    return gain
+
+
+def arc_clients(problem: Problem, masks: np.ndarray, member: np.ndarray, start: np.ndarray,
+                end: np.ndarray) -> np.ndarray:
+    """The client that gives each transfer arc ``start[k] -> end[k]`` of ``masks[member[k]]`` its weight.
+
+    Arc ``a -> c`` (layers): the client training ``a`` and not ``c`` with the largest
+    ``S[i, c] - S[i, a]``; ``a -> pool``: the client with more than one layer that loses least by
+    dropping ``a``; ``pool -> c``: the client below its budget that gains most by taking ``c``.
+    Among equals the highest index, -1 where no client gives the arc.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    n_clients, n_layers = masks.shape[1:]
+    member, start, end = (np.asarray(x, dtype=np.int64) for x in (member, start, end))
+    scores = np.concatenate([problem.scores, np.zeros((n_clients, 1))], axis=1).T
+    trains = np.concatenate([masks, np.zeros((len(masks), n_clients, 1), dtype=bool)], axis=2)
+    trains_start, trains_end = trains[member, :, start], trains[member, :, end]
+    drop, add = (end == n_layers)[:, None], (start == n_layers)[:, None]
+    size = masks[member].sum(axis=2)
+    eligible = np.where(add, size < problem.budgets, trains_start) & (drop | ~trains_end)
+    eligible &= ~drop | (size > 1)
+    values = np.where(eligible, scores[end] - scores[start], -np.inf)
+    best = values.max(axis=1, initial=-np.inf)
+    last = n_clients - 1 - (values == best[:, None])[:, ::-1].argmax(axis=1)
+    return np.where(np.isfinite(best), last, -1)
 
 
 def polish(problem: Problem, masks: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
     """The most important assignment with the same coverage counts, for each assignment given.
 
-    Cancels positive cycles of the transfer graph (Bellman-Ford, all assignments together) until none
-    is left; the coverage counts never change and the importance never falls. Returns a new
-    ``(P, N, L)`` array (a single ``(N, L)`` assignment gives ``(1, N, L)``).
+    Cancels positive cycles of the transfer graph until none is left. Each round, for every
+    assignment: the positive two-node cycles that share no node, best first, each with all the
+    profitable trades between its two layers at once (:func:`_trade`); where there are none, the
+    cycles Bellman-Ford finds (all assignments together). The coverage counts never change and the
+    importance never falls. Returns a new ``(P, N, L)`` array (a single ``(N, L)`` assignment gives
+    ``(1, N, L)``).
     """
     masks = np.array(masks, dtype=bool, copy=True, ndmin=3)
+    n_layers = masks.shape[2]
     active = np.arange(len(masks))
     for _ in range(max_rounds):
         if active.size == 0:
             return masks
-        gain, who = transfer_graph(problem, masks[active])
-        cycles = _positive_cycles(gain)
-        found = [k for k, some in enumerate(cycles) if some]
-        for k in found:
-            for cycle in cycles[k]:
-                _apply_arcs(masks[active[k]], list(zip(cycle[:-1], cycle[1:])), who[k])
-        active = active[found]
+        gain = transfer_graph(problem, masks[active])
+        pairs = _trading_pairs(gain)
+        pairs[:, 0] = active[pairs[:, 0]]
+        pooled = pairs[:, 2] == n_layers
+        _trade(problem, masks, pairs[~pooled])
+        arcs = [pairs[pooled], pairs[pooled][:, [0, 2, 1]]]
+        traded = np.isin(active, pairs[:, 0])
+        longer = np.flatnonzero(~traded)
+        for k, cycles in zip(longer, _positive_cycles(gain[longer])):
+            arcs += [np.array([(active[k], a, c) for a, c in zip(cycle[:-1].tolist(), cycle[1:].tolist())],
+                              dtype=np.int64) for cycle in cycles]
+            traded[k] = bool(cycles)
+        arcs = np.concatenate(arcs).reshape(-1, 3)
+        _apply_arcs(masks, arcs, arc_clients(problem, masks, *arcs.T))
+        active = active[traded]
     raise RuntimeError(f"cycle cancelling did not finish in {max_rounds} rounds; this is a bug.")
 
 
-def transfer_moves(problem: Problem, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _trading_pairs(gain: np.ndarray) -> np.ndarray:
+    """Positive two-node cycles ``a -> c -> a`` (``a < c``) of each graph that share no node, best first.
+
+    Returns ``(T, 3)`` rows ``(graph, a, c)``.
+    """
+    both = gain + gain.transpose(0, 2, 1)
+    member, first, second = np.nonzero(np.triu(both > _TOL, k=1))
+    order = np.lexsort((-both[member, first, second], member))
+    used: set[tuple[int, int]] = set()
+    pairs = []
+    for p, a, c in zip(member[order].tolist(), first[order].tolist(), second[order].tolist()):
+        if (p, a) not in used and (p, c) not in used:
+            used.update(((p, a), (p, c)))
+            pairs.append((p, a, c))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 3)
+
+
+def _trade(problem: Problem, masks: np.ndarray, pairs: np.ndarray) -> None:
+    """Every profitable trade between layers ``a`` and ``c`` of ``masks[p]``, for rows ``(p, a, c)``, in place.
+
+    The clients that train ``a`` and not ``c`` are ranked by what they gain moving to ``c``, those
+    that train ``c`` and not ``a`` by what they gain moving to ``a``; the k-th of each trade while the
+    two gains sum to more than zero (the best set of such trades). Rows of one assignment must share
+    no layer.
+    """
+    if not len(pairs):
+        return
+    member, a, c = pairs.T
+    scores = problem.scores
+    has_a, has_c = masks[member, :, a], masks[member, :, c]
+    to_c = np.where(has_a & ~has_c, scores[:, c].T - scores[:, a].T, -np.inf)
+    to_a = np.where(has_c & ~has_a, scores[:, a].T - scores[:, c].T, -np.inf)
+    order_c = np.argsort(-to_c, axis=1, kind="stable")
+    order_a = np.argsort(-to_a, axis=1, kind="stable")
+    total = np.take_along_axis(to_c, order_c, axis=1) + np.take_along_axis(to_a, order_a, axis=1)
+    row, rank = np.nonzero(total > _TOL)
+    movers_c, movers_a = order_c[row, rank], order_a[row, rank]
+    member, a, c = member[row], a[row], c[row]
+    masks[member, movers_c, a] = False
+    masks[member, movers_c, c] = True
+    masks[member, movers_a, c] = False
+    masks[member, movers_a, a] = True
+
+
+def transfer_moves(problem: Problem, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs longest paths of the transfer graphs of polished assignments (Floyd-Warshall).
 
-    Returns ``(gain, hop, who)``: ``gain[p, a, c]`` is the exact change of the best importance when one
+    Returns ``(gain, hop)``: ``gain[p, a, c]`` is the exact change of the best importance when one
     unit of coverage moves from node ``a`` to node ``c`` (``-inf`` if impossible), ``hop[p, a, c]`` the
-    node after ``a`` on that path, ``who`` the arc clients (see :func:`transfer_graph`). The assignments
+    node after ``a`` on that path. The assignments
     must be polished (no positive cycle), else the values are meaningless.
     """
-    gain, who = transfer_graph(problem, masks)
+    gain = transfer_graph(problem, masks)
     nodes = gain.shape[1]
     hop = np.broadcast_to(np.arange(nodes), gain.shape).copy()
     for k in range(nodes):
@@ -120,7 +189,7 @@ def transfer_moves(problem: Problem, masks: np.ndarray) -> tuple[np.ndarray, np.
         np.copyto(hop, np.broadcast_to(hop[:, :, k: k + 1], hop.shape), where=better)
     diagonal = np.arange(nodes)
     gain[:, diagonal, diagonal] = -np.inf
-    return gain, hop, who
+    return gain, hop
 
 
 def moved_objectives(problem: Problem, masks: np.ndarray, importance: np.ndarray,
@@ -147,23 +216,31 @@ def moved_objectives(problem: Problem, masks: np.ndarray, importance: np.ndarray
     return importance[:, None, None] + gain, variance
 
 
-def apply_move(masks: np.ndarray, start: int, end: int, hop: np.ndarray, who: np.ndarray) -> np.ndarray:
-    """A copy of one assignment with one unit of coverage moved along the longest path ``start -> end``."""
+def apply_move(problem: Problem, masks: np.ndarray, start: int, end: int, hop: np.ndarray) -> np.ndarray:
+    """A copy of one assignment with one unit of coverage moved along the longest path ``start -> end``.
+
+    ``hop`` is that assignment's ``(K, K)`` next-node table from :func:`transfer_moves`.
+    """
     path = [start]
     while path[-1] != end:
         path.append(int(hop[path[-1], end]))
         if len(path) > hop.shape[0] + 1:
             raise RuntimeError("transfer path does not reach its end; polish the assignment first.")
     moved = np.array(masks, dtype=bool, copy=True)
-    _apply_arcs(moved, list(zip(path[:-1], path[1:])), who)
+    arcs = np.array([(0, a, c) for a, c in zip(path[:-1], path[1:])], dtype=np.int64)
+    _apply_arcs(moved[None], arcs, arc_clients(problem, moved[None], *arcs.T))
     return moved
 
 
-def _apply_arcs(mask: np.ndarray, arcs: list[tuple[int, int]], who: np.ndarray) -> None:
-    """Apply transfer arcs to one ``(N, L)`` assignment in place (node ``L`` is the pool)."""
-    n_layers = mask.shape[1]
-    for a, c in arcs:
-        client = int(who[a, c])
+def _apply_arcs(masks: np.ndarray, arcs: np.ndarray, clients: np.ndarray) -> None:
+    """Apply transfer arcs ``(member, a, c)`` with their clients to ``masks`` in place (node ``L``: pool).
+
+    The clients must have been chosen (:func:`arc_clients`) on the assignments as they were before
+    any of the arcs, as the arc weights were; the arcs of one assignment must share no node.
+    """
+    n_layers = masks.shape[2]
+    for (member, a, c), client in zip(arcs.tolist(), clients.tolist()):
+        mask = masks[member]
         if client < 0 or (a < n_layers and not mask[client, a]) or (c < n_layers and mask[client, c]):
             raise RuntimeError(f"transfer arc {a}->{c} is not valid for client {client}; this is a bug.")
         if a < n_layers:
@@ -226,9 +303,3 @@ def _positive_cycles(gain: np.ndarray) -> list[list[np.ndarray]]:
         if rounds > 4 * nodes + 8:
             raise RuntimeError("Bellman-Ford did not settle; this is a bug.")
     return result
-
-
-def _last_argmax(values: np.ndarray) -> np.ndarray:
-    """Index of the last maximum along axis 1 of a ``(P, N, L)`` array: ``(P, L)``."""
-    flipped = values[:, ::-1, :].argmax(axis=1)
-    return values.shape[1] - 1 - flipped
