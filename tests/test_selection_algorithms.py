@@ -15,6 +15,7 @@ from f3ocus_core.selection import (
     pick_point,
     select,
 )
+from f3ocus_core.selection.front import _upper_hull
 from f3ocus_core.selection.moves import lagrangian_assignments, mutate
 from f3ocus_core.selection.synthetic import lntk_like_scores
 
@@ -180,3 +181,18 @@ def test_switching_the_search_off_loses_the_front(algorithm, exact_10x32):
     plain, _ = _run(exact_10x32, algorithm, polish=0, local_search=0, hull_walk=0)
     assert searched >= baseline + 0.3, (algorithm, searched, baseline)
     assert searched >= plain + 0.01, (algorithm, searched, plain)
+
+
+@pytest.mark.parametrize("algorithm", METAHEURISTICS)
+def test_the_hull_walk_gives_every_selector_both_ends_of_the_front_at_once(algorithm, exact_10x32):
+    """After one local-search step each selector's front spans the exact front from the clients' top-b
+    to the most balanced point and holds every hull vertex; with ``hull_walk=0`` it does not."""
+    scores, _, _, truth = exact_10x32
+    first_step = {ITERATIONS[algorithm]: 10 if algorithm == "sa" else 1}
+    walked = select(scores, 4, algorithm=algorithm, seed=0, **first_step).front
+    hull = truth[_upper_hull(truth[:, 0], truth[:, 1])]
+    held = (np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9)
+            & (walked[None, :, 1] == hull[:, None, 1])).any(axis=1)
+    assert held.all(), (algorithm, hull[~held])
+    unwalked = select(scores, 4, algorithm=algorithm, seed=0, hull_walk=0, **first_step).front
+    assert unwalked[:, 0].max() < truth[:, 0].max() - 1e-9 or unwalked[:, 1].min() > truth[:, 1].min()
