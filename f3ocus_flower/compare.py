@@ -25,7 +25,10 @@ import time
 import tomllib
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from f3ocus_core.evidence import METHODS, build_table, cell_result, plot_curves, plot_tradeoff, read_rows, write_table
+from f3ocus_core.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         name, base, methods, seeds, rounds = grid_plan(args)  # may build the base checkpoint
-        return _run_grid(args, argv, name, base, methods, seeds, rounds)
+        with logging_redirect_tqdm(loggers=[log]):  # log lines above the progress bar, not through it
+            return _run_grid(args, argv, name, base, methods, seeds, rounds)
     finally:
         flwr_logger.setLevel(flwr_level)
         torch.set_num_threads(threads)
@@ -257,7 +261,8 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     cells, total = [], len(methods) * len(seeds)
     tracker = _grid_tracking(args, name, out)
-    for index, (seed, method) in enumerate(((s, m) for s in seeds for m in methods), start=1):
+    grid_cells = progress_bar(total, f"grid {name}", "cell", ((s, m) for s in seeds for m in methods))
+    for index, (seed, method) in enumerate(grid_cells, start=1):
         folder = cells_dir / f"{method}-seed{seed}"
         config = {**base, **plan[method], "seed": seed, "output-dir": str(cells_dir), "run-name": folder.name,
                   "resume": ""}

@@ -159,7 +159,10 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_drops_the_unfini
     assert [value for _, value in logged] == pytest.approx([0.0, 0.1, 0.9, 1.0])
 
 
-def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_path, model_cache, capsys):
+def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_path, model_cache, capsys,
+                                                                           monkeypatch):
+    import io
+
     import torch
 
     from f3ocus_core.evidence import read_rows
@@ -173,9 +176,18 @@ def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_pa
     try:
         torch.set_num_threads(1)
         assert main(args) == 0
-        assert capsys.readouterr().out.count("logged to mlflow") == 2
+        captured = capsys.readouterr()
+        assert captured.out.count("logged to mlflow") == 2
+        assert "grid t" not in captured.err  # no progress bar where stderr is not a terminal
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        monkeypatch.setattr(sys, "stderr", terminal := Terminal())
         assert main([*args, "--table-only"]) == 0  # the same cells: nothing is logged twice
         assert "logged to mlflow" not in capsys.readouterr().out
+        assert "grid t" in terminal.getvalue() and "2/2" in terminal.getvalue()  # the cells' bar
     finally:
         torch.set_num_threads(threads)
 
