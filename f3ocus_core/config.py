@@ -231,7 +231,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         resume=r.get("resume", str, defaults.resume),
         control=r.choice("control", defaults.control, CONTROLS),
         tracking=TrackingSettings(
-            trackers=parse_trackers(r.get("tracking", str, "")),
+            trackers=parse_trackers(r.get("tracking.to", str, "")),
             uri=r.get("tracking.uri", str, TrackingSettings.uri),
             experiment=r.get("tracking.experiment", str, TrackingSettings.experiment),
         ),

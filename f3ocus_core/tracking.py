@@ -9,7 +9,7 @@ final adapter, ``config.json`` and ``metrics.jsonl`` as MLflow artifacts. Nothin
 (images, questions, answers, label sets, its personal head) is ever logged: the row carries only
 what the server already measured. docs/tracking.md is the user's side of this.
 
-Run-config keys (parsed here into :class:`TrackingSettings`): ``tracking`` (``''``, ``mlflow``,
+Run-config keys (parsed here into :class:`TrackingSettings`): ``tracking.to`` (``''``, ``mlflow``,
 ``tensorboard`` or ``mlflow,tensorboard``), ``tracking.uri`` and ``tracking.experiment``. The
 trackers are optional (``pip install 'f3ocus-flower[tracking]'``); :func:`require_installed` stops a
 run that asks for a missing one before round 0. No flwr import here; mlflow and tensorboard are
@@ -34,7 +34,7 @@ from f3ocus_core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 TRACKERS = ("mlflow", "tensorboard")
-"""The trackers ``tracking`` may name."""
+"""The trackers ``tracking.to`` may name."""
 
 INSTALL = "pip install 'f3ocus-flower[tracking]'  (from a checkout: pip install -e '.[tracking]')"
 """What a user runs to get both trackers."""
@@ -61,11 +61,11 @@ class TrackingSettings:
 
 def parse_trackers(value: str) -> tuple[str, ...]:
     """``"mlflow, tensorboard"`` -> ``("mlflow", "tensorboard")``; ``""`` -> ``()``. Raises
-    :class:`ConfigError` naming ``tracking`` for an unknown name."""
+    :class:`ConfigError` naming ``tracking.to`` for an unknown name."""
     names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
-        raise ConfigError(f"tracking: unknown tracker {unknown[0]!r}; choose '' (off), 'mlflow', 'tensorboard' "
+        raise ConfigError(f"tracking.to: unknown tracker {unknown[0]!r}; choose '' (off), 'mlflow', 'tensorboard' "
                           "or 'mlflow,tensorboard'.")
     return tuple(name for name in TRACKERS if name in names)
 
@@ -92,8 +92,8 @@ def require_installed(trackers: tuple[str, ...]) -> None:
                 importlib.import_module(module)
             except ImportError as error:
                 raise ConfigError(
-                    f"tracking: {name!r} is asked for but not installed ({error}). Install the trackers with "
-                    f"{INSTALL}, or set tracking='' to run without one.") from None
+                    f"tracking.to: {name!r} is asked for but not installed ({error}). Install the trackers with "
+                    f"{INSTALL}, or set tracking.to='' to run without one.") from None
 
 
 def _key(name: str) -> str:

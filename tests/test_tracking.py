@@ -17,6 +17,7 @@ from f3ocus_core.importance import SCORERS
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.tracking import MlflowTracker, TrackingSettings, open_tracking, round_scalars
 from f3ocus_flower.inprocess import run_server_app
+from f3ocus_flower.protocol import CONFIG, SERVER_ROUND
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is not installed: pip install -e '.[tracking]'")
 pytest.importorskip("tensorboard", reason="the tracking extra is not installed: pip install -e '.[tracking]'")
@@ -56,12 +57,12 @@ def test_tracking_keys_are_parsed_and_bad_values_name_their_key(shipped_run_conf
         return parse_run_config({**shipped_run_config, **keys}, SCORERS, ALGORITHMS).tracking
 
     assert parse() == TrackingSettings((), "", "f3ocus")
-    assert parse(tracking=" tensorboard, MLflow").trackers == ("mlflow", "tensorboard")
-    with pytest.raises(ConfigError, match=r"^tracking: unknown tracker 'wandb'"):
-        parse(tracking="wandb")
+    assert parse(**{"tracking.to": " tensorboard, MLflow"}).trackers == ("mlflow", "tensorboard")
+    with pytest.raises(ConfigError, match=r"^tracking.to: unknown tracker 'wandb'"):
+        parse(**{"tracking.to": "wandb"})
     with pytest.raises(ConfigError, match=r"^tracking.uri: .* TensorBoard writes event files"):
-        parse(tracking="tensorboard", **{"tracking.uri": "http://mlflow.example:5000"})
-    assert parse(tracking="mlflow", **{"tracking.uri": "http://mlflow.example:5000"}).uri.startswith("http")
+        parse(**{"tracking.to": "tensorboard", "tracking.uri": "http://mlflow.example:5000"})
+    assert parse(**{"tracking.to": "mlflow", "tracking.uri": "http://mlflow.example:5000"}).uri.startswith("http")
 
 
 @pytest.mark.parametrize(("tracker", "module"), [("mlflow", "mlflow"), ("tensorboard", "torch.utils.tensorboard")])
@@ -76,17 +77,30 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_
             return handler(msg, context)
         return wrapped
 
-    config = {**small_run_config, "tracking": tracker}
+    config = {**small_run_config, "tracking.to": tracker}
     with pytest.raises(ConfigError, match=r"pip install 'f3ocus-flower\[tracking\]'") as error:
         run_server_app(config, 2, wrap={kind: spy for kind in (MessageType.EVALUATE, MessageType.QUERY)})
-    assert str(error.value).startswith(f"tracking: '{tracker}' is asked for but not installed")
+    assert str(error.value).startswith(f"tracking.to: '{tracker}' is asked for but not installed")
     assert calls == [] and not Path(config["output-dir"]).exists()
 
 
 def test_mlflow_and_tensorboard_hold_what_metrics_jsonl_has(small_run_config):
-    config = {**small_run_config, "tracking": "mlflow,tensorboard"}
-    _, rows = run_server_app(config, 2)
+    config = {**small_run_config, "tracking.to": "mlflow,tensorboard"}
     out = Path(config["output-dir"]) / config["run-name"]
+    seen_at_query = {}  # round -> the rounds MLflow already holds when that round's first message arrives
+
+    def watch(handler):
+        def wrapped(msg, context):
+            server_round = int(msg.content[CONFIG][SERVER_ROUND])
+            if server_round not in seen_at_query:
+                state = json.loads((out / "tracking.json").read_text())["mlflow"]
+                history = MlflowClient(state["uri"]).get_metric_history(state["run_id"], "metric")
+                seen_at_query[server_round] = sorted(m.step for m in history)
+            return handler(msg, context)
+        return wrapped
+
+    _, rows = run_server_app(config, 2, wrap={MessageType.QUERY: watch})
+    assert seen_at_query == {1: [0], 2: [0, 1]}  # logged as each round ended, not at the end of the run
     expected = _series(rows)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert {"metric", "accuracy", "loss", "train_loss", "seconds_train", "mbit_train_per_client"} <= set(expected)
@@ -125,7 +139,7 @@ def test_a_tracker_that_fails_while_the_run_goes_is_a_warning_not_a_stop(small_r
         raise ConnectionError("tracking server went away")
 
     monkeypatch.setattr(MlflowTracker, "log_round", unreachable)
-    config = {**small_run_config, "num-server-rounds": 1, "tracking": "mlflow"}
+    config = {**small_run_config, "num-server-rounds": 1, "tracking.to": "mlflow"}
     with caplog.at_level(logging.WARNING, logger="f3ocus_core.tracking"):
         _, rows = run_server_app(config, 2)
     assert [row["round"] for row in rows] == [0, 1]

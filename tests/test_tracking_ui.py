@@ -80,7 +80,7 @@ def _stop(server: subprocess.Popen) -> None:
 def test_the_mlflow_ui_shows_the_runs_accuracy_series(browser, small_run_config, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    config = {**small_run_config, "tracking": "mlflow", "run-name": "f3ocus-easy-vqa"}
+    config = {**small_run_config, "tracking.to": "mlflow", "run-name": "f3ocus-easy-vqa"}
     _, rows = run_server_app(config, 2)
     out = Path(config["output-dir"]) / config["run-name"]
     state = json.loads((out / "tracking.json").read_text())["mlflow"]
