@@ -23,6 +23,7 @@ import importlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -258,9 +259,6 @@ class RunTracking:
         self.trackers = trackers
         self.out_dir = out_dir
 
-    def __bool__(self) -> bool:
-        return bool(self.trackers)
-
     def _each(self, what: str, call) -> None:
         for tracker in self.trackers:
             try:
@@ -382,8 +380,6 @@ def replay_run(settings: TrackingSettings, folder: str | Path, run_name: str, ta
         if not trackers:
             return False
     if "tensorboard" in trackers:
-        import shutil
-
         logdir, _, _ = _locations(settings, folder, run_name)
         shutil.rmtree(logdir, ignore_errors=True)
     record = json.loads((folder / "config.json").read_text())
