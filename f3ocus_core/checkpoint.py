@@ -36,7 +36,8 @@ FORMAT_VERSION = 1
 #: Run-config keys that may differ between a run and its resumption: where it runs and for how
 #: long, not what it computes. Every other key is part of the fingerprint.
 MAY_CHANGE = frozenset({"num-server-rounds", "run-name", "output-dir", "resume", "round-timeout", "min-clients",
-                        "device", "eval.batch-size", "model.cache-dir"})
+                        "device", "eval.batch-size", "model.cache-dir", "tracking.to", "tracking.uri",
+                        "tracking.experiment"})
 
 _UNIT_PREFIX = "units/"
 _META = "meta"

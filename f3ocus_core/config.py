@@ -16,6 +16,7 @@ from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
+from f3ocus_core.tracking import TrackingSettings, check_settings, parse_trackers
 from f3ocus_core.training import ANSWER_MODES, TrainSettings
 
 
@@ -87,6 +88,7 @@ class RunSettings:
     device: str = "auto"
     resume: str = ""
     control: str = ""
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -228,7 +230,13 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         device=r.get("device", str, defaults.device),
         resume=r.get("resume", str, defaults.resume),
         control=r.choice("control", defaults.control, CONTROLS),
+        tracking=TrackingSettings(
+            trackers=parse_trackers(r.get("tracking.to", str, "")),
+            uri=r.get("tracking.uri", str, TrackingSettings.uri),
+            experiment=r.get("tracking.experiment", str, TrackingSettings.experiment),
+        ),
     )
+    check_settings(settings.tracking)
     try:
         settings.device = check_device_name(settings.device)
     except ValueError as error:

@@ -25,6 +25,7 @@ import torch
 
 from f3ocus_core.data import easy_vqa
 from f3ocus_core.families import family_named
+from f3ocus_core.progress import progress_bar
 from f3ocus_core.training import TrainSettings, evaluate, make_collate, train
 
 BUILTIN_MODEL = "builtin:tiny-vilt-easyvqa"
@@ -109,12 +110,17 @@ def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0,
     collate = make_collate(processor, labels)
     log.info("Building the base checkpoint %s: %d steps on %d questions", name, steps, len(fit))
 
+    bar = progress_bar(steps, f"base checkpoint {name}", unit="step")
+
     def progress(step: int, loss: float) -> None:
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step % 100 == 0 or step == steps:
             log.info("  base checkpoint: step %d/%d, loss %.3f", step, steps, loss)
 
     settings = TrainSettings(epochs=10_000, lr=2e-3, batch_size=32, warmup=0.05, max_steps=steps)
-    metrics = train(model, fit, collate, settings, seed=seed, on_step=progress)
+    with bar:
+        metrics = train(model, fit, collate, settings, seed=seed, on_step=progress)
     metrics.update(evaluate(model, check, collate, "vqa"))
     metrics["seconds"] = time.perf_counter() - started
     model.save_pretrained(out_dir)

@@ -171,6 +171,8 @@ class RunRecorder:
         self.layer_names = list(layer_names)
         self.rows: list[dict] = []
         self.assignments: list[tuple[int, list[str], np.ndarray]] = []
+        self.listeners: list[Callable[[dict], None]] = []
+        """Called with each row after it is written and the figures are drawn (experiment trackers)."""
 
     def export_state(self) -> dict:
         """The rows and assignments recorded so far, as JSON (part of the server's checkpoint)."""
@@ -228,10 +230,12 @@ class RunRecorder:
         self._plot_assignments()
 
     def record_round(self, row: dict) -> None:
-        """Append one ``metrics.jsonl`` row and redraw ``accuracy.png``."""
+        """Append one ``metrics.jsonl`` row, redraw ``accuracy.png``, then pass the row to :attr:`listeners`."""
         self.rows.append(row)
         self._append("metrics.jsonl", row)
         self._plot_metric()
+        for listener in self.listeners:
+            listener(row)
 
     def _plot_assignments(self) -> None:
         import matplotlib

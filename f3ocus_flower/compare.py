@@ -25,7 +25,10 @@ import time
 import tomllib
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from f3ocus_core.evidence import METHODS, build_table, cell_result, plot_curves, plot_tradeoff, read_rows, write_table
+from f3ocus_core.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +176,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table-only", action="store_true", help="run nothing: write the table and figures "
                         "from the cells finished so far")
     parser.add_argument("--verbose", action="store_true", help="show the apps' per-round log")
+    parser.add_argument("--tracking", default="", help="also log every finished cell as a run of one experiment "
+                        "(method and seed as tags) and the table as an artifact: mlflow, tensorboard or "
+                        "mlflow,tensorboard (pip install '.[tracking]'; docs/tracking.md)")
+    parser.add_argument("--tracking-uri", default="", help="an MLflow address (http://host:5000) or a folder; "
+                        "default: the grid's folder (mlflow.db, mlartifacts/, tensorboard/)")
+    parser.add_argument("--tracking-experiment", default="", help="the MLflow experiment (default: "
+                        "f3ocus-compare-NAME)")
     return parser.parse_args(argv)
 
 
@@ -231,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         name, base, methods, seeds, rounds = grid_plan(args)  # may build the base checkpoint
-        return _run_grid(args, argv, name, base, methods, seeds, rounds)
+        with logging_redirect_tqdm(loggers=[log]):  # log lines above the progress bar, not through it
+            return _run_grid(args, argv, name, base, methods, seeds, rounds)
     finally:
         flwr_logger.setLevel(flwr_level)
         torch.set_num_threads(threads)
@@ -249,7 +260,9 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
             "clients": args.clients, "runner": args.runner}
     (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     cells, total = [], len(methods) * len(seeds)
-    for index, (seed, method) in enumerate(((s, m) for s in seeds for m in methods), start=1):
+    tracker = _grid_tracking(args, name, out)
+    grid_cells = progress_bar(total, f"grid {name}", "cell", ((s, m) for s in seeds for m in methods))
+    for index, (seed, method) in enumerate(grid_cells, start=1):
         folder = cells_dir / f"{method}-seed{seed}"
         config = {**base, **plan[method], "seed": seed, "output-dir": str(cells_dir), "run-name": folder.name,
                   "resume": ""}
@@ -268,6 +281,8 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
             state = f"ran in {time.perf_counter() - cell_started:.0f} s"
         result = cell_result(method, seed, folder)
         cells.append(result)
+        if tracker is not None and tracker.log_cell(folder, method, seed):
+            state += f", logged to {args.tracking}"
         log.info("[%d/%d] %s seed %d: %s %.4f after round %d, %s", index, total, method, seed,
                  result.metric_name, result.final, len(result.curve) - 1, state)
     if not cells:
@@ -281,8 +296,27 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     write_table(rows, out, header)
     plot_curves(cells, methods, out / "curves.png")
     plot_tradeoff(rows, out / "tradeoff.png")
+    if tracker is not None:
+        tracker.log_table({name: out / name for name in ("table.md", "table.csv", "curves.png", "tradeoff.png",
+                                                         "grid.json")})
     log.info("Grid done in %.0f s: %s", time.perf_counter() - started, out / "table.md")
     return 0
+
+
+def _grid_tracking(args: argparse.Namespace, name: str, out: Path):
+    """The grid's :class:`~f3ocus_core.tracking.GridTracking` for ``--tracking`` (None without it)."""
+    from f3ocus_core.errors import ConfigError
+    from f3ocus_core.tracking import GridTracking, TrackingSettings, parse_trackers
+
+    try:
+        trackers = parse_trackers(args.tracking)
+        if not trackers:
+            return None
+        settings = TrackingSettings(trackers, args.tracking_uri or str(out),
+                                    args.tracking_experiment or f"f3ocus-compare-{name}")
+        return GridTracking(settings, name, out)
+    except ConfigError as error:
+        raise SystemExit(f"f3ocus-compare --tracking: {error}") from None
 
 
 if __name__ == "__main__":

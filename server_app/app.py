@@ -19,6 +19,7 @@ from f3ocus_core.peft_modes import save_adapter
 from f3ocus_core.peft_units import get_state, set_state
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
+from f3ocus_core.tracking import final_artifacts, open_tracking, require_installed, run_params, tracked
 from f3ocus_flower.grid import prompt
 from f3ocus_flower.model_setup import model_path, set_up_model
 from f3ocus_flower.protocol import record_to_state, state_to_record
@@ -41,6 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     checkpoint: Checkpoint | None = None
     try:
         settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
+        require_installed(settings.tracking.trackers)
         log(INFO, "Loading model %s", settings.model.name)
         setup = set_up_model(model_path(settings), settings.peft, settings.seed)
         check_against_model(settings, len(setup.layer_map))
@@ -76,10 +78,16 @@ def main(grid: Grid, context: Context) -> None:
         strategy.import_state(checkpoint)
         restore_rng(checkpoint.rng, checkpoint.torch_rng)
         initial = state_to_record(checkpoint.units)
-    result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
-
-    set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
-    save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft, units)
+    tracking = open_tracking(settings.tracking, out_dir, out_dir.name,
+                             run_params(context.run_config, {"model_path": setup.path}),
+                             resumed_round=None if checkpoint is None else checkpoint.server_round)
+    recorder.listeners.append(tracking.log_round)
+    with tracked(tracking):
+        result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
+        set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
+        save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft,
+                     units)
+        tracking.log_artifacts(final_artifacts(out_dir))
     first, last = recorder.rows[0], recorder.rows[-1]
     log(INFO, "F3OCUS finished: %s %.4f at round 0 -> %.4f at round %d. Outputs: %s",
         last["metric_name"], first["metric"], last["metric"], last["round"], out_dir)

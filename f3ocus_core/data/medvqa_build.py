@@ -37,7 +37,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from f3ocus_core.data.medmnist_npz import NpzSplit, inspect_npz, iter_images, re
 from f3ocus_core.data.medvqa import CLIENTS, FORMAT, MANIFEST, MedVQAClient
 from f3ocus_core.data.question_templates import PAPER_SHARES, QUESTION_TYPES, ask
 from f3ocus_core.data.records import FEATURES, answer_type_of, holdout_mask
+from f3ocus_core.progress import progress_bar
 
 
 def npz_path(medmnist_dir: Path | str, flag: str, size: int = 28) -> Path:
@@ -246,9 +247,12 @@ def build_medvqa_fl(
     datasets.disable_progress_bars()
     try:
         summaries = []
-        for index, client in enumerate(CLIENTS):
-            if client.name in plans:
-                summaries.append(_write_client(tmp, index, client, plans[client.name], seed, test_share))
+        with progress_bar(2 * len(plans), "MedVQA-FL", unit="part") as bar:
+            for index, client in enumerate(CLIENTS):
+                if client.name in plans:
+                    bar.set_postfix_str(client.name)
+                    summaries.append(_write_client(tmp, index, client, plans[client.name], seed, test_share,
+                                                   bar.update))
         manifest = {
             "format": FORMAT,
             "seed": seed,
@@ -300,9 +304,11 @@ def _check_not_empty(splits: dict[str, NpzSplit]) -> None:
 
 
 def _write_client(
-    tmp: Path, index: int, client: MedVQAClient, files: dict[str, Path], seed: int, test_share: float
+    tmp: Path, index: int, client: MedVQAClient, files: dict[str, Path], seed: int, test_share: float,
+    part_done: Callable[[], object] = lambda: None,
 ) -> dict:
-    """Write one client's train and test datasets under ``tmp`` and return its manifest entry."""
+    """Write one client's train and test datasets under ``tmp`` and return its manifest entry
+    (``part_done`` is called after each part, for the progress bar)."""
     plan = _plan_client(index, client, files, seed, test_share)
     ordered = tuple((flag, str(path)) for flag, path in files.items())
     counts = {}
@@ -320,6 +326,7 @@ def _write_client(
             raise
         dataset.save_to_disk(str(tmp / client.name / part))
         counts[part] = len(dataset)
+        part_done()
         del dataset
     return {
         "name": client.name,
