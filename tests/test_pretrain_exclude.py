@@ -1,6 +1,8 @@
 """``model.pretrain-exclude``: a question family left out of the built-in base's pretraining, part of
 its cache key, while its vocabulary still covers every word."""
 
+from pathlib import Path
+
 import pytest
 
 from f3ocus_core.config import ConfigError, parse_run_config
@@ -71,3 +73,37 @@ def test_run_config_keys_parse(shipped_run_config):
 def test_bad_values_name_their_key(shipped_run_config, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _parse(shipped_run_config, **overrides)
+
+
+def test_a_run_with_shifted_clients_trains_on_the_excluding_base(small_run_config, no_figures, monkeypatch):
+    """The keys reach both apps: the server and each client load the base without negation, the
+    client with data.questions='negation' trains on negated questions only, and every round's row
+    has its coverage diagnostics."""
+    import json
+
+    from flwr.app import MessageType
+
+    from f3ocus_flower.inprocess import run_server_app
+
+    seen_questions = {}
+
+    def spy(handler):
+        def wrapped(msg, context):
+            from client_app import app as client
+
+            settings = client.parse_run_config(context.run_config, client.SCORERS, client.ALGORITHMS)
+            pid = int(context.node_config["partition-id"])
+            data = client._data(settings.data, pid, int(context.node_config["num-partitions"]))
+            seen_questions[pid] = {easy_vqa.question_family(q, a[0])
+                                   for q, a in zip(data.train["question"], data.train["answers"])}
+            return handler(msg, context)
+        return wrapped
+
+    config = dict(small_run_config, **{"num-server-rounds": 1, "model.pretrain-exclude": "negation",
+                                       "data.shift": "invert,none", "data.questions": "all-negation,negation"})
+    _, rows = run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
+    record = json.loads((Path(config["output-dir"]) / config["run-name"] / "config.json").read_text())
+    assert record["model_path"].endswith("-steps30-seed0-no-negation")
+    assert seen_questions == {0: {"colour", "shape", "yesno"}, 1: {"negation"}}
+    diag = rows[1]["coverage_diagnostics"]
+    assert diag["num_layers"] == 4 and set(diag["importance_share"]) == set(rows[1]["assignment"])
