@@ -94,11 +94,10 @@ def parse_budget(value: object) -> tuple[int, ...]:
         raise ConfigError("selection.budget: expected a number or a comma-separated list of numbers.")
     if isinstance(value, int):
         return (value,)
+    parts = split_values(value, "selection.budget")
     try:
-        return tuple(int(part) for part in split_values(value, "selection.budget"))
-    except ValueError as error:
-        if isinstance(error, ConfigError):
-            raise
+        return tuple(int(part) for part in parts)
+    except ValueError:
         raise ConfigError(
             f"selection.budget: {value!r} is not a number or a comma-separated list of numbers."
         ) from None
