@@ -35,6 +35,7 @@ def test_the_table_marks_each_clients_best_fixed_set(probe_layers):
     assert summary["a"]["best"] == "0" and summary["b"]["best"] == "1"
     assert summary["a"]["best_minus_worst"] == pytest.approx(0.1)
     assert summary["b"]["all_minus_heads"] == pytest.approx(0.5)
+    assert summary["a"]["best_minus_worst_per_seed"] == pytest.approx([0.1, 0.1])
     text = probe_layers.table(result)
     assert "0.705±0.007*" in text and "0.805±0.007*" in text
     assert "best fixed set differs across clients: yes" in text
@@ -50,7 +51,8 @@ def test_the_probe_runs_on_vilt_with_shifted_clients(probe_layers, model_cache, 
     assert all(0.0 <= cell["metric"] <= 1.0 for cell in result["cells"])
     printed = capsys.readouterr().out
     assert "easy-vqa/0" in printed and "easy-vqa/1" in printed and printed.count("*") == 2
-    assert out.exists()
+    assert probe_layers.main(["--table-of", str(out)])["cells"] == result["cells"]
+    assert capsys.readouterr().out.count("*") == 2
 
 
 def test_the_probe_runs_on_a_two_tower_family(probe_layers, tmp_path):
