@@ -139,8 +139,9 @@ def table(result: dict) -> str:
                      f"{row['best_minus_worst']:+.3f} (lowest seed {min(row['best_minus_worst_per_seed']):+.3f}); "
                      f"all layers - heads only {row['all_minus_heads']:+.3f} "
                      f"(lowest seed {min(row['all_minus_heads_per_seed']):+.3f})")
-    bests = {row["best"] for row in summary.values()}
-    lines.append(f"best fixed set differs across clients: {'yes' if len(bests) > 1 else 'no'} ({sorted(bests)})")
+    clear = {client: row["best"] for client, row in summary.items() if min(row["best_minus_worst_per_seed"]) > 0}
+    lines.append(f"clients whose best fixed set beats their worst on every seed: {len(clear)} of {len(summary)} "
+                 f"{clear}; their best sets differ: {'yes' if len(set(clear.values())) > 1 else 'no'}")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ def test_the_table_marks_each_clients_best_fixed_set(probe_layers):
     assert summary["a"]["best_minus_worst_per_seed"] == pytest.approx([0.1, 0.1])
     text = probe_layers.table(result)
     assert "0.705±0.007*" in text and "0.805±0.007*" in text
-    assert "best fixed set differs across clients: yes" in text
+    assert "beats their worst on every seed: 2 of 2 {'a': '0', 'b': '1'}; their best sets differ: yes" in text
 
 
 def test_the_probe_runs_on_vilt_with_shifted_clients(probe_layers, model_cache, tmp_path, capsys):
