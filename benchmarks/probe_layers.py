@@ -77,7 +77,8 @@ def probe(args: argparse.Namespace) -> dict:
     train_settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     cells = []
     started = time.perf_counter()
-    for client in range(args.clients):
+    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else range(args.clients)
+    for client in partitions:
         data = load_client_data(data_settings, client, args.clients)
         collate = make_collate(setup.processor, data.labels, multi_label=data.kind == "multilabel")
         for (label, layers), seed in itertools.product(sets, seeds):
@@ -154,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-seed", type=int, default=0, help="seed of the base checkpoint (as f3ocus-compare)")
     parser.add_argument("--peft", default="lora", help="peft.method")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--partitions", default="", help="probe only these partition ids, e.g. 2,3 (default: all)")
     parser.add_argument("--partitioning", default="iid", help="data.partitioning")
     parser.add_argument("--alpha", type=float, default=0.5, help="data.alpha")
     parser.add_argument("--data-seed", type=int, default=0, help="the run's seed for the data split")
