@@ -107,6 +107,8 @@ def test_question_families_cover_every_question_and_match_the_wording():
     questions, answers, _ = easy_vqa_package.get_train_questions()
     families = [easy_vqa.question_family(q, a) for q, a in zip(questions, answers)]
     assert set(families) == set(easy_vqa.FAMILIES)
+    shares = {family: families.count(family) / len(families) for family in easy_vqa.FAMILIES}
+    assert shares == pytest.approx({"colour": 0.13, "shape": 0.13, "yesno": 0.37, "negation": 0.37}, abs=0.01)
     for question, family in zip(questions, families):
         negated = " not " in question or question.startswith("is no ")
         assert (family == "negation") == negated

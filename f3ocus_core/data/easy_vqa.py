@@ -16,10 +16,10 @@ families a client keeps) name:
 ============ ======================================================= =========================
 family       questions                                               share of the questions
 ============ ======================================================= =========================
-``colour``   "what color is the shape?", "what is the color of ..." 14%
+``colour``   "what color is the shape?", "what is the color of ..." 13%
 ``shape``    "what shape is in the image?", "what is the red shape?" 13%
-``yesno``    "is there a red shape?", "does the image contain ..."   44%
-``negation`` "is there not a circle?", "is no red shape present?",   28%
+``yesno``    "is there a red shape?", "does the image contain ..."   37%
+``negation`` "is there not a circle?", "is no red shape present?",   37%
              "does the image not contain a ..."
 ============ ======================================================= =========================
 """
