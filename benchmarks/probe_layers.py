@@ -81,13 +81,15 @@ def probe(args: argparse.Namespace) -> dict:
     for client in partitions:
         data = load_client_data(data_settings, client, args.clients)
         collate = make_collate(setup.processor, data.labels, multi_label=data.kind == "multilabel")
+        # Rows decoded once (the images as PIL), not once per training: the same rows in the same order.
+        train_rows, test_rows = list(data.train), list(data.test)
         for (label, layers), seed in itertools.product(sets, seeds):
             model = copy.deepcopy(setup.model)
             set_answer_head(model, data.labels, seed)
             trainable = set_trainable(model, setup.units, layers, head=True)
             if trainable:  # a generative family has no head: heads-only then trains nothing
-                train(model, data.train, collate, train_settings, seed=seed)
-            metrics = evaluate(model, data.test, collate, data.kind, args.eval_batch_size)
+                train(model, train_rows, collate, train_settings, seed=seed)
+            metrics = evaluate(model, test_rows, collate, data.kind, args.eval_batch_size)
             cells.append({"client": data.name, "set": label, "layers": layers, "seed": seed,
                           "metric": float(metrics["metric"])})
         print(f"  {data.name}: {len(sets) * len(seeds)} trainings done, {time.perf_counter() - started:.0f} s",
