@@ -16,6 +16,7 @@ from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
+from f3ocus_core.per_client import split_values, values_for
 from f3ocus_core.tracking import TrackingSettings, check_settings, parse_trackers
 from f3ocus_core.training import ANSWER_MODES, TrainSettings
 
@@ -27,6 +28,7 @@ class ModelSettings:
     name: str = "builtin:tiny-vilt-easyvqa"
     cache_dir: str = ""
     pretrain_steps: int = 300
+    pretrain_exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -51,14 +53,7 @@ class SelectionSettings:
 
     def budgets_for(self, num_clients: int) -> list[int]:
         """One budget per client: the single value repeated, or the list as given."""
-        if len(self.budget) == 1:
-            return [self.budget[0]] * num_clients
-        if len(self.budget) != num_clients:
-            raise ConfigError(
-                f"selection.budget: {len(self.budget)} budgets given for {num_clients} clients; "
-                "give one number, or one per client."
-            )
-        return list(self.budget)
+        return values_for(self.budget, num_clients, "selection.budget", "budgets", "number")
 
 
 #: ``control`` values: the default (empty, F3OCUS as configured) and the two ablations of the
@@ -101,15 +96,28 @@ def parse_budget(value: object) -> tuple[int, ...]:
         raise ConfigError("selection.budget: expected a number or a comma-separated list of numbers.")
     if isinstance(value, int):
         return (value,)
+    parts = split_values(value, "selection.budget")
     try:
-        budgets = tuple(int(part) for part in str(value).replace(" ", "").split(",") if part)
+        return tuple(int(part) for part in parts)
     except ValueError:
         raise ConfigError(
             f"selection.budget: {value!r} is not a number or a comma-separated list of numbers."
         ) from None
-    if not budgets:
-        raise ConfigError("selection.budget: empty.")
-    return budgets
+
+
+def parse_pretrain_exclude(value: str) -> tuple[str, ...]:
+    """``"negation"`` or ``"colour,negation"`` -> the sorted easy-vqa question families the built-in base
+    leaves out of its pretraining (``""``: none); at least one family must stay."""
+    from f3ocus_core.data.easy_vqa import FAMILIES
+
+    names = tuple(sorted({part.strip().lower() for part in value.split(",") if part.strip()}))
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"model.pretrain-exclude: unknown question family {unknown}; choose from "
+                          f"{list(FAMILIES)}, comma-separated, or '' for none.")
+    if len(names) == len(FAMILIES):
+        raise ConfigError("model.pretrain-exclude: leaves no question to pretrain on; keep at least one family.")
+    return names
 
 
 def parse_selector_params(value: str) -> dict[str, float]:
@@ -179,6 +187,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             name=r.get("model.name", str, ModelSettings.name),
             cache_dir=r.get("model.cache-dir", str, ModelSettings.cache_dir),
             pretrain_steps=r.positive("model.pretrain-steps", int, ModelSettings.pretrain_steps),
+            pretrain_exclude=parse_pretrain_exclude(r.get("model.pretrain-exclude", str, "")),
         ),
         peft=PeftSettings(
             method=r.choice("peft.method", PeftSettings.method, PEFT_METHODS),
@@ -201,6 +210,8 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             seed=r.get("seed", int, defaults.seed),
             max_train=r.get("data.max-train-per-client", int, DataSettings.max_train),
             max_test=r.get("data.max-test-per-client", int, DataSettings.max_test),
+            shift=split_values(r.get("data.shift", str, "none"), "data.shift"),
+            questions=split_values(r.get("data.questions", str, "all"), "data.questions"),
         ),
         scoring=ScoringSettings(
             method=r.choice("scoring.method", ScoringSettings.method, scorers),
@@ -245,6 +256,9 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
     if not settings.model.name:
         raise ConfigError("model.name: empty; give a local folder, a hub id or builtin:tiny-vilt-easyvqa.")
+    if settings.model.pretrain_exclude and not settings.model.name.startswith("builtin:"):
+        raise ConfigError(f"model.pretrain-exclude: applies to the built-in bases only; {settings.model.name!r} "
+                          "is not one, so set model.pretrain-exclude='' or model.name='builtin:...'.")
     if settings.control == "local-only" and settings.resume:
         raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
                           "so it cannot resume; start the run again, or set control=''.")

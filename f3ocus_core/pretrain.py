@@ -6,9 +6,9 @@ same recipe with 8 layers, for comparisons where the choice of 2-3 layers out of
 
 Federated fine-tuning in the paper starts from a pretrained model; this gives the default run one
 without any download. The run then loads it with ``from_pretrained`` exactly as it would load a hub
-id. The checkpoint is built once per (steps, seed) under a file lock, in a temporary folder that is
-renamed into place when complete, so concurrent clients and interrupted builds never see half a
-checkpoint.
+id. The checkpoint is built once per (steps, seed, excluded question families) under a file lock,
+in a temporary folder that is renamed into place when complete, so concurrent clients and
+interrupted builds never see half a checkpoint.
 """
 
 from __future__ import annotations
@@ -54,26 +54,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "f3ocus"
 
 
-def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 400, seed: int = 0) -> str:
-    """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed."""
+def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 400, seed: int = 0,
+                       exclude: tuple[str, ...] = ()) -> str:
+    """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed
+    (``exclude``: ``model.pretrain-exclude``, the question families its pretraining leaves out)."""
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
             raise ValueError(
                 f"model.name: unknown built-in model {name!r}; the built-ins are {sorted(BUILTIN_MODELS)}."
             )
-        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, name))
+        return str(ensure_base_checkpoint(cache_dir or default_cache_dir(), steps, seed, name, exclude))
     if not name:
         raise ValueError("model.name: empty; give a local folder, a hub id or " + BUILTIN_MODEL)
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, name: str = BUILTIN_MODEL) -> Path:
-    """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``), built first if missing."""
+def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 0, name: str = BUILTIN_MODEL,
+                           exclude: tuple[str, ...] = ()) -> Path:
+    """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``, ``exclude``), built
+    first if missing; the excluded question families are part of the folder name."""
     if steps < 1:
         raise ValueError(f"model.pretrain-steps: must be >= 1, got {steps}.")
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{name.removeprefix('builtin:')}-v{RECIPE_VERSION}-steps{steps}-seed{seed}"
+    target = cache / f"{name.removeprefix('builtin:')}-v{RECIPE_VERSION}-steps{steps}-seed{seed}{_excluded(exclude)}"
     if (target / "config.json").exists():
         return target
     with open(cache / f"{target.name}.lock", "w") as lock:
@@ -81,27 +85,42 @@ def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 400, seed: int = 
         if not (target / "config.json").exists():
             scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
             try:
-                build_base_checkpoint(scratch, steps, seed, name)
+                build_base_checkpoint(scratch, steps, seed, name, exclude)
                 scratch.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
+def _excluded(exclude: tuple[str, ...]) -> str:
+    """The cache-folder suffix of ``model.pretrain-exclude`` (empty when nothing is excluded)."""
+    unknown = sorted(set(exclude) - set(easy_vqa.FAMILIES))
+    if unknown:
+        raise ValueError(f"model.pretrain-exclude: unknown question family {unknown}; choose from "
+                         f"{list(easy_vqa.FAMILIES)}.")
+    return "".join(f"-no-{family}" for family in sorted(set(exclude)))
+
+
 def build_base_checkpoint(out_dir: str | Path, steps: int = 400, seed: int = 0,
-                          name: str = BUILTIN_MODEL) -> dict[str, float]:
+                          name: str = BUILTIN_MODEL, exclude: tuple[str, ...] = ()) -> dict[str, float]:
     """Train the built-in base ``name`` (its family's tiny model) on the easy-vqa base pool for
     ``steps`` steps and save model + processor.
+
+    ``exclude`` (``model.pretrain-exclude``) leaves those question families
+    (:data:`~f3ocus_core.data.easy_vqa.FAMILIES`) out of the training questions; the processor's
+    vocabulary is still built from every question of the pool, so clients holding the excluded
+    family meet no unknown word, only questions the base never learned to answer.
 
     Returns the metrics of the build (train loss, held-out accuracy of the base pool's last 10%).
     """
     started = time.perf_counter()
-    pool = easy_vqa.base_pool(seed)
+    vocabulary = easy_vqa.base_pool(seed)["question"]
+    pool = easy_vqa.base_pool(seed, exclude)
     held_out = max(1, len(pool) // 10)
     fit, check = pool.select(range(len(pool) - held_out)), pool.select(range(len(pool) - held_out, len(pool)))
     kind = family_named(BUILTIN_MODELS[name])
     labels = easy_vqa.ANSWERS
-    processor = kind.build_processor(pool["question"], labels)
+    processor = kind.build_processor(vocabulary, labels)
     config = kind.tiny_config(processor, labels)
     if name in BUILTIN_LAYERS:
         config.num_hidden_layers = BUILTIN_LAYERS[name]

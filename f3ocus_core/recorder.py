@@ -8,6 +8,9 @@
 - ``fronts/round_XXX.png``, ``coverage/round_XXX.png``: the front found and the per-layer coverage
   (clients' own top-b against the server's assignment).
 - ``assignments.png``: heatmap of clients x layers, one panel per round.
+- ``coverage_diagnostics.png``: per round, the layers trained by at least one client and each
+  client's distance from its own top-b (:mod:`f3ocus_core.selection.diagnostics`; the same figures
+  are the ``coverage_diagnostics`` key of each ``metrics.jsonl`` row after round 0).
 - ``accuracy.png``: the task metric (accuracy or F1) per round, overall and per client.
 - ``labels/<client>.json``: each client's answer vocabulary or label set.
 - ``adapter/``: the final global units (written by the server app with
@@ -173,6 +176,8 @@ class RunRecorder:
         self.assignments: list[tuple[int, list[str], np.ndarray]] = []
         self.listeners: list[Callable[[dict], None]] = []
         """Called with each row after it is written and the figures are drawn (experiment trackers)."""
+        self._scored: dict[int, dict[str, tuple[list[float], int]]] = {}
+        self._diagnostics: dict[int, dict] = {}
 
     def export_state(self) -> dict:
         """The rows and assignments recorded so far, as JSON (part of the server's checkpoint)."""
@@ -219,6 +224,10 @@ class RunRecorder:
         from f3ocus_core.selection.figures import plot_coverage, plot_front
 
         self._append("selection.jsonl", {"round": server_round, "clients": clients, **record})
+        if "scores" in record and "budgets" in record:
+            self._scored[server_round] = {client: (list(np.asarray(values, dtype=float)), int(budget))
+                                          for client, values, budget in zip(clients, record["scores"],
+                                                                            record["budgets"])}
         (self.out_dir / "fronts").mkdir(exist_ok=True)
         (self.out_dir / "coverage").mkdir(exist_ok=True)
         plot_front(result, self.out_dir / "fronts" / f"round_{server_round:03d}.png")
@@ -226,16 +235,30 @@ class RunRecorder:
 
     def record_assignment(self, server_round: int, clients: list[str], masks: np.ndarray) -> None:
         """Remember the assignment actually sent and redraw ``assignments.png``."""
+        from f3ocus_core.selection.diagnostics import coverage_diagnostics
+
         self.assignments.append((server_round, list(clients), np.asarray(masks, dtype=bool)))
+        self._diagnostics[server_round] = coverage_diagnostics(clients, masks, self._scored.pop(server_round, {}))
         self._plot_assignments()
 
     def record_round(self, row: dict) -> None:
-        """Append one ``metrics.jsonl`` row, redraw ``accuracy.png``, then pass the row to :attr:`listeners`."""
+        """Append one ``metrics.jsonl`` row (with the round's coverage diagnostics, if it assigned
+        layers), redraw ``accuracy.png`` and ``coverage_diagnostics.png``, then pass the row to
+        :attr:`listeners`."""
+        if row.get("round") in self._diagnostics:
+            row = {**row, "coverage_diagnostics": self._diagnostics.pop(row["round"])}
         self.rows.append(row)
         self._append("metrics.jsonl", row)
         self._plot_metric()
+        if "coverage_diagnostics" in row:
+            self._plot_coverage_diagnostics()
         for listener in self.listeners:
             listener(row)
+
+    def _plot_coverage_diagnostics(self) -> None:
+        from f3ocus_core.selection.diagnostics import plot_coverage_diagnostics
+
+        plot_coverage_diagnostics(self.rows, self.out_dir / "coverage_diagnostics.png")
 
     def _plot_assignments(self) -> None:
         import matplotlib

@@ -207,6 +207,8 @@ def grid_plan(args: argparse.Namespace) -> tuple[str, dict, list[str], list[int]
     config.update({"num-server-rounds": rounds, "min-clients": args.clients})
     args.model = config["model.name"]
     config["model.name"] = base_model(config, args.base_seed)
+    if config["model.name"] != args.model:  # the folder already holds what model.pretrain-exclude asked for
+        config["model.pretrain-exclude"] = ""
     return name, config, methods, seeds, rounds
 
 
@@ -215,12 +217,15 @@ def base_model(config: dict, seed: int) -> str:
     with ``seed`` (once, cached), so that all seeds of the grid fine-tune the same pretrained model, as
     the paper's runs all start from one pretrained checkpoint; a run with a built-in name would build
     one base per run seed."""
+    from f3ocus_core.config import parse_pretrain_exclude
     from f3ocus_core.pretrain import resolve_model_path
 
     name = str(config["model.name"])
     if not name.startswith("builtin:"):
         return name
-    return resolve_model_path(name, str(config.get("model.cache-dir", "")), int(config["model.pretrain-steps"]), seed)
+    exclude = parse_pretrain_exclude(str(config.get("model.pretrain-exclude", "")))
+    return resolve_model_path(name, str(config.get("model.cache-dir", "")), int(config["model.pretrain-steps"]), seed,
+                              exclude)
 
 
 def main(argv: list[str] | None = None) -> int:

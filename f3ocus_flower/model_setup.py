@@ -32,7 +32,7 @@ class ModelSetup:
 def model_path(settings: RunSettings) -> str:
     """The folder or hub id ``model.name`` resolves to (building the built-in checkpoint if missing)."""
     model = settings.model
-    return resolve_model_path(model.name, model.cache_dir, model.pretrain_steps, settings.seed)
+    return resolve_model_path(model.name, model.cache_dir, model.pretrain_steps, settings.seed, model.pretrain_exclude)
 
 
 def set_up_model(path: str, peft: PeftSettings, seed: int = 0) -> ModelSetup:

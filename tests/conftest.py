@@ -78,6 +78,7 @@ def no_figures(monkeypatch):
     from f3ocus_core.selection import figures
 
     for owner, name in ((RunRecorder, "_plot_metric"), (RunRecorder, "_plot_assignments"),
+                        (RunRecorder, "_plot_coverage_diagnostics"),
                         (figures, "plot_front"), (figures, "plot_coverage")):
         monkeypatch.setattr(owner, name, lambda *args, **kwargs: None)
 

@@ -1,5 +1,6 @@
 """The metrics row and log line the recorder builds from a round's record."""
 
+import numpy as np
 import pytest
 
 from f3ocus_core.recorder import RoundRecord, metrics_row, round_log_line
@@ -35,3 +36,49 @@ def test_round_zero_has_no_training_traffic():
     row = metrics_row(record, {"a": EVALUATIONS["a"]}, NAMES.get)
     assert row["mbit_train_per_client"] is None and "assignment" not in row
     assert "train - Mbit/client" in round_log_line(row, 3)
+
+
+def test_coverage_diagnostics_count_trained_layers_and_each_clients_distance_from_its_top_b():
+    from f3ocus_core.selection.diagnostics import coverage_diagnostics
+
+    assigned = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [1, 0, 0, 0, 0]], dtype=bool)
+    scores = {"a": ([0.4, 0.3, 0.2, 0.1, 0.0], 2),  # got its top-2 {0, 1}
+              "b": ([0.5, 0.1, 0.3, 0.0, 0.1], 2)}  # top-2 {0, 2}, got {2, 3}: missed 1, share 0.3 / 0.8
+    diag = coverage_diagnostics(["a", "b", "c"], assigned, scores)
+    assert diag["layers_trained"] == 4 and diag["num_layers"] == 5 and diag["untrained_layers"] == [4]
+    assert diag["missed_top_b"] == {"a": 0, "b": 1}  # c sent no usable scores: no entry
+    assert diag["importance_share"]["a"] == pytest.approx(1.0)
+    assert diag["importance_share"]["b"] == pytest.approx(0.3 / 0.8)
+    ties = coverage_diagnostics(["t"], np.array([[0, 1, 0]], bool), {"t": ([1.0, 1.0, 0.0], 1)})
+    assert ties["missed_top_b"] == {"t": 1} and ties["importance_share"]["t"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="3 scores for 5 layers"):
+        coverage_diagnostics(["a"], assigned[:1], {"a": ([0.1, 0.2, 0.3], 1)})
+
+
+def test_the_recorder_puts_the_diagnostics_into_the_rounds_row_and_draws_them(tmp_path):
+    import json
+
+    from f3ocus_core.recorder import RunRecorder
+    from f3ocus_core.selection import select, top_b_masks
+
+    scores = np.array([[0.5, 0.3, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
+    recorder = RunRecorder(tmp_path, ["l0", "l1", "l2", "l3"])
+    result = select(scores, 2, algorithm="exact", seed=0)
+    recorder.record_selection(1, ["a", "b", "c"], {"scores": scores, "budgets": [2, 2, 2], **result.as_dict()},
+                              result, top_b_masks(scores, 2))
+    fallback = np.zeros((4, 4), dtype=bool)
+    fallback[:3] = result.masks
+    fallback[3, [2, 3]] = True  # d had no usable scores: fall-back layers
+    recorder.record_assignment(1, ["a", "b", "c", "d"], fallback)
+    row = metrics_row(RoundRecord(1), EVALUATIONS, NAMES.get)
+    recorder.record_round(row)
+    written = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    diag = written["coverage_diagnostics"]
+    expected_share = [(scores[i] * result.masks[i]).sum() / np.sort(scores[i])[-2:].sum() for i in range(3)]
+    assert diag["importance_share"] == pytest.approx(dict(zip("abc", expected_share)))
+    assert set(diag["missed_top_b"]) == {"a", "b", "c"}
+    assert diag["layers_trained"] == int(fallback.any(axis=0).sum())
+    assert sum(diag["missed_top_b"].values()) > 0  # the balanced choice moves someone off its top-2
+    assert (tmp_path / "coverage_diagnostics.png").stat().st_size > 0
+    recorder.record_round(metrics_row(RoundRecord(2), EVALUATIONS, NAMES.get))  # a round without an assignment
+    assert "coverage_diagnostics" not in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])

@@ -220,3 +220,23 @@ def test_aggregate_evaluate_without_replies_writes_nothing(strategy, tmp_path):
     strategy.configure_evaluate(0, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD))
     assert strategy.aggregate_evaluate(0, [_error(1, MessageType.EVALUATE)]) is None
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_rounds_row_holds_its_coverage_diagnostics(strategy, tmp_path):
+    grid = _grid({**GOOD, 2: None})  # partition 2 fails its query: its layers are a fall-back, no diagnostics
+    strategy.round = RoundRecord(1)
+    strategy.round.assignment = assignment = strategy.assign(1, strategy.query_scores(1, state_to_record(GLOBAL), grid))
+    strategy.configure_evaluate(1, state_to_record(GLOBAL), ConfigRecord(), grid)
+    replies = [_evaluation(node, f"client/{3 - node}", "vqa", {"loss": 1.0, "accuracy": 0.5, "metric": 0.5,
+                                                                NUM_EXAMPLES: 10}) for node in (1, 2, 3)]
+    strategy.aggregate_evaluate(1, replies)
+
+    diag = json.loads((tmp_path / "metrics.jsonl").read_text())["coverage_diagnostics"]
+    assert set(diag["importance_share"]) == set(diag["missed_top_b"]) == {"client/0", "client/1"}
+    for partition, node, budget in ((0, 3, 1), (1, 2, 2)):
+        scores = np.array(GOOD[partition])
+        own = set(np.argsort(-scores, kind="stable")[:budget].tolist())
+        assert diag["missed_top_b"][f"client/{partition}"] == len(own - set(assignment[node]))
+        assert diag["importance_share"][f"client/{partition}"] == pytest.approx(
+            scores[assignment[node]].sum() / scores[list(own)].sum())
+    assert diag["layers_trained"] == len({layer for layers in assignment.values() for layer in layers})

@@ -8,10 +8,25 @@ The split, all seeded:
 2. The questions of the other training images and of all test images form the *client pool*, which
    is partitioned among the clients, IID or with a Dirichlet skew over answers.
 3. Each client splits its part 80/20 into train and test by image, so no image is in both.
+
+Every question belongs to one of four *families* (:func:`question_family`), which
+``model.pretrain-exclude`` (left out of the base's pretraining) and ``data.questions`` (which
+families a client keeps) name:
+
+============ ======================================================= =========================
+family       questions                                               share of the questions
+============ ======================================================= =========================
+``colour``   "what color is the shape?", "what is the color of ..." 13%
+``shape``    "what shape is in the image?", "what is the red shape?" 13%
+``yesno``    "is there a red shape?", "does the image contain ..."   37%
+``negation`` "is there not a circle?", "is no red shape present?",   37%
+             "does the image not contain a ..."
+============ ======================================================= =========================
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from functools import lru_cache
 
@@ -22,6 +37,7 @@ import numpy as np
 from f3ocus_core.data import ClientData
 from f3ocus_core.data.partition import dirichlet_partition, iid_partition
 from f3ocus_core.data.records import cap_dataset
+from f3ocus_core.errors import ConfigError
 
 #: Share of the training images that only the base checkpoint sees.
 BASE_SHARE = 0.25
@@ -29,6 +45,47 @@ BASE_SHARE = 0.25
 TEST_SHARE = 0.2
 #: The 13 answers, sorted: the label set of every easy-vqa client and of the base checkpoint.
 ANSWERS: list[str] = sorted(easy_vqa.get_answers())
+#: The question families, see the module docstring.
+FAMILIES: tuple[str, ...] = ("colour", "shape", "yesno", "negation")
+_SHAPES = frozenset({"circle", "rectangle", "triangle"})
+_NEGATED = re.compile(r"\bnot\b|^is no\b")
+
+
+def question_family(question: str, answer: str) -> str:
+    """The family of one easy-vqa question (one of :data:`FAMILIES`), from its answer and wording.
+
+    Yes/no questions are ``negation`` when they ask about absence ("is there not a ...", "does the
+    image not contain ...", "is no ... present"), else ``yesno``; the others are ``shape`` or
+    ``colour`` by their answer.
+    """
+    if answer in ("yes", "no"):
+        return "negation" if _NEGATED.search(question.lower()) else "yesno"
+    return "shape" if answer in _SHAPES else "colour"
+
+
+def parse_families(spec: str, key: str) -> frozenset[str]:
+    """The families a ``data.questions`` value keeps: ``all``, ``colour+shape`` (these only) or
+    ``all-negation`` (all but these); a ``ConfigError`` naming ``key`` if it names no family or an
+    unknown one."""
+    text = spec.strip().lower()
+    if text == "all":
+        return frozenset(FAMILIES)
+    dropping = text.startswith("all-")
+    names = [name.strip() for name in (text[4:].split("-") if dropping else text.split("+"))]
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        raise ConfigError(f"{key}: {spec!r}: unknown question family {unknown}; give 'all', families joined "
+                          f"by '+' (kept) or 'all-' and families joined by '-' (left out), from {list(FAMILIES)}.")
+    kept = frozenset(FAMILIES) - set(names) if dropping else frozenset(names)
+    if not kept:
+        raise ConfigError(f"{key}: {spec!r} leaves no question family.")
+    return kept
+
+
+def family_mask(dataset: datasets.Dataset, families: frozenset[str] | set[str]) -> np.ndarray:
+    """Which rows of an easy-vqa ``dataset`` ask a question of one of ``families``."""
+    return np.array([question_family(question, answers[0]) in families
+                     for question, answers in zip(dataset["question"], dataset["answers"])], dtype=bool)
 
 
 @lru_cache(maxsize=4)
@@ -67,9 +124,13 @@ def _append(target: dict[str, list], path: str, question: str, answer: str, key:
     target["image_key"].append(key)
 
 
-def base_pool(seed: int = 0) -> datasets.Dataset:
-    """The questions of the training images that no client holds (for the base checkpoint)."""
-    return _pools(seed)[0]
+def base_pool(seed: int = 0, exclude: tuple[str, ...] = ()) -> datasets.Dataset:
+    """The questions of the training images that no client holds (for the base checkpoint), without
+    the question families in ``exclude``."""
+    pool = _pools(seed)[0]
+    if not exclude:
+        return pool
+    return pool.select(np.flatnonzero(family_mask(pool, set(FAMILIES) - set(exclude))))
 
 
 def load_client(
@@ -81,12 +142,15 @@ def load_client(
     seed: int,
     max_train: int,
     max_test: int,
+    families: frozenset[str] | None = None,
 ) -> ClientData:
     """Client ``partition_id``'s part of the client pool, split 80/20 by image.
 
     The keywords are those of :class:`f3ocus_core.data.tasks.DataSettings` (``partitioning`` is
     ``"iid"`` or ``"dirichlet"`` with concentration ``alpha``; caps of 0 keep every row), passed one by
-    one so that this module does not import the task table that imports it.
+    one so that this module does not import the task table that imports it. ``families`` (``None``:
+    all) keeps only the questions of these families (:func:`question_family`), after the partition
+    and before the split and the caps, so that no other client's part changes.
     """
     pool = _pools(seed)[1]
     answers = [answers[0] for answers in pool["answers"]]
@@ -95,6 +159,8 @@ def load_client(
     else:
         parts = iid_partition(len(answers), num_partitions, seed)
     part = pool.select(parts[partition_id])
+    if families is not None and set(families) != set(FAMILIES):
+        part = part.select(np.flatnonzero(family_mask(part, families)))
     is_test = np.array([_in_test(key, seed) for key in part["image_key"]])
     train = cap_dataset(part.select(np.flatnonzero(~is_test)), max_train, seed)
     test = cap_dataset(part.select(np.flatnonzero(is_test)), max_test, seed + 1)

@@ -25,6 +25,11 @@ Tasks 1-6 fix their clients, so ``partitioning`` applies to ``easy-vqa`` only; t
 always Dirichlet label shift (their definition in the paper), with concentration ``alpha``. VQA
 clients' ``labels`` are the sorted answers of all their train and test rows (MedVQA-FL: as saved by
 the build); classification clients' ``labels`` are :data:`chest_xray.CHEST_LABELS`.
+
+Any task's clients can be made to differ as scanners do with ``shift`` (``data.shift``, a fixed
+image transform per partition, :mod:`f3ocus_core.data.shifts`), applied to the client's train and
+test images after its recipe; ``easy-vqa`` clients can also keep only some question families
+(``questions``, ``data.questions``).
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from f3ocus_core.data import ClientData
-from f3ocus_core.data.easy_vqa import load_client
+from f3ocus_core.data.easy_vqa import FAMILIES, load_client, parse_families
+from f3ocus_core.data.shifts import parse_shift, shift_client
 from f3ocus_core.errors import ConfigError
+from f3ocus_core.per_client import split_values, values_for
 
 #: The run-config key of each :class:`DataSettings` field (``seed`` is the run's seed).
 CONFIG_KEYS: dict[str, str] = {
@@ -46,6 +53,8 @@ CONFIG_KEYS: dict[str, str] = {
     "seed": "seed",
     "max_train": "data.max-train-per-client",
     "max_test": "data.max-test-per-client",
+    "shift": "data.shift",
+    "questions": "data.questions",
 }
 
 #: The values of ``data.partitioning``.
@@ -70,6 +79,12 @@ class DataSettings:
         Seed of every random split.
     max_train, max_test : int
         Cap on a client's train / test examples after partitioning (seeded subsample); 0 = no cap.
+    shift : tuple[str, ...]
+        The image shift of each partition (:mod:`f3ocus_core.data.shifts`): one value for every
+        client or one per partition id; a comma-separated string is split.
+    questions : tuple[str, ...]
+        The question families each ``easy-vqa`` partition keeps
+        (:func:`f3ocus_core.data.easy_vqa.parse_families`), one value or one per partition id.
 
     Raises :class:`~f3ocus_core.errors.ConfigError`, its message starting with the config key (see
     :data:`CONFIG_KEYS`), if a value cannot work.
@@ -82,8 +97,22 @@ class DataSettings:
     seed: int = 0
     max_train: int = 800
     max_test: int = 200
+    shift: tuple[str, ...] = ("none",)
+    questions: tuple[str, ...] = ("all",)
 
     def __post_init__(self) -> None:
+        for name in ("shift", "questions"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, split_values(value, CONFIG_KEYS[name]) if isinstance(value, str)
+                               else tuple(value))
+            if not getattr(self, name):
+                raise ConfigError(f"{CONFIG_KEYS[name]}: empty.")
+        for value in self.shift:
+            parse_shift(value, "data.shift")
+        kept = [parse_families(value, "data.questions") for value in self.questions]
+        if self.task != "easy-vqa" and any(families != set(FAMILIES) for families in kept):
+            raise ConfigError(f"data.questions: question families are easy-vqa's; task {self.task!r} takes only "
+                              "'all'.")
         if self.task not in TASKS:
             raise ConfigError(f"task: unknown task {self.task!r}; choose one of {sorted(TASKS)}.")
         if self.partitioning not in PARTITIONINGS:
@@ -214,6 +243,8 @@ def _easy_vqa(settings: DataSettings, partition_id: int, num_partitions: int) ->
         seed=settings.seed,
         max_train=settings.max_train,
         max_test=settings.max_test,
+        families=parse_families(values_for(settings.questions, num_partitions, "data.questions")[partition_id],
+                                "data.questions"),
     )
 
 
@@ -276,10 +307,14 @@ FIXED_CLIENTS: dict[str, int] = {
 
 
 def check_settings(settings: DataSettings, num_partitions: int) -> None:
-    """Raise :class:`ConfigError` naming ``task`` if ``settings.task`` cannot have ``num_partitions`` clients.
+    """Raise :class:`ConfigError` naming the key if ``settings.task`` cannot have ``num_partitions``
+    clients, or ``data.shift`` / ``data.questions`` list a number of values other than 1 or
+    ``num_partitions``.
 
     The values themselves were checked when ``settings`` was made (:meth:`DataSettings.__post_init__`).
     """
+    values_for(settings.shift, num_partitions, "data.shift")
+    values_for(settings.questions, num_partitions, "data.questions")
     fixed = FIXED_CLIENTS.get(settings.task)
     if fixed is not None and fixed != num_partitions:
         raise ConfigError(
@@ -289,8 +324,11 @@ def check_settings(settings: DataSettings, num_partitions: int) -> None:
 
 
 def load_client_data(settings: DataSettings, partition_id: int, num_partitions: int) -> ClientData:
-    """The data of client ``partition_id`` out of ``num_partitions`` for ``settings.task``."""
+    """The data of client ``partition_id`` out of ``num_partitions`` for ``settings.task``, its
+    images through its ``data.shift``."""
     check_settings(settings, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}.")
-    return TASKS[settings.task](settings, partition_id, num_partitions)
+    data = TASKS[settings.task](settings, partition_id, num_partitions)
+    shift = parse_shift(values_for(settings.shift, num_partitions, "data.shift")[partition_id])
+    return shift_client(data, shift, settings.seed, partition_id)

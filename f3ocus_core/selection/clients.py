@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from f3ocus_core.per_client import values_of
 from f3ocus_core.selection.problem import top_b_masks
 
 
@@ -23,16 +24,7 @@ def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int]) 
     client indexed by partition id (``"4,2,2,4"``: partition 1 trains 2 layers). Raises
     ``ValueError`` naming ``selection.budget`` when a per-client list has no entry for a partition id.
     """
-    budgets = [int(b) for b in budget_setting]
-    if not budgets:
-        raise ValueError("selection.budget: empty; give one number, or one per client.")
-    if len(budgets) == 1:
-        return [budgets[0]] * len(partition_ids)
-    missing = sorted({int(p) for p in partition_ids if not 0 <= int(p) < len(budgets)})
-    if missing:
-        raise ValueError(f"selection.budget: {len(budgets)} budgets given, but partition id(s) {missing} have "
-                         f"none; give one number, or one per client (partition ids 0..{len(budgets) - 1}).")
-    return [budgets[int(p)] for p in partition_ids]
+    return values_of([int(b) for b in budget_setting], partition_ids, "selection.budget", "budgets", "number")
 
 
 def check_scores(scores: np.ndarray | Sequence[float], num_layers: int, budget: int) -> np.ndarray:
