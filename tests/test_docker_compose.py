@@ -232,3 +232,22 @@ def test_compose_topology_runs_a_round_as_processes(tmp_path, small_run_config):
     result, started = run_deployment(tmp_path, [DOCKER / "compose.yml"], {}, config)
     assert_round_one(result, started, config)
     assert all(process.poll() is not None for process in started.processes.values())
+
+
+def test_docker_tests_say_why_they_cannot_run(monkeypatch, tmp_path):
+    """tests/test_docker_engine.py skips with these reasons: no CLI, no engine and no dockerd, not root."""
+    from tests import docker_engine
+
+    monkeypatch.setattr(docker_engine.shutil, "which", lambda name: None)
+    with pytest.raises(docker_engine.Unavailable, match="no `docker` CLI"), docker_engine.engine(tmp_path):
+        pass
+    monkeypatch.setattr(docker_engine.shutil, "which", lambda name: "/bin/false" if name == "docker" else None)
+    monkeypatch.setattr(docker_engine, "Path", lambda p: tmp_path / "absent")
+    with pytest.raises(docker_engine.Unavailable, match="no `dockerd` to start"), docker_engine.engine(tmp_path):
+        pass
+    monkeypatch.setattr(docker_engine.shutil, "which", lambda name: "/bin/false")
+    monkeypatch.setattr(docker_engine.os, "geteuid", lambda: 1000)
+    with pytest.raises(docker_engine.Unavailable, match="needs root"), docker_engine.engine(tmp_path):
+        pass
+    with pytest.raises(docker_engine.Unavailable, match="no Compose v2"):
+        docker_engine.compose_command("/bin/false")
