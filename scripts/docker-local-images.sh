@@ -64,8 +64,15 @@ fi
 # 2. A Debian 12 root file system with Python 3.11 (what flwr/superexec's Ubuntu base gives).
 if [ -n "${F3OCUS_REBUILD_BASE:-}" ] || ! docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; then
   rootfs="$(mktemp -d /var/tmp/f3ocus-rootfs.XXXXXX)"
-  debootstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates,libsqlite3-0 \
-    bookworm "$rootfs" "$MIRROR" >/dev/null
+  # python3-distutils provides python3.11-distutils, which python3.11-venv needs: debootstrap does
+  # not resolve such virtual packages itself.
+  if ! debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-distutils,ca-certificates,libsqlite3-0 \
+      bookworm "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1; then
+    tail -n 30 "$rootfs.log" "$rootfs/debootstrap/debootstrap.log" >&2 || true
+    rm -rf "$rootfs" "$rootfs.log"
+    exit 1
+  fi
+  rm -f "$rootfs.log"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | docker import - "$ROOTFS_IMAGE" >/dev/null
   rm -rf "$rootfs"
