@@ -27,8 +27,8 @@ def sample_clients(candidates: Sequence[T], per_round: int, seed: int, server_ro
     Parameters
     ----------
     candidates : Sequence
-        The connected clients, in a stable order (e.g. by partition id): the same order, seed and
-        round give the same sample, so a resumed run samples as the uninterrupted one did.
+        The connected clients, in a stable order (the strategy sorts them by partition id once
+        it knows them, by node id before): the same order, seed and round give the same sample.
     per_round : int
         How many to take; ``0`` (or at least ``len(candidates)``) takes them all.
     seed, server_round : int
