@@ -83,6 +83,7 @@ class RunSettings:
     device: str = "auto"
     resume: str = ""
     control: str = ""
+    clients_per_round: int = 0
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def as_dict(self) -> dict:
@@ -183,6 +184,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         seed=r.get("seed", int, defaults.seed),
         min_clients=r.positive("min-clients", int, defaults.min_clients),
         round_timeout=r.positive("round-timeout", float, defaults.round_timeout),
+        clients_per_round=r.positive("clients-per-round", int, defaults.clients_per_round, allow_zero=True),
         model=ModelSettings(
             name=r.get("model.name", str, ModelSettings.name),
             cache_dir=r.get("model.cache-dir", str, ModelSettings.cache_dir),

@@ -37,6 +37,7 @@ from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
 from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
+from f3ocus_core.sampling import sample_clients
 from f3ocus_core.selection import client_budgets, fallback_assignment, select, top_b_masks
 from f3ocus_flower.protocol import (
     ARRAYS,
@@ -158,9 +159,12 @@ class F3ocusStrategy(Strategy):
         return messages
 
     def query_scores(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> list[Message]:
-        """Send the global units to every client as ``query``; return the replies that passed
-        :func:`~f3ocus_flower.replies.screen` and name their client (the others sit this round out)."""
-        nodes = self._wait_for_nodes(grid)
+        """Send the global units to this round's clients as ``query`` (all connected clients, or a
+        sample of ``clients-per-round`` of them, :func:`~f3ocus_core.sampling.sample_clients`); return
+        the replies that passed :func:`~f3ocus_flower.replies.screen` and name their client (the
+        others sit this round out)."""
+        nodes = sample_clients(sorted(self._wait_for_nodes(grid), key=self._partition_order),
+                               self.settings.clients_per_round, self.settings.seed, server_round)
         started = time.perf_counter()
         messages = [self._message(MessageType.QUERY, node, self._model_of(node, arrays), round_config(server_round))
                     for node in nodes]

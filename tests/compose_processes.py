@@ -1,12 +1,12 @@
 """Docker Compose files as plain processes on loopback, for tests that run without a Docker engine.
 
-The services' ``entrypoint``, ``command``, ``environment`` and ``volumes`` are read from the Compose
+The services' ``entrypoint``, ``command``, ``environment``, ``volumes`` and ``secrets`` are read from the Compose
 files themselves (overlays merged the way Compose merges them for these keys), so a test of the
 processes is a test of the files. Translation: a service name in ``host:port`` becomes 127.0.0.1
 with a free port of its own per (service, port); ``--host 0.0.0.0`` becomes 127.0.0.1; ``--port N``
 of a service becomes that service's free port for N; a path under a volume's container target
 becomes the same path under a host folder (a temporary one for named volumes, the bind source for
-bind mounts).
+bind mounts, the file of a file secret).
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def load_compose(paths: list[Path]) -> dict:
     """The Compose files merged in order: later files replace a service's keys, except ``volumes``
     (joined, a later entry replacing one with the same container target) and ``environment``
     (merged by name), which is what Compose does for the keys these tests read."""
-    merged: dict = {"services": {}, "volumes": {}}
+    merged: dict = {"services": {}, "volumes": {}, "secrets": {}}
     for path in paths:
         document = yaml.safe_load(path.read_text())
         merged["volumes"].update(document.get("volumes") or {})
+        merged["secrets"].update(document.get("secrets") or {})
         for name, service in (document.get("services") or {}).items():
             target = merged["services"].setdefault(name, {})
             for key, value in service.items():
@@ -86,7 +87,8 @@ class Topology:
         return self.ports.setdefault((service, container_port), free_port())
 
     def mounts(self, service: str) -> list[tuple[str, Path]]:
-        """(container path, host path) of each of the service's volumes, longest first."""
+        """(container path, host path) of each of the service's volumes and file secrets (mounted at
+        ``/run/secrets/<name>`` unless a target says otherwise), longest first."""
         pairs = []
         for volume in self.compose["services"][service].get("volumes", []):
             if isinstance(volume, dict):
@@ -101,6 +103,11 @@ class Topology:
                 host = self.work_dir / "volumes" / source
                 host.mkdir(parents=True, exist_ok=True)
             pairs.append((target, host))
+        for secret in self.compose["services"][service].get("secrets", []):
+            name, target = (secret["source"], secret.get("target")) if isinstance(secret, dict) else (secret, None)
+            target = target if target and target.startswith("/") else f"/run/secrets/{target or name}"
+            source = interpolate(self.compose["secrets"][name]["file"], self.env)
+            pairs.append((target, (self.compose_dir / source).resolve()))
         return sorted(pairs, key=lambda pair: -len(pair[0]))
 
     def executors_of(self, service: str) -> list[str]:
