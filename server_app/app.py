@@ -81,5 +81,6 @@ def main(grid: Grid, context: Context) -> None:
     set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
     save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft, units)
     first, last = recorder.rows[0], recorder.rows[-1]
-    log(INFO, "F3OCUS finished: %s %.4f at round 0 -> %.4f at round %d. Outputs: %s",
-        last["metric_name"], first["metric"], last["metric"], last["round"], out_dir)
+    shown = [("-" if row["metric"] is None else f"{row['metric']:.4f}") for row in (first, last)]
+    log(INFO, "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s",
+        last["metric_name"] or first["metric_name"], shown[0], first["round"], shown[1], last["round"], out_dir)
