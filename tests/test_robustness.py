@@ -317,3 +317,63 @@ def test_unexpected_records_in_query_and_evaluate_replies_are_rejected(tmp_path)
 
     attacked = run(tmp_path, make_settings(), {**HANDLERS, **{p: tampered(p, extra)[p] for p in (QUERY, EVALUATE)}})
     assert sorted(rejected(attacked, "records")) == [(1, EVALUATE, NAME), (1, QUERY, NAME)]
+
+
+# ---------------------------------------------------------------- the bounded-influence units
+
+def test_capped_shares_water_fill_below_the_cap():
+    from f3ocus_core.aggregation import capped_shares
+
+    np.testing.assert_allclose(capped_shares([10**9, 8, 24], 0.5), [0.5, 0.125, 0.375])
+    np.testing.assert_allclose(capped_shares([8, 16, 24], 0.5), [8 / 48, 16 / 48, 24 / 48])  # honest: unchanged
+    np.testing.assert_allclose(capped_shares([100, 100, 1, 1], 0.3), [0.3, 0.3, 0.2, 0.2])
+    np.testing.assert_allclose(capped_shares([5, 1], 0.4), [0.5, 0.5])  # a cap below 1/k: equal shares
+    assert capped_shares([7], 0.1).tolist() == [1.0]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        weights, cap = rng.integers(1, 10**9, size=rng.integers(1, 8)), rng.uniform(0.05, 1.0)
+        shares = capped_shares(weights, cap)
+        assert abs(shares.sum() - 1) < 1e-12 and np.all(shares <= max(cap, 1 / len(weights)) + 1e-12)
+
+
+def test_robust_statistics_ignore_one_outlier():
+    from f3ocus_core.aggregation import robust_mean
+
+    values = np.array([[1.0, 2.0], [1.2, 2.2], [1e30, -1e30], [0.8, 1.8]])
+    np.testing.assert_allclose(robust_mean(values, "median"), [1.1, 1.9])
+    np.testing.assert_allclose(robust_mean(values, "trimmed-mean"), [1.1, 1.9])
+    five = np.array([[1.0], [2.0], [3.0], [4.0], [1e30]])
+    assert robust_mean(five, "trimmed-mean").tolist() == [3.0] and robust_mean(five, "median").tolist() == [3.0]
+
+
+def test_bound_update_clips_each_layer_relative_to_what_was_sent():
+    from f3ocus_core.aggregation import PartialUpdate, bound_update
+
+    sent = {"a": np.full(4, 1.0, np.float32), "b": np.zeros(2, np.float32), "c": np.ones(3, np.float32)}
+    update = PartialUpdate("x", {"a": np.full(4, 101.0, np.float32), "b": np.zeros(2, np.float32),
+                                 "c": np.full(3, 1.5, np.float32)}, 8)
+    clipped, ratios = bound_update(update, sent, [("a", "b"), ("c",)], 2.0)
+    assert list(ratios) == [0] and ratios[0] == pytest.approx(100.0)
+    assert np.linalg.norm(clipped.state["a"] - sent["a"]) == pytest.approx(2.0 * 2.0, rel=1e-6)
+    assert clipped.state["c"] is update.state["c"]  # within the bound: untouched
+    same, none = bound_update(PartialUpdate("y", {"c": np.full(3, 1.5, np.float32)}, 8), sent, [("c",)], 2.0)
+    assert none == {} and same.state["c"].tolist() == [1.5] * 3
+
+
+def test_a_median_keeps_the_honest_majority_against_one_attacker(tmp_path):
+    settings = make_settings(**{"selection.budget": "3", "aggregation.max-update-norm": 0.0,
+                                "aggregation.max-client-share": 1.0, "aggregation.robust": "median"})
+    attacked = run(tmp_path / "a", settings, _takeover_handlers())
+    honest = run(tmp_path / "h", settings)
+    shift = max(float(np.max(np.abs(attacked.strategy.global_state[k] - honest.strategy.global_state[k])))
+                for k in GLOBAL)
+    assert shift < 1.0  # the attacker's +1000 does not get in; the median moves within the honest spread
+
+
+@pytest.mark.parametrize("key,value", [("aggregation.max-update-norm", -1.0), ("aggregation.max-update-norm",
+                                                                              float("nan")),
+                                       ("aggregation.max-client-share", 0.0), ("aggregation.max-client-share", 1.5),
+                                       ("aggregation.robust", "mean")])
+def test_bad_bounded_influence_settings_stop_the_run_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_settings(**{key: value})
