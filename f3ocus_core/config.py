@@ -85,7 +85,7 @@ class RunSettings:
     eval_batch_size: int = 64
     eval_answer_mode: str = "rank"
     aggregation_lora: str = "product"
-    aggregation_max_update_norm: float = 4.0
+    aggregation_max_update_norm: float = 2.0
     aggregation_max_client_share: float = 0.5
     aggregation_robust: str = ""
     device: str = "auto"
