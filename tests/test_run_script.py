@@ -31,3 +31,13 @@ def test_a_refused_resume_makes_the_script_fail_with_the_reason(tmp_path, small_
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert last.startswith("f3ocus: FAILED: run ") and "finished:failed" in last, last
     assert "resume: no checkpoint" in last, last
+
+
+@pytest.mark.slow
+def test_a_run_in_which_every_client_fails_makes_the_script_fail(tmp_path, small_run_config):
+    config = {key: small_run_config[key] for key in ("output-dir", "model.cache-dir", "model.pretrain-steps")}
+    config.update({"task": "task3-medvqa-fl", "data.path": str(tmp_path / "no-such-data"), "round-timeout": 120.0})
+    result = run_script(tmp_path, config)
+    last = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "finished:failed" in last and "No client could evaluate the starting model" in last, last
