@@ -377,3 +377,24 @@ def test_a_median_keeps_the_honest_majority_against_one_attacker(tmp_path):
 def test_bad_bounded_influence_settings_stop_the_run_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
         make_settings(**{key: value})
+
+
+def test_the_magnitude_bound_holds_for_float64_and_float16_units_too():
+    """Units stored in float64 (the dtype the server computes in) or float16: the largest values
+    that pass still average, and LoRA-product-average, to finite values of that dtype."""
+    from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, check_magnitude, magnitude_limit
+
+    for dtype in (np.float64, np.float16, np.float32):
+        limit = magnitude_limit(np.dtype(dtype))
+        start = {"m.lora_A.default.weight": np.ones((2, 4), dtype), "m.lora_B.default.weight": np.ones((4, 2), dtype)}
+        edge = {key: np.full(value.shape, limit / np.sqrt(value.size) * 0.999, dtype) for key, value in start.items()}
+        flipped = {key: -value for key, value in edge.items()}
+        updates = [PartialUpdate("a", edge, 10**9), PartialUpdate("b", flipped, 1), PartialUpdate("c", edge, 7)]
+        for update in updates:
+            check_magnitude(update)  # passes
+        for lora in ("product", "separate"):
+            new = aggregate_layers(start, updates, lora=lora)
+            assert all(np.all(np.isfinite(v)) and v.dtype == dtype for v in new.values()), (dtype, lora)
+        over = {key: value * dtype(1.01) if dtype != np.float64 else value * 1e10 for key, value in edge.items()}
+        with pytest.raises(ValueError, match="could overflow"):
+            check_magnitude(PartialUpdate("d", over, 1))
