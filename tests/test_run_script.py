@@ -41,3 +41,14 @@ def test_a_run_in_which_every_client_fails_makes_the_script_fail(tmp_path, small
     last = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "finished:failed" in last and "No client could evaluate the starting model" in last, last
+
+
+@pytest.mark.slow
+def test_a_completed_run_exits_0(tmp_path, small_run_config):
+    keys = ("output-dir", "model.cache-dir", "model.pretrain-steps", "run-name", "data.max-train-per-client",
+            "data.max-test-per-client", "train.batch-size")
+    config = {key: small_run_config[key] for key in keys}
+    config["num-server-rounds"] = 1
+    result = run_script(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].endswith("finished:completed.")
