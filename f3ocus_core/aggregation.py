@@ -28,6 +28,7 @@ trained by a single client is that client's factors under both schemes.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ import numpy as np
 
 #: The values of ``aggregation.lora``.
 LORA_SCHEMES = ("product", "separate")
+#: The values of ``aggregation.robust``: the mean (empty), or a coordinate-wise robust statistic.
+ROBUST_SCHEMES = ("", "median", "trimmed-mean")
+#: A robust statistic is used for a parameter only when at least this many clients trained it.
+ROBUST_MIN_CLIENTS = 3
+#: ``trimmed-mean`` drops this fraction of the clients at each end of every coordinate (at least one).
+TRIM_FRACTION = 0.2
+_log = logging.getLogger(__name__)
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<rest>.+)$")
 
 
@@ -84,48 +92,156 @@ def validate_update(
 
 
 def aggregate_layers(
-    global_state: Mapping[str, np.ndarray], updates: list[PartialUpdate], lora: str = "product"
+    global_state: Mapping[str, np.ndarray], updates: list[PartialUpdate], lora: str = "product",
+    max_share: float = 1.0, robust: str = "",
 ) -> dict[str, np.ndarray]:
     """The new global state: per parameter, the example-weighted mean of the updates that hold it;
     with ``lora="product"``, each LoRA module trained by two or more clients instead gets the
     rank-r factors of the mean of its products (:func:`lora_product_mean`).
 
+    ``max_share`` caps one client's share of a parameter's weight (:func:`capped_shares`; 1 = no
+    cap). ``robust`` (``"median"`` or ``"trimmed-mean"``, :data:`ROBUST_SCHEMES`) replaces the mean
+    by that coordinate-wise, unweighted statistic for every parameter held by at least
+    :data:`ROBUST_MIN_CLIENTS` updates (LoRA factors then each on their own, as under ``separate``).
+
     Parameters not in any update are the very arrays of ``global_state`` (unchanged); a module
     trained by one client keeps that client's factors bit for bit under both schemes. Validate each
-    update with :func:`validate_update` first; this function trusts its input.
+    update with :func:`validate_update` and :func:`check_magnitude` first; this function trusts its
+    input. Under that bound every result is finite in its dtype; a parameter that still came out
+    NaN or inf would keep its old value (never seen; the guard keeps the promise unconditional).
 
     Raises
     ------
     ValueError
-        Naming ``aggregation.lora`` for an unknown scheme; if a client sent one factor of a LoRA
-        module without the other.
+        Naming ``aggregation.lora`` / ``aggregation.robust`` for an unknown scheme; if a client
+        sent one factor of a LoRA module without the other.
     """
     if lora not in LORA_SCHEMES:
         raise ValueError(f"aggregation.lora: unknown value {lora!r}; choose one of {list(LORA_SCHEMES)}.")
-    totals: dict[str, np.ndarray] = {}
-    weights: dict[str, float] = {}
+    if robust not in ROBUST_SCHEMES:
+        raise ValueError(f"aggregation.robust: unknown value {robust!r}; choose one of {list(ROBUST_SCHEMES)}.")
+    holders: dict[str, list[PartialUpdate]] = {}
     for update in updates:
-        for key, value in update.state.items():
-            contribution = value.astype(np.float64) * update.num_examples
-            totals[key] = totals[key] + contribution if key in totals else contribution
-            weights[key] = weights.get(key, 0.0) + update.num_examples
+        for key in update.state:
+            holders.setdefault(key, []).append(update)
+    robust_keys = {key for key, held in holders.items() if robust and len(held) >= ROBUST_MIN_CLIENTS}
     new_state = dict(global_state)
-    for key, total in totals.items():
-        new_state[key] = (total / weights[key]).astype(global_state[key].dtype)
+    for key, held in holders.items():
+        values = [update.state[key].astype(np.float64) for update in held]
+        if key in robust_keys:
+            value = robust_mean(np.stack(values), robust)
+        else:
+            shares = capped_shares([update.num_examples for update in held], max_share)
+            value = sum(share * v for share, v in zip(shares, values))
+        new_state[key] = np.asarray(value).astype(global_state[key].dtype)
     if lora == "product":
-        for a_key, b_key in lora_pairs(totals).items():
-            holders = [update for update in updates if a_key in update.state]
+        for a_key, b_key in lora_pairs(holders).items():
             if any((a_key in update.state) != (b_key in update.state) for update in updates):
                 raise ValueError(f"A client sent only one of the LoRA factors {a_key!r} and {b_key!r}.")
-            if len(holders) < 2:
+            held = holders[a_key]
+            if len(held) < 2 or a_key in robust_keys:
                 continue
             b_new, a_new, _ = lora_product_mean(
-                [(update.state[b_key], update.state[a_key]) for update in holders],
-                [update.num_examples for update in holders],
+                [(update.state[b_key], update.state[a_key]) for update in held],
+                capped_shares([update.num_examples for update in held], max_share).tolist(),
             )
             new_state[b_key] = b_new.reshape(global_state[b_key].shape).astype(global_state[b_key].dtype)
             new_state[a_key] = a_new.reshape(global_state[a_key].shape).astype(global_state[a_key].dtype)
+    for key in holders:
+        if not np.all(np.isfinite(new_state[key])):
+            _log.warning("The average of %r is not finite in %s; it keeps its value.", key, global_state[key].dtype)
+            new_state[key] = global_state[key]
     return new_state
+
+
+def capped_shares(weights: list[float] | np.ndarray, max_share: float = 1.0) -> np.ndarray:
+    """Each client's share of an average, proportional to ``weights`` but none above ``max_share``.
+
+    Shares above the cap are set to it and the rest is shared among the others in proportion to
+    their weights, repeated until no share exceeds the cap (water-filling: the closest shares to
+    proportional under the cap). A cap below ``1/k`` cannot hold for ``k`` clients; they then get
+    ``1/k`` each. One client alone always has share 1.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    count = len(weights)
+    if max_share * count <= 1.0:
+        return np.full(count, 1.0 / count)
+    shares = weights / weights.sum()
+    capped = np.zeros(count, dtype=bool)
+    while True:
+        over = (shares > max_share) & ~capped
+        if not over.any():
+            return shares
+        capped |= over
+        free = 1.0 - max_share * capped.sum()
+        rest = weights * ~capped
+        shares = np.where(capped, max_share, free * rest / rest.sum())
+
+
+def robust_mean(values: np.ndarray, scheme: str) -> np.ndarray:
+    """The coordinate-wise ``median`` or ``trimmed-mean`` of ``values`` (clients on axis 0), unweighted.
+
+    ``trimmed-mean`` drops the ``max(1, floor(TRIM_FRACTION * k))`` smallest and as many largest
+    values of each coordinate over the ``k`` clients and averages the rest.
+    """
+    if scheme == "median":
+        return np.median(values, axis=0)
+    cut = max(1, int(TRIM_FRACTION * len(values)))
+    return np.sort(values, axis=0)[cut:len(values) - cut].mean(axis=0)
+
+
+def magnitude_limit(dtype: np.dtype) -> float:
+    """The largest Frobenius norm a unit of ``dtype`` may have so that every average of such units,
+    every LoRA product mean and its factors stay finite in ``dtype`` and in the float64 the server
+    computes in: half the dtype's largest value, at most 1e150 (whose square, times any weight, is
+    still finite in float64)."""
+    return min(float(np.finfo(dtype).max) / 2, 1e150) if np.issubdtype(dtype, np.floating) else float("inf")
+
+
+def check_magnitude(update: PartialUpdate) -> None:
+    """Raise ``ValueError`` if a unit of ``update`` is finite but so large that an average of it
+    could overflow (:func:`magnitude_limit`).
+
+    Why it suffices: a weighted mean of units of norm <= L has norm <= L; for a LoRA module,
+    ``||B_k A_k||_* <= ||B_k||_F ||A_k||_F <= L^2``, so the product mean's factors, whose squared
+    norms are its nuclear norm, have norm <= L.
+    """
+    for key, value in update.state.items():
+        with np.errstate(over="ignore"):
+            norm = float(np.linalg.norm(value.astype(np.float64)))
+        limit = magnitude_limit(value.dtype)
+        if not norm <= limit:
+            raise ValueError(f"Client {update.client} sent {key!r} with norm {norm:.3g}, above {limit:.3g}: "
+                             "its average could overflow.")
+
+
+def bound_update(update: PartialUpdate, sent: Mapping[str, np.ndarray], layers: Iterable[Iterable[str]],
+                 max_norm: float) -> tuple[PartialUpdate, dict[int, float]]:
+    """``update`` with each layer's change clipped to ``max_norm`` times the norm of the units it was sent.
+
+    ``layers`` are the unit keys of every layer (a :class:`~f3ocus_core.peft_units.UnitMap`'s
+    ``names``); ``sent`` the units the client started from. For each layer the update holds, the
+    change ``u - sent`` over all its units is scaled by ``min(1, max_norm * ||sent|| / ||u - sent||)``
+    (a layer whose units are all zero is not bounded). Returns the update (the same object if
+    nothing was clipped) and, per clipped layer index, the ratio ``||u - sent|| / ||sent||`` it had.
+    """
+    state = dict(update.state)
+    clipped: dict[int, float] = {}
+    for index, keys in enumerate(layers):
+        keys = [key for key in keys if key in state]
+        if not keys:
+            continue
+        deltas = {key: state[key].astype(np.float64) - sent[key].astype(np.float64) for key in keys}
+        change = float(np.sqrt(sum(np.sum(delta**2) for delta in deltas.values())))
+        base = float(np.sqrt(sum(np.sum(sent[key].astype(np.float64) ** 2) for key in keys)))
+        if base > 0 and change > max_norm * base:
+            scale = max_norm * base / change
+            for key in keys:
+                state[key] = (sent[key].astype(np.float64) + scale * deltas[key]).astype(sent[key].dtype)
+            clipped[index] = change / base
+    if not clipped:
+        return update, clipped
+    return PartialUpdate(update.client, state, update.num_examples), clipped
 
 
 def lora_pairs(keys: Iterable[str]) -> dict[str, str]:

@@ -163,17 +163,27 @@ def load_checkpoint(run_folder: str | Path) -> Checkpoint:
     Raises
     ------
     ConfigError
-        If the folder holds no checkpoint or one this version cannot read (naming ``resume``).
+        If the folder holds no checkpoint, a damaged one (not a zip, truncated, keys or metadata
+        missing) or one this version cannot read, naming ``resume`` and the file.
     """
     path = checkpoint_path(run_folder)
     if not path.is_file():
         raise ConfigError(f"resume: no checkpoint at {path}; give the folder of a run that completed at least "
                           "its round-0 evaluation (it holds checkpoint/state.npz), or leave resume empty.")
-    arrays = read_npz(path)
-    meta = json.loads(arrays.pop(_META).tobytes().decode())
-    if meta.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"resume: {path} has checkpoint format {meta.get('version')}, this version reads "
+    try:
+        arrays = read_npz(path)
+        meta = json.loads(arrays.pop(_META).tobytes().decode())
+        version = meta.get("version")
+        if version == FORMAT_VERSION:
+            torch_rng = arrays.pop(_TORCH_RNG)
+            units = {key[len(_UNIT_PREFIX):]: value for key, value in arrays.items() if key.startswith(_UNIT_PREFIX)}
+            checkpoint = Checkpoint(int(meta["round"]), units, meta["strategy"], meta["fingerprint"], meta["rng"],
+                                    torch_rng)
+    except Exception as error:  # a damaged file: whatever zipfile, np.load or json raise
+        raise ConfigError(f"resume: the checkpoint {path} cannot be read ({type(error).__name__}: {error}); the "
+                          "file is damaged or truncated. Restore it from a backup, or start a new run without "
+                          "resume.") from None
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"resume: {path} has checkpoint format {version}, this version reads "
                           f"{FORMAT_VERSION}; start a new run without resume.")
-    torch_rng = arrays.pop(_TORCH_RNG)
-    units = {key[len(_UNIT_PREFIX):]: value for key, value in arrays.items() if key.startswith(_UNIT_PREFIX)}
-    return Checkpoint(int(meta["round"]), units, meta["strategy"], meta["fingerprint"], meta["rng"], torch_rng)
+    return checkpoint

@@ -8,10 +8,11 @@ Keys live in ``[tool.flwr.app.config]`` of ``pyproject.toml`` and can be overrid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from f3ocus_core.aggregation import LORA_SCHEMES
+from f3ocus_core.aggregation import LORA_SCHEMES, ROBUST_SCHEMES
 from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
@@ -80,6 +81,9 @@ class RunSettings:
     eval_batch_size: int = 64
     eval_answer_mode: str = "rank"
     aggregation_lora: str = "product"
+    aggregation_max_update_norm: float = 2.0
+    aggregation_max_client_share: float = 0.5
+    aggregation_robust: str = ""
     device: str = "auto"
     resume: str = ""
     control: str = ""
@@ -240,6 +244,11 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
         eval_answer_mode=r.choice("eval.answer-mode", defaults.eval_answer_mode, ANSWER_MODES),
         aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
+        aggregation_max_update_norm=r.positive("aggregation.max-update-norm", float,
+                                               defaults.aggregation_max_update_norm, allow_zero=True),
+        aggregation_max_client_share=r.positive("aggregation.max-client-share", float,
+                                                defaults.aggregation_max_client_share),
+        aggregation_robust=r.choice("aggregation.robust", defaults.aggregation_robust, ROBUST_SCHEMES),
         device=r.get("device", str, defaults.device),
         resume=r.get("resume", str, defaults.resume),
         control=r.choice("control", defaults.control, CONTROLS),
@@ -264,6 +273,12 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
     if settings.control == "local-only" and settings.resume:
         raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
                           "so it cannot resume; start the run again, or set control=''.")
+    if not math.isfinite(settings.aggregation_max_update_norm):
+        raise ConfigError(f"aggregation.max-update-norm: a finite number >= 0 (0 = no bound), "
+                          f"got {settings.aggregation_max_update_norm}.")
+    if not settings.aggregation_max_client_share <= 1.0:
+        raise ConfigError(f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
+                          f"got {settings.aggregation_max_client_share}.")
     if any(b < 1 for b in settings.selection.budget):
         raise ConfigError(f"selection.budget: every budget must be >= 1, got {list(settings.selection.budget)}.")
     return settings

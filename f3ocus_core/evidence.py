@@ -127,9 +127,12 @@ def cell_result(method: str, seed: int, folder: str | Path) -> CellResult:
     trained = [row for row in rows if row["round"] > 0]
     if not trained:
         raise ValueError(f"{folder}: no round after round 0 in metrics.jsonl; the run did not finish a round.")
-    return CellResult(method, seed, str(folder), rows[-1]["metric_name"], [float(row["metric"]) for row in rows],
+    # A round no client evaluated has no metric (null in its row): NaN here.
+    number = lambda value: float("nan") if value is None else float(value)  # noqa: E731
+    name = next((row["metric_name"] for row in reversed(rows) if row["metric_name"]), "")
+    return CellResult(method, seed, str(folder), name, [number(row["metric"]) for row in rows],
                       float(np.mean([upload_mbit_per_client(row) for row in trained])),
-                      float(np.mean([row["seconds_round"] for row in trained])), float(rows[-1]["loss"]))
+                      float(np.mean([row["seconds_round"] for row in trained])), number(rows[-1]["loss"]))
 
 
 def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 10_000,

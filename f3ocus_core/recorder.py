@@ -23,6 +23,7 @@ an interrupted round had already written, so no round appears twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from f3ocus_core.aggregation import capped_shares
 from f3ocus_core.checkpoint import atomic_file
 
 PHASES = ("query", "train", "evaluate")
@@ -78,7 +80,8 @@ class RoundRecord:
         self.failed.append({"phase": phase, "client": client, "reason": reason})
 
 
-def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], name_of: Callable[[int], str]) -> dict:
+def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], name_of: Callable[[int], str],
+                max_share: float = 1.0) -> dict:
     """The round's ``metrics.jsonl`` row.
 
     Parameters
@@ -91,7 +94,10 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
         The client name of a node id.
 
     The task metric is ``metric`` (named by ``metric_name``: ``accuracy``, ``f1`` or ``accuracy/f1``
-    when the clients' tasks differ), example-weighted over the clients that evaluated.
+    when the clients' tasks differ), example-weighted over the clients that evaluated, no client's
+    share above ``max_share`` (``aggregation.max-client-share``,
+    :func:`~f3ocus_core.aggregation.capped_shares`); None when no client evaluated (the row still
+    keeps the round's assignment and failures).
     ``mbit_train_per_client`` is what training moves per client: the mean, over the clients sent a
     ``train`` message, of (bytes of units sent to it + bytes of its accepted update) x 8 / 1e6.
     ``trainable_params`` and ``train_gflop`` are, per client whose update was accepted, the
@@ -100,8 +106,10 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
     """
 
     def weighted(key: str, clients: list[str]) -> float | None:
-        total = sum(evaluations[c]["num-examples"] for c in clients)
-        return sum(evaluations[c][key] * evaluations[c]["num-examples"] for c in clients) / total if clients else None
+        if not clients:
+            return None
+        shares = capped_shares([evaluations[c]["num-examples"] for c in clients], max_share)
+        return float(sum(evaluations[c][key] * share for c, share in zip(clients, shares)))
 
     def by_name(per_node: dict[int, int]) -> dict[str, int]:
         return {name_of(node): int(value) for node, value in sorted(per_node.items())}
@@ -148,8 +156,9 @@ def round_log_line(row: dict, num_rounds: int) -> str:
     up = sum(row["bytes_up"].values()) / 1e6
     down = {phase: sum(row["bytes_down"][phase].values()) / 1e6 for phase in PHASES}
     mbit = row["mbit_train_per_client"]
+    metric, loss = (("-" if row[key] is None else f"{row[key]:.4f}") for key in ("metric", "loss"))
     return (
-        f"Round {row['round']}/{num_rounds}: {row['metric_name']} {row['metric']:.4f}, loss {row['loss']:.4f} | "
+        f"Round {row['round']}/{num_rounds}: {row['metric_name'] or 'metric'} {metric}, loss {loss} | "
         f"up {up:.3f} MB, down {sum(down.values()):.3f} MB (query {down['query']:.3f}, train {down['train']:.3f}, "
         f"evaluate {down['evaluate']:.3f}) | train {'-' if mbit is None else f'{mbit:.3f}'} Mbit/client | "
         f"{row['seconds_round']:.1f} s (query {row['seconds_query']:.1f}, select {row['seconds_select']:.2f}, "
@@ -213,7 +222,9 @@ class RunRecorder:
 
     def save_labels(self, client: str, kind: str, labels: list[str]) -> None:
         """Save one client's label set (once per client)."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", client)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", client).lstrip(".")
+        if len(safe) > 80 or safe != client.replace("/", "_"):  # long or altered: a hash keeps names apart
+            safe = f"{safe[:80]}-{hashlib.sha256(client.encode()).hexdigest()[:12]}"
         path = self.out_dir / "labels" / f"{safe}.json"
         if not path.exists():
             self.write_json(f"labels/{safe}.json", {"client": client, "kind": kind, "labels": labels})
@@ -291,8 +302,8 @@ class RunRecorder:
         for name in clients:
             values = [row.get("metric_per_client", {}).get(name, np.nan) for row in self.rows]
             ax.plot(rounds, values, lw=0.8, alpha=0.5, marker=".", label=name)
-        ax.plot(rounds, [row.get("metric", np.nan) for row in self.rows], color="black", lw=2, marker="o",
-                label="all (weighted)")
+        overall = [np.nan if row.get("metric") is None else row["metric"] for row in self.rows]
+        ax.plot(rounds, overall, color="black", lw=2, marker="o", label="all (weighted)")
         ax.set_xlabel("round (0 = starting model)")
         ax.set_ylabel(self.rows[-1].get("metric_name") or "accuracy / F1")
         ax.set_xticks(rounds)

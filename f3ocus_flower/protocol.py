@@ -45,6 +45,11 @@ METRIC = "metric"
 NORMALIZED = "scores"
 RAW = "raw"
 
+# The records each reply carries (the server rejects any other).
+QUERY_REPLY_RECORDS = (SCORES, CLIENT)
+TRAIN_REPLY_RECORDS = (ARRAYS, METRICS, CLIENT)
+EVALUATE_REPLY_RECORDS = (METRICS, CLIENT)
+
 
 def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
     """A ``{parameter name: array}`` dict as an ``ArrayRecord`` (what travels)."""

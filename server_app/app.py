@@ -89,5 +89,6 @@ def main(grid: Grid, context: Context) -> None:
                      units)
         tracking.log_artifacts(final_artifacts(out_dir))
     first, last = recorder.rows[0], recorder.rows[-1]
-    log(INFO, "F3OCUS finished: %s %.4f at round 0 -> %.4f at round %d. Outputs: %s",
-        last["metric_name"], first["metric"], last["metric"], last["round"], out_dir)
+    shown = [("-" if row["metric"] is None else f"{row['metric']:.4f}") for row in (first, last)]
+    log(INFO, "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s",
+        last["metric_name"] or first["metric_name"], shown[0], first["round"], shown[1], last["round"], out_dir)

@@ -31,7 +31,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, coverage
+from f3ocus_core.aggregation import PartialUpdate, aggregate_layers, bound_update, capped_shares, coverage
 from f3ocus_core.checkpoint import Checkpoint, capture_rng, save_checkpoint
 from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
@@ -61,9 +61,11 @@ from f3ocus_flower.replies import (
     Rejection,
     check_client_info,
     check_evaluate_reply,
+    check_records,
     check_score_values,
     check_train_reply,
     parse_scores_reply,
+    printable,
     screen,
 )
 from f3ocus_flower.rounds import run_rounds
@@ -134,7 +136,7 @@ class F3ocusStrategy(Strategy):
         messages = self.configure_evaluate(0, initial_arrays, ConfigRecord(), grid)
         replies = grid.send_and_receive(messages, timeout=timeout)
         if self.aggregate_evaluate(0, replies) is None:
-            reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.round.failed)
+            reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.round.failed[:10])
             raise RuntimeError("No client could evaluate the starting model, so the run stops before training. "
                                + reasons)
         self._round_done(0, initial_arrays)
@@ -228,13 +230,16 @@ class F3ocusStrategy(Strategy):
         if not updates:
             log(WARNING, "Round %d: no valid update; the global model stays as it was.", server_round)
             return None, None
+        updates = [self._bounded(server_round, node, update) for node, update in zip(nodes, updates)]
         if self.settings.control == "local-only":
             for node, update in zip(nodes, updates):
                 self.local_states[node] = {**self.local_states.get(node, self.global_state), **update.state}
         else:
-            self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora)
-        weights = [update.num_examples for update in updates]
-        self.round.train_loss = sum(loss * n for loss, n in zip(losses, weights)) / sum(weights)
+            self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora,
+                                                 max_share=self.settings.aggregation_max_client_share,
+                                                 robust=self.settings.aggregation_robust)
+        shares = capped_shares([update.num_examples for update in updates], self.settings.aggregation_max_client_share)
+        self.round.train_loss = float(sum(loss * share for loss, share in zip(losses, shares)))
         return state_to_record(self.global_state), MetricRecord({TRAIN_LOSS: self.round.train_loss})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -256,11 +261,11 @@ class F3ocusStrategy(Strategy):
             except Rejected as error:
                 self._reject(server_round, MessageType.EVALUATE, Rejection(msg.metadata.src_node_id, error.check,
                                                                            error.detail))
-        if not evaluations:
-            log(WARNING, "Round %d: no client evaluated.", server_round)
-            return None
-        row = metrics_row(self.round, evaluations, self._name)
+        row = metrics_row(self.round, evaluations, self._name, max_share=self.settings.aggregation_max_client_share)
         self.recorder.record_round(row)
+        if not evaluations:
+            log(WARNING, "Round %d: no client evaluated; the row keeps its assignment and failures.", server_round)
+            return None
         log(INFO, "%s", round_log_line(row, self.settings.num_rounds))
         return MetricRecord({key: row[key] for key in (METRIC, LOSS) if row.get(key) is not None})
 
@@ -351,6 +356,21 @@ class F3ocusStrategy(Strategy):
         self.round.bytes_up[node] = msg.content.array_records[ARRAYS].count_bytes()
         return update
 
+    def _bounded(self, server_round: int, node: int, update: PartialUpdate) -> PartialUpdate:
+        """``update`` with each layer's change clipped to ``aggregation.max-update-norm`` times the
+        norm of the units the client was sent (:func:`~f3ocus_core.aggregation.bound_update`); each
+        clipped layer is logged."""
+        bound = self.settings.aggregation_max_update_norm
+        if bound <= 0:
+            return update
+        sent = self.local_states.get(node, self.global_state)
+        update, clipped = bound_update(update, sent, self.units.names, bound)
+        for layer, ratio in clipped.items():
+            log(WARNING, "Round %d, train: update of client %s on layer %d clipped: its change was %.3g times the "
+                "layer's norm, above aggregation.max-update-norm=%g.", server_round, self._name(node), layer, ratio,
+                bound)
+        return update
+
     def _model_of(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
         """The units ``node`` works on: its own model under ``control='local-only'`` (once it has
         trained), else the global ``arrays``."""
@@ -395,16 +415,22 @@ class F3ocusStrategy(Strategy):
         for rejection in rejected:
             self._reject(server_round, phase, rejection)
         named: dict[str, int] = {}
+        partitions: dict[int, int] = {}
+        budgets = len(self.settings.selection.budget)
         ok = []
         for msg in accepted:
             node = msg.metadata.src_node_id
             try:
-                info = check_client_info(msg.content, node, self.clients, named, required=phase != MessageType.TRAIN)
+                check_records(msg.content, phase)
+                info = check_client_info(msg.content, node, self.clients, named, required=phase != MessageType.TRAIN,
+                                         partitions_this_phase=partitions,
+                                         num_partitions=budgets if budgets > 1 else None)
             except Rejected as error:
                 self._reject(server_round, phase, Rejection(node, error.check, error.detail))
                 continue
             if info is not None:
                 named[info.name] = node
+                partitions[info.partition_id] = node
                 self._learn_client(msg)
             ok.append(msg)
         return ok
@@ -413,9 +439,10 @@ class F3ocusStrategy(Strategy):
         """Log a rejected (or missing) reply with its client and check, and note it in the round's record."""
         name = self._name(rejection.node)
         outcome = outcome or "left out of this step"
+        detail = printable(rejection.detail)
         log(WARNING, "Round %d, %s: reply of client %s rejected [%s]: %s; %s.", server_round, phase, name,
-            rejection.check, rejection.detail, outcome)
-        self.round.fail(phase, name, f"{rejection.check}: {rejection.detail}")
+            rejection.check, detail, outcome)
+        self.round.fail(phase, name, f"{rejection.check}: {detail}")
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         """All connected node ids, after waiting (up to the round timeout) for ``min-clients``."""

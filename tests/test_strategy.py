@@ -155,6 +155,8 @@ def _update(node: int, state: dict[str, np.ndarray], examples: int, loss: float)
 
 
 def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(strategy):
+    # The plain example-weighted mean: no share cap, no norm bound (tests/test_robustness.py has those).
+    strategy.settings.aggregation_max_client_share, strategy.settings.aggregation_max_update_norm = 1.0, 0.0
     strategy.round = RoundRecord(1, assignment={1: [0], 2: [0, 1], 3: [2]})
     replies = [
         _update(1, {"layer.0.a": np.full((2, 2), 1.0, np.float32), "layer.0.b": np.full(3, 1.0, np.float32)}, 10, 1.0),
@@ -199,6 +201,7 @@ def _evaluation(node: int, name: str, kind: str, metrics: dict) -> Message:
 
 
 def test_aggregate_evaluate_writes_the_weighted_row_and_returns_metric_and_loss(strategy, tmp_path):
+    strategy.settings.aggregation_max_client_share = 1.0  # plain example weights (0.25, 0.75)
     strategy.round = RoundRecord(1, assignment={1: [0], 2: [1, 2]})
     strategy.configure_evaluate(1, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD))
     replies = [
@@ -216,10 +219,13 @@ def test_aggregate_evaluate_writes_the_weighted_row_and_returns_metric_and_loss(
     assert row["failed"][0]["phase"] == "evaluate" and row["clients_evaluated"] == 2
 
 
-def test_aggregate_evaluate_without_replies_writes_nothing(strategy, tmp_path):
+def test_aggregate_evaluate_without_replies_writes_a_row_without_metrics(strategy, tmp_path):
     strategy.configure_evaluate(0, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD))
     assert strategy.aggregate_evaluate(0, [_error(1, MessageType.EVALUATE)]) is None
-    assert not (tmp_path / "metrics.jsonl").exists()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["metric"] is None and row["clients_evaluated"] == 0
+    assert [(f["client"], f["reason"].split(":")[0]) for f in row["failed"]] == [
+        ("node-1", "error"), ("node-2", "timeout"), ("node-3", "timeout")]
 
 
 def test_a_rounds_row_holds_its_coverage_diagnostics(strategy, tmp_path):
