@@ -25,7 +25,7 @@ class ModelSettings:
 
     name: str = "builtin:tiny-vilt-easyvqa"
     cache_dir: str = ""
-    pretrain_steps: int = 300
+    pretrain_steps: int = 1500
 
 
 @dataclass

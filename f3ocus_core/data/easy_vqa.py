@@ -29,6 +29,19 @@ BASE_SHARE = 0.25
 TEST_SHARE = 0.2
 #: The 13 answers, sorted: the label set of every easy-vqa client and of the base checkpoint.
 ANSWERS: list[str] = sorted(easy_vqa.get_answers())
+#: The answers that name a shape; the other answers are ``yes``/``no`` and colours.
+SHAPES: frozenset[str] = frozenset({"circle", "rectangle", "triangle"})
+#: The question groups of easy-vqa, named by their answers (:func:`answer_type`).
+ANSWER_TYPES: tuple[str, ...] = ("colour", "shape", "yes/no")
+
+
+def answer_type(answers: list[str]) -> str:
+    """The group of an easy-vqa question from its answers: ``colour`` (what colour is the shape?),
+    ``shape`` (what shape is in the image?) or ``yes/no`` (is there a red shape?)."""
+    answer = answers[0]
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "shape" if answer in SHAPES else "colour"
 
 
 @lru_cache(maxsize=4)
@@ -70,6 +83,17 @@ def _append(target: dict[str, list], path: str, question: str, answer: str, key:
 def base_pool(seed: int = 0) -> datasets.Dataset:
     """The questions of the training images that no client holds (for the base checkpoint)."""
     return _pools(seed)[0]
+
+
+def held_out_questions(seed: int = 0, limit: int = 0) -> datasets.Dataset:
+    """The questions of the client pool's test side (the union of every client's test part, for any
+    partitioning): no base checkpoint and no client trains on them. ``limit`` > 0 keeps a seeded
+    random subset of that many, in pool order."""
+    pool = _pools(seed)[1]
+    rows = np.flatnonzero([_in_test(key, seed) for key in pool["image_key"]])
+    if 0 < limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return pool.select(rows)
 
 
 def load_client(
