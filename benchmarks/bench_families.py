@@ -8,7 +8,7 @@ questions (``f3ocus_core.ablation``). Generative families are scored by closed-s
 prior (each held-out question answered with the answer most often given to the same question text
 in the base pool).
 
-    PYTHONPATH=. python benchmarks/bench_families.py --steps 1500 --bases tiny-vilt,small-vilt,tiny-llava
+    PYTHONPATH=. python benchmarks/bench_families.py --steps 3000 --bases tiny-vilt,small-vilt,tiny-llava
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from f3ocus_core.pretrain import BUILTIN_MODELS, HELD_OUT_QUESTIONS, build_base_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--bases", default=",".join(name.removeprefix("builtin:").removesuffix("-easyvqa")
                                                      for name in BUILTIN_MODELS),
                         help="comma-separated, e.g. tiny-vilt,small-vilt,tiny-llava")

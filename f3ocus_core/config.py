@@ -25,7 +25,7 @@ class ModelSettings:
 
     name: str = "builtin:tiny-vilt-easyvqa"
     cache_dir: str = ""
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 3000
 
 
 @dataclass

@@ -65,7 +65,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "f3ocus"
 
 
-def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 1500, seed: int = 0) -> str:
+def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 3000, seed: int = 0) -> str:
     """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed."""
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
@@ -78,7 +78,7 @@ def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 1500,
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 1500, seed: int = 0, name: str = BUILTIN_MODEL) -> Path:
+def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 3000, seed: int = 0, name: str = BUILTIN_MODEL) -> Path:
     """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``), built first if missing."""
     if steps < 1:
         raise ValueError(f"model.pretrain-steps: must be >= 1, got {steps}.")
@@ -99,7 +99,7 @@ def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 1500, seed: int =
     return target
 
 
-def build_base_checkpoint(out_dir: str | Path, steps: int = 1500, seed: int = 0,
+def build_base_checkpoint(out_dir: str | Path, steps: int = 3000, seed: int = 0,
                           name: str = BUILTIN_MODEL) -> dict[str, float]:
     """Train the built-in base ``name`` (its family's tiny model) on the easy-vqa base pool for
     ``steps`` steps (:data:`RECIPE`), measure whether it reads the image, and save model, processor
