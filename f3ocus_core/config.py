@@ -28,7 +28,7 @@ class ModelSettings:
 
     name: str = "builtin:tiny-vilt-easyvqa"
     cache_dir: str = ""
-    pretrain_steps: int = 300
+    pretrain_steps: int = 3000
     pretrain_exclude: tuple[str, ...] = ()
 
 

@@ -92,7 +92,7 @@ def test_every_generative_built_in_base_is_pretrained_cached_and_loaded(tmp_path
     from f3ocus_core.pretrain import BUILTIN_MODELS, resolve_model_path
 
     small = pool().select(range(40))
-    monkeypatch.setattr(easy_vqa, "base_pool", lambda seed: small)
+    monkeypatch.setattr(easy_vqa, "base_pool", lambda seed, exclude=(): small)
     assert set(BUILTIN_MODELS.values()) == set(FAMILIES)
     for name in GENERATIVE:
         path = resolve_model_path(f"builtin:tiny-{name}-easyvqa", tmp_path, steps=2, seed=0)

@@ -47,7 +47,8 @@ TEST_SHARE = 0.2
 ANSWERS: list[str] = sorted(easy_vqa.get_answers())
 #: The question families, see the module docstring.
 FAMILIES: tuple[str, ...] = ("colour", "shape", "yesno", "negation")
-_SHAPES = frozenset({"circle", "rectangle", "triangle"})
+#: The answers that name a shape; the other answers are ``yes``/``no`` and colours.
+SHAPES: frozenset[str] = frozenset({"circle", "rectangle", "triangle"})
 _NEGATED = re.compile(r"\bnot\b|^is no\b")
 
 
@@ -60,7 +61,7 @@ def question_family(question: str, answer: str) -> str:
     """
     if answer in ("yes", "no"):
         return "negation" if _NEGATED.search(question.lower()) else "yesno"
-    return "shape" if answer in _SHAPES else "colour"
+    return "shape" if answer in SHAPES else "colour"
 
 
 def parse_families(spec: str, key: str) -> frozenset[str]:
@@ -86,6 +87,19 @@ def family_mask(dataset: datasets.Dataset, families: frozenset[str] | set[str]) 
     """Which rows of an easy-vqa ``dataset`` ask a question of one of ``families``."""
     return np.array([question_family(question, answers[0]) in families
                      for question, answers in zip(dataset["question"], dataset["answers"])], dtype=bool)
+
+
+#: The question groups of easy-vqa, named by their answers (:func:`answer_type`).
+ANSWER_TYPES: tuple[str, ...] = ("colour", "shape", "yes/no")
+
+
+def answer_type(answers: list[str]) -> str:
+    """The group of an easy-vqa question from its answers: ``colour`` (what colour is the shape?),
+    ``shape`` (what shape is in the image?) or ``yes/no`` (is there a red shape?)."""
+    answer = answers[0]
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "shape" if answer in SHAPES else "colour"
 
 
 @lru_cache(maxsize=4)
@@ -131,6 +145,17 @@ def base_pool(seed: int = 0, exclude: tuple[str, ...] = ()) -> datasets.Dataset:
     if not exclude:
         return pool
     return pool.select(np.flatnonzero(family_mask(pool, set(FAMILIES) - set(exclude))))
+
+
+def held_out_questions(seed: int = 0, limit: int = 0) -> datasets.Dataset:
+    """The questions of the client pool's test side (the union of every client's test part, for any
+    partitioning): no base checkpoint and no client trains on them. ``limit`` > 0 keeps a seeded
+    random subset of that many, in pool order."""
+    pool = _pools(seed)[1]
+    rows = np.flatnonzero([_in_test(key, seed) for key in pool["image_key"]])
+    if 0 < limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+    return pool.select(rows)
 
 
 def load_client(
