@@ -160,3 +160,17 @@ def test_a_run_stops_cleanly_before_a_round_would_exceed_the_target(tmp_path, ca
     assert any("dp.target-epsilon" in record.getMessage() for record in caplog.records)
     for key in ("layer.0.a", "layer.1.a", "layer.2.a"):  # noise reached every trained layer
         assert not np.array_equal(strategy.global_state[key], GLOBAL[key])
+
+
+def test_score_noise_alone_reports_its_epsilon_every_round_and_leaves_updates_unclipped(tmp_path):
+    settings = make_settings(**{"dp.score-noise-multiplier": 2.0})
+    strategy = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]))
+    strategy.start(InProcessGrid({}, HANDLERS, 3), state_to_record(GLOBAL), 2, timeout=TIMEOUT)
+
+    trained = [row for row in strategy.recorder.rows if row["round"] > 0]
+    assert [row["round"] for row in trained] == [1, 2]
+    assert "epsilon_updates" not in trained[0] and "epsilon_updates" not in strategy.recorder.rows[0]
+    expected = PrivacyLedger(PrivacySettings(score_noise_multiplier=2.0), 3)
+    assert [row["epsilon_scores"] for row in trained] == pytest.approx(
+        [expected.record(3)["epsilon_scores"] for _ in trained])
+    assert "epsilon scores" in round_log_line(trained[1], 2) and "epsilon updates" not in round_log_line(trained[1], 2)
