@@ -39,7 +39,9 @@ is asked composes one Gaussian mechanism of multiplier ``tau``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,6 +164,20 @@ def privatize_scores(normalized: Sequence[float], score_noise_multiplier: float,
     return noisy / noisy.sum()
 
 
+@contextmanager
+def _quiet_absl():
+    """Silence ``dp_accounting``'s warnings that an RDP order failed to converge (it then leaves
+    that order out, and epsilon, a minimum over orders, can only come out larger: conservative);
+    with ``q < 1`` it logs them for the small fractional orders on every computation."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @dataclass
 class PrivacyLedger:
     """The epsilon spent so far, per release kind, by RDP accounting (``dp_accounting``).
@@ -195,11 +211,12 @@ class PrivacyLedger:
         one that is on without noise is ``inf``."""
         s = self.settings
         result = {}
-        if s.updates:
-            result["epsilon_updates"] = (float(self._accountant(extra, False).get_epsilon(s.delta))
-                                         if s.noise_multiplier > 0 else float("inf"))
-        if s.scores:
-            result["epsilon_scores"] = float(self._accountant(extra, True).get_epsilon(s.delta))
+        with _quiet_absl():
+            if s.updates:
+                result["epsilon_updates"] = (float(self._accountant(extra, False).get_epsilon(s.delta))
+                                             if s.noise_multiplier > 0 else float("inf"))
+            if s.scores:
+                result["epsilon_scores"] = float(self._accountant(extra, True).get_epsilon(s.delta))
         return result
 
     def would_exceed(self, sample_size: int) -> str | None:

@@ -174,3 +174,16 @@ def test_score_noise_alone_reports_its_epsilon_every_round_and_leaves_updates_un
     assert [row["epsilon_scores"] for row in trained] == pytest.approx(
         [expected.record(3)["epsilon_scores"] for _ in trained])
     assert "epsilon scores" in round_log_line(trained[1], 2) and "epsilon updates" not in round_log_line(trained[1], 2)
+
+
+def test_a_checkpoint_carries_the_ledger_so_a_resumed_run_keeps_counting(tmp_path):
+    settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 2.0, "num-server-rounds": 2})
+    first = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]), fingerprint={"test": 1})
+    first.start(InProcessGrid({}, HANDLERS, 3), state_to_record(GLOBAL), 1, timeout=TIMEOUT)
+    resumed = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]), fingerprint={"test": 1})
+    resumed.import_state(load_checkpoint(tmp_path))
+    resumed.start(InProcessGrid({}, HANDLERS, 3), state_to_record(GLOBAL), 2, timeout=TIMEOUT)
+
+    expected = PrivacyLedger(settings.dp, 3)
+    assert [row["epsilon_updates"] for row in resumed.recorder.rows if row["round"] > 0] == pytest.approx(
+        [expected.record(3)["epsilon_updates"] for _ in range(2)])
