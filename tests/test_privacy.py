@@ -187,3 +187,39 @@ def test_a_checkpoint_carries_the_ledger_so_a_resumed_run_keeps_counting(tmp_pat
     expected = PrivacyLedger(settings.dp, 3)
     assert [row["epsilon_updates"] for row in resumed.recorder.rows if row["round"] > 0] == pytest.approx(
         [expected.record(3)["epsilon_updates"] for _ in range(2)])
+
+
+def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_run_config, no_figures):
+    from f3ocus_flower.inprocess import run_server_app
+    from f3ocus_flower.protocol import ARRAYS, SCORES, ScoresReply, record_to_state
+
+    config = dict(small_run_config, **{**DP_ON, "dp.clip-norm": 0.05, "dp.noise-multiplier": 0.5,
+                                       "dp.score-noise-multiplier": 1.0, "train.max-steps": 2})
+    changes, sent_scores = [], []
+
+    def spy_train(train):
+        def wrapped(msg, context):
+            reply = train(msg, context)
+            changes.append(update_norm(record_to_state(reply.content.array_records[ARRAYS]),
+                                       record_to_state(msg.content.array_records[ARRAYS])))
+            return reply
+        return wrapped
+
+    def spy_query(query):
+        def wrapped(msg, context):
+            reply = query(msg, context)
+            sent_scores.append(ScoresReply.from_record(reply.content.metric_records[SCORES]))
+            return reply
+        return wrapped
+
+    _, rows = run_server_app(config, num_nodes=2, wrap={"train": spy_train, "query": spy_query})
+
+    assert len(changes) == 4 and max(changes) <= 0.05 * (1 + 1e-4)
+    assert max(changes) > 0.04  # the lr moves the units by more than the bound: clipping bit
+    for reply in sent_scores:
+        assert reply.raw == reply.normalized and sum(reply.normalized) == pytest.approx(1.0)
+    trained = [row for row in rows if row["round"] > 0]
+    assert [row["epsilon_updates"] for row in trained] == pytest.approx(
+        [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2).record(2)["epsilon_updates"]]
+        + [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2, [2]).record(2)["epsilon_updates"]])
+    assert all(row["epsilon_scores"] > 0 and row["dp_delta"] == 1e-5 for row in trained)
