@@ -164,6 +164,25 @@ def privatize_scores(normalized: Sequence[float], score_noise_multiplier: float,
     return noisy / noisy.sum()
 
 
+def noise_multiplier_for(target_epsilon: float, rounds: int, sample_size: int, population: int,
+                         delta: float) -> float:
+    """The smallest ``dp.noise-multiplier`` (to 0.1%) whose updates' epsilon after ``rounds`` rounds
+    of ``sample_size`` of ``population`` clients stays <= ``target_epsilon`` at ``delta``: what to
+    set for a budget (bisection over :class:`PrivacyLedger`)."""
+    def epsilon(sigma: float) -> float:
+        ledger = PrivacyLedger(PrivacySettings(clip_norm=1.0, noise_multiplier=sigma, delta=delta), population,
+                               [sample_size] * rounds)
+        return ledger.epsilons()["epsilon_updates"]
+
+    low, high = 0.05, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if epsilon(middle) > target_epsilon else (low, middle)
+    return high
+
+
 @contextmanager
 def _quiet_absl():
     """Silence ``dp_accounting``'s warnings that an RDP order failed to converge (it then leaves

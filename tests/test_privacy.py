@@ -127,6 +127,7 @@ def test_noised_scores_stay_on_the_simplex_and_their_noise_is_calibrated():
     ({**DP_ON, "aggregation.robust": "median"}, "aggregation.robust"),
     ({"dp.noise-multiplier": 1.0}, "dp.noise-multiplier"),
     ({"dp.target-epsilon": 4.0}, "dp.target-epsilon"),
+    ({**DP_ON, "dp.score-noise-multiplier": 1.0, "dp.target-epsilon": 4.0}, "dp.target-epsilon"),
     ({"dp.delta": 1.0}, "dp.delta"),
     ({"dp.clip-norm": -1.0}, "dp.clip-norm"),
 ])
@@ -223,3 +224,15 @@ def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_
         [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2).record(2)["epsilon_updates"]]
         + [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2, [2]).record(2)["epsilon_updates"]])
     assert all(row["epsilon_scores"] > 0 and row["dp_delta"] == 1e-5 for row in trained)
+
+
+def test_noise_multiplier_for_a_budget_is_the_smallest_that_fits():
+    from f3ocus_core.privacy import noise_multiplier_for
+
+    sigma = noise_multiplier_for(4.0, rounds=6, sample_size=4, population=4, delta=1e-5)
+
+    def spent(s: float) -> float:
+        ledger = PrivacyLedger(PrivacySettings(clip_norm=1.0, noise_multiplier=s), 4, [4] * 6)
+        return ledger.epsilons()["epsilon_updates"]
+
+    assert spent(sigma) <= 4.0 < spent(sigma * 0.99)
