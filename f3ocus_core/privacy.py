@@ -238,6 +238,17 @@ class PrivacyLedger:
                 result["epsilon_scores"] = float(self._accountant(extra, True).get_epsilon(s.delta))
         return result
 
+    def describe(self, rounds: int, sample_size: int) -> str:
+        """One line for the run's start: the settings, the population and the epsilons the whole run
+        would reach (``rounds`` more rounds of ``sample_size`` clients)."""
+        s = self.settings
+        projected = PrivacyLedger(s, self.population, self.rounds + [sample_size] * rounds).epsilons()
+        spent = ", ".join(f"{kind} {value:.3g}" for kind, value in projected.items())
+        return (f"dp.clip-norm={s.clip_norm:g}, dp.noise-multiplier={s.noise_multiplier:g}, "
+                f"dp.score-noise-multiplier={s.score_noise_multiplier:g}; {sample_size} of {self.population} clients "
+                f"per round; after {len(self.rounds) + rounds} rounds: {spent} at delta {s.delta:g}"
+                + (f" (target {s.target_epsilon:g})" if s.target_epsilon > 0 else ""))
+
     def would_exceed(self, sample_size: int) -> str | None:
         """Why one more round of ``sample_size`` clients would take an epsilon above
         ``dp.target-epsilon`` (None if it would not, or no target is set)."""

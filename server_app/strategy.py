@@ -132,6 +132,9 @@ class F3ocusStrategy(Strategy):
             self.ledger = PrivacyLedger(self.settings.dp, len(nodes))
         log(INFO, "Starting %s:", self.__class__.__name__)
         self.summary()
+        if self.settings.dp.updates or self.settings.dp.scores:
+            rounds = num_rounds - (self.resumed_round or 0)
+            log(INFO, "Differential privacy: %s", self.ledger.describe(rounds, self._sample_size()))
         if self.resumed_round is not None:
             log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
             return run_rounds(self, grid, initial_arrays, self.resumed_round + 1, num_rounds, timeout,

@@ -236,3 +236,9 @@ def test_noise_multiplier_for_a_budget_is_the_smallest_that_fits():
         return ledger.epsilons()["epsilon_updates"]
 
     assert spent(sigma) <= 4.0 < spent(sigma * 0.99)
+
+
+def test_the_start_line_projects_the_whole_runs_epsilon():
+    ledger = PrivacyLedger(PrivacySettings(clip_norm=1.0, noise_multiplier=1.0, target_epsilon=8.0), 4)
+    line = ledger.describe(3, 4)
+    assert "after 3 rounds: epsilon_updates 9.01" in line and "(target 8)" in line and ledger.rounds == []
