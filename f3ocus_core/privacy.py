@@ -204,24 +204,29 @@ class PrivacyLedger:
     ``population`` is the number of clients ``N`` the rounds sample from. Each round is recorded
     with its sample size ``m``: the updates compose a Poisson-subsampled Gaussian of multiplier
     ``sigma`` and rate ``m / N`` (client-level add/remove-one, as Flower's ``RdpAccountant`` with
-    ``SamplingMethod.POISSON``), the scores a Gaussian of multiplier ``tau`` (no amplification).
+    ``SamplingMethod.POISSON``), the scores a Gaussian of multiplier ``tau`` (no amplification)
+    per release, counted in ``score_releases`` (one per round by :meth:`record`; a protocol that
+    collects scores at other times counts each collection with :meth:`record_scores`).
     """
 
     settings: PrivacySettings
     population: int
     rounds: list[int] = field(default_factory=list)
+    score_releases: int = 0
 
     def _accountant(self, extra: int | None, scores: bool):
         from dp_accounting import dp_event
         from dp_accounting.rdp import RdpAccountant
 
         accountant = RdpAccountant()
+        if scores:
+            count = self.score_releases + (extra is not None)
+            if count:
+                accountant.compose(dp_event.GaussianDpEvent(self.settings.score_noise_multiplier), count)
+            return accountant
         for size in self.rounds + ([] if extra is None else [extra]):
-            if scores:
-                accountant.compose(dp_event.GaussianDpEvent(self.settings.score_noise_multiplier))
-            else:
-                accountant.compose(dp_event.PoissonSampledDpEvent(
-                    size / self.population, dp_event.GaussianDpEvent(self.settings.noise_multiplier)))
+            accountant.compose(dp_event.PoissonSampledDpEvent(
+                size / self.population, dp_event.GaussianDpEvent(self.settings.noise_multiplier)))
         return accountant
 
     def epsilons(self, extra: int | None = None) -> dict[str, float]:
@@ -242,7 +247,8 @@ class PrivacyLedger:
         """One line for the run's start: the settings, the population and the epsilons the whole run
         would reach (``rounds`` more rounds of ``sample_size`` clients)."""
         s = self.settings
-        projected = PrivacyLedger(s, self.population, self.rounds + [sample_size] * rounds).epsilons()
+        projected = PrivacyLedger(s, self.population, self.rounds + [sample_size] * rounds,
+                                  self.score_releases + rounds).epsilons()
         spent = ", ".join(f"{kind} {value:.3g}" for kind, value in projected.items())
         return (f"dp.clip-norm={s.clip_norm:g}, dp.noise-multiplier={s.noise_multiplier:g}, "
                 f"dp.score-noise-multiplier={s.score_noise_multiplier:g}; {sample_size} of {self.population} clients "
@@ -261,7 +267,13 @@ class PrivacyLedger:
                         f"(delta {self.settings.delta:g}), above the target {target:g}")
         return None
 
-    def record(self, sample_size: int) -> dict[str, float]:
-        """Account one round of ``sample_size`` sampled clients; return the epsilons after it."""
+    def record(self, sample_size: int, scores: bool = True) -> dict[str, float]:
+        """Account one round of ``sample_size`` sampled clients (its updates and, if ``scores``, one
+        score release); return the epsilons after it."""
         self.rounds.append(int(sample_size))
+        self.score_releases += bool(scores)
         return self.epsilons()
+
+    def record_scores(self) -> None:
+        """Account one more release of every client's noised scores."""
+        self.score_releases += 1

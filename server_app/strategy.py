@@ -295,7 +295,8 @@ class F3ocusStrategy(Strategy):
             scores = self.last_valid_scores.get(node)
             clients.append({"name": info.name, "partition_id": info.partition_id, "kind": info.kind,
                             "last_valid_scores": None if scores is None else [float(v) for v in scores]})
-        privacy = None if self.ledger is None else {"population": self.ledger.population, "rounds": self.ledger.rounds}
+        privacy = None if self.ledger is None else {"population": self.ledger.population, "rounds": self.ledger.rounds,
+                                                    "score_releases": self.ledger.score_releases}
         return {"clients": clients, "privacy": privacy, **self.recorder.export_state()}
 
     def import_state(self, checkpoint: Checkpoint) -> None:
@@ -309,7 +310,8 @@ class F3ocusStrategy(Strategy):
         self.recorder.import_state(checkpoint.strategy, checkpoint.server_round)
         privacy = checkpoint.strategy.get("privacy")
         if privacy:
-            self.ledger = PrivacyLedger(self.settings.dp, int(privacy["population"]), list(privacy["rounds"]))
+            self.ledger = PrivacyLedger(self.settings.dp, int(privacy["population"]), list(privacy["rounds"]),
+                                        int(privacy["score_releases"]))
 
     def _round_done(self, server_round: int, arrays: ArrayRecord) -> None:
         """After a complete round: write the checkpoint (if this strategy has a fingerprint)."""

@@ -242,3 +242,15 @@ def test_the_start_line_projects_the_whole_runs_epsilon():
     ledger = PrivacyLedger(PrivacySettings(clip_norm=1.0, noise_multiplier=1.0, target_epsilon=8.0), 4)
     line = ledger.describe(3, 4)
     assert "after 3 rounds: epsilon_updates 9.01" in line and "(target 8)" in line and ledger.rounds == []
+
+
+def test_score_releases_outside_the_rounds_are_counted_on_their_own():
+    settings = PrivacySettings(clip_norm=1.0, noise_multiplier=1.0, score_noise_multiplier=2.0)
+    ledger = PrivacyLedger(settings, 4)
+    ledger.record_scores()  # e.g. scores collected with the round-0 evaluation
+    ledger.record(4)
+    twice = PrivacyLedger(settings, 4)
+    twice.record(4)
+    twice.record(4)
+    assert ledger.epsilons()["epsilon_scores"] == pytest.approx(twice.epsilons()["epsilon_scores"])
+    assert ledger.epsilons()["epsilon_updates"] < twice.epsilons()["epsilon_updates"]
