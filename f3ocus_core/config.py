@@ -316,6 +316,9 @@ def check_privacy(settings: RunSettings) -> None:
     if dp.target_epsilon > 0 and dp.updates and not dp.noise_multiplier > 0:
         raise ConfigError("dp.target-epsilon: updates are clipped but not noised (dp.noise-multiplier=0), so their "
                           "epsilon is infinite and no round fits; set dp.noise-multiplier > 0.")
+    if dp.updates and settings.control == "local-only":
+        raise ConfigError("control: 'local-only' releases no average, so dp.clip-norm would protect nothing and its "
+                          "epsilon would mean nothing; set dp.clip-norm=0 or control=''.")
     if dp.updates and settings.aggregation_robust:
         raise ConfigError(f"aggregation.robust: {settings.aggregation_robust!r} has no L2 sensitivity bound, so "
                           "differential privacy (dp.clip-norm > 0) needs the mean; set aggregation.robust=''.")

@@ -129,6 +129,7 @@ def test_noised_scores_stay_on_the_simplex_and_their_noise_is_calibrated():
     ({"dp.target-epsilon": 4.0}, "dp.target-epsilon"),
     ({**DP_ON, "dp.score-noise-multiplier": 1.0, "dp.target-epsilon": 4.0}, "dp.target-epsilon"),
     ({"dp.delta": 1.0}, "dp.delta"),
+    ({**DP_ON, "control": "local-only"}, "control"),
     ({"dp.clip-norm": -1.0}, "dp.clip-norm"),
 ])
 def test_bad_privacy_settings_stop_the_run_naming_the_key(overrides, key):
