@@ -11,15 +11,19 @@ the ``n_l`` clients that trained it with *equal* weights, and adds Gaussian nois
 
 Why one client's whole update has sensitivity ``C`` whatever its assignment: the round releases
 the vector of all layer sums ``(S_1, ..., S_L)``; a client contributes its clipped change to the
-sums of the layers it trained and nothing elsewhere, so adding or removing it moves the
-concatenated vector by exactly its clipped change, of L2 norm ``<= C``. Each coordinate of every
-sum gets independent ``N(0, sigma^2 C^2)``, so the release is one Gaussian mechanism with L2
-sensitivity ``C`` and noise multiplier ``sigma``; dividing by ``n_l`` is post-processing of the
-sum with the count, which the assignment fixes. With ``q = m / N`` (``m`` clients sampled per round,
-``clients-per-round``, of ``N`` connected), ``T`` rounds compose as the Poisson-subsampled Gaussian
-mechanism, accounted with RDP (``dp_accounting``, the package behind Flower's ``RdpAccountant``):
-epsilon at ``dp.delta`` for the **client-level add/remove-one** relation (two federations are
-neighbours if one has one more hospital; a hospital's whole data is protected, not single images).
+sums of the layers it trained and nothing elsewhere, so replacing its contribution by nothing (a
+zero change) moves the concatenated vector by exactly its clipped change, of L2 norm ``<= C``. Each
+coordinate of every sum gets independent ``N(0, sigma^2 C^2)``, so the release is one Gaussian
+mechanism with L2 sensitivity ``C`` and noise multiplier ``sigma``; dividing by ``n_l`` is
+post-processing of the sum with the count, which the assignment fixes. With ``q = m / N`` (``m``
+clients sampled per round, ``clients-per-round``, of ``N`` connected), ``T`` rounds compose as the
+Poisson-subsampled Gaussian mechanism, accounted with RDP (``dp_accounting``, the package behind
+Flower's ``RdpAccountant``): epsilon at ``dp.delta`` at **client level**, for the relation
+"one hospital's contribution replaced by a null one" (``REPLACE_SPECIAL``: its data changes from
+anything to nothing, while its participation, its assignment and so the counts ``n_l`` stay as
+they are). The RDP bound is the same number as for add/remove-one; it is not strict add/remove,
+because the noise scale ``sigma C / n_l`` of a layer's average, measured over its many
+coordinates, reveals ``n_l`` and so whether one more client trained it (docs/privacy.md).
 
 Equal weights matter: with example weights ``n_k / sum n``, a client with many examples moves the
 average by up to ``C * share_max`` rather than ``C / n_l``, and the share depends on the others'
@@ -203,10 +207,11 @@ class PrivacyLedger:
 
     ``population`` is the number of clients ``N`` the rounds sample from. Each round is recorded
     with its sample size ``m``: the updates compose a Poisson-subsampled Gaussian of multiplier
-    ``sigma`` and rate ``m / N`` (client-level add/remove-one, as Flower's ``RdpAccountant`` with
-    ``SamplingMethod.POISSON``), the scores a Gaussian of multiplier ``tau`` (no amplification)
-    per release, counted in ``score_releases`` (one per round by :meth:`record`; a protocol that
-    collects scores at other times counts each collection with :meth:`record_scores`).
+    ``sigma`` and rate ``m / N`` (client level, one hospital's contribution replaced by a null one;
+    the same RDP as Flower's ``RdpAccountant`` with ``ADD_OR_REMOVE_ONE`` and ``POISSON``), the
+    scores a Gaussian of multiplier ``tau`` (no amplification) per release, counted in
+    ``score_releases`` (one per round by :meth:`record`; a protocol that collects scores at other
+    times counts each collection with :meth:`record_scores`).
     """
 
     settings: PrivacySettings
@@ -216,9 +221,10 @@ class PrivacyLedger:
 
     def _accountant(self, extra: int | None, scores: bool):
         from dp_accounting import dp_event
+        from dp_accounting.privacy_accountant import NeighboringRelation
         from dp_accounting.rdp import RdpAccountant
 
-        accountant = RdpAccountant()
+        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_SPECIAL)
         if scores:
             count = self.score_releases + (extra is not None)
             if count:
