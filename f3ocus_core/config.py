@@ -267,6 +267,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             target_epsilon=r.positive("dp.target-epsilon", float, PrivacySettings.target_epsilon, allow_zero=True),
             score_noise_multiplier=r.positive("dp.score-noise-multiplier", float,
                                               PrivacySettings.score_noise_multiplier, allow_zero=True),
+            hide_participation=r.get("dp.hide-participation", bool, PrivacySettings.hide_participation),
         ),
     )
     check_settings(settings.tracking)
@@ -307,6 +308,9 @@ def check_privacy(settings: RunSettings) -> None:
             raise ConfigError(f"{key}: a finite number >= 0 (0 = off), got {value}.")
     if not dp.delta < 1:
         raise ConfigError(f"dp.delta: a probability in (0, 1), e.g. 1e-5, got {dp.delta}.")
+    if dp.hide_participation and not dp.noise_multiplier > 0:
+        raise ConfigError("dp.hide-participation: needs noise on the updates; set dp.clip-norm and "
+                          "dp.noise-multiplier > 0.")
     if dp.noise_multiplier > 0 and not dp.updates:
         raise ConfigError("dp.noise-multiplier: noise on updates needs a clipping bound; set dp.clip-norm > 0.")
     if dp.target_epsilon > 0 and not (dp.noise_multiplier > 0 or dp.scores):

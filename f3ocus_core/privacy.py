@@ -75,6 +75,10 @@ class PrivacySettings:
         ``dp.target-epsilon``: the run stops before a round would take either epsilon above it; 0 = no limit.
     score_noise_multiplier : float
         ``dp.score-noise-multiplier``: ``tau``, the noise std on each score in units of ``sqrt 2``; 0 = off.
+    hide_participation : bool
+        ``dp.hide-participation``: every layer's change is the sum of the clipped changes over the
+        ``m`` clients sampled (not the ``n_l`` that trained it) and every layer is noised, so that
+        epsilon holds for strict add/remove of a hospital (:func:`spread_over_sampled`).
     """
 
     clip_norm: float = 0.0
@@ -82,6 +86,7 @@ class PrivacySettings:
     delta: float = 1e-5
     target_epsilon: float = 0.0
     score_noise_multiplier: float = 0.0
+    hide_participation: bool = False
 
     @property
     def updates(self) -> bool:
@@ -151,6 +156,27 @@ def add_layer_noise(state: Mapping[str, np.ndarray], layers: Sequence[Sequence[s
             value = state[key]
             noised[key] = (value.astype(np.float64) + rng.normal(0.0, std, value.shape)).astype(value.dtype)
     return noised
+
+
+def spread_over_sampled(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray],
+                        layers: Sequence[Sequence[str]], counts: Sequence[int],
+                        sampled: int) -> dict[str, np.ndarray]:
+    """``new`` (each layer the mean over the ``counts[l]`` clients that trained it) turned into the
+    mean over all ``sampled`` clients of their zero-padded changes: ``old + (new - old) n_l / m``.
+
+    The denominator ``m`` is fixed before any data is seen (McMahan et al.'s fixed-denominator
+    estimator), so a layer's release no longer depends on how many clients trained it; with noise
+    ``sigma C / m`` on *every* layer (:func:`add_layer_noise` with ``counts = [m] * L``) nothing in
+    the released model tells whether one more client took part.
+    """
+    spread = dict(new)
+    for keys, count in zip(layers, counts):
+        if count <= 0:
+            continue
+        for key in keys:
+            base = old[key].astype(np.float64)
+            spread[key] = (base + (new[key].astype(np.float64) - base) * count / sampled).astype(old[key].dtype)
+    return spread
 
 
 def privatize_scores(normalized: Sequence[float], score_noise_multiplier: float,

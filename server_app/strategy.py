@@ -36,7 +36,7 @@ from f3ocus_core.checkpoint import Checkpoint, capture_rng, save_checkpoint
 from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
 from f3ocus_core.peft_units import UnitMap
-from f3ocus_core.privacy import PrivacyLedger, add_layer_noise, equal_weight_clipped
+from f3ocus_core.privacy import PrivacyLedger, add_layer_noise, equal_weight_clipped, spread_over_sampled
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
 from f3ocus_core.sampling import sample_clients
 from f3ocus_core.selection import client_budgets, fallback_assignment, select, top_b_masks
@@ -243,6 +243,7 @@ class F3ocusStrategy(Strategy):
         if self.settings.dp.updates:  # clipped again, equal weights (f3ocus_core.privacy)
             updates = equal_weight_clipped(updates, [self.local_states.get(node, self.global_state) for node in nodes],
                                            self.settings.dp.clip_norm)
+        before = self.global_state
         if self.settings.control == "local-only":
             for node, update in zip(nodes, updates):
                 self.local_states[node] = {**self.local_states.get(node, self.global_state), **update.state}
@@ -251,9 +252,7 @@ class F3ocusStrategy(Strategy):
                                                  max_share=self.settings.aggregation_max_client_share,
                                                  robust=self.settings.aggregation_robust)
             if self.settings.dp.updates:
-                self.global_state = add_layer_noise(self.global_state, self.units.names, self.round.coverage,
-                                                    self.settings.dp.noise_multiplier, self.settings.dp.clip_norm,
-                                                    np.random.default_rng())
+                self.global_state = self._noised(before)
         shares = capped_shares([update.num_examples for update in updates], self.settings.aggregation_max_client_share)
         self.round.train_loss = float(sum(loss * share for loss, share in zip(losses, shares)))
         return state_to_record(self.global_state), MetricRecord({TRAIN_LOSS: self.round.train_loss})
@@ -336,6 +335,18 @@ class F3ocusStrategy(Strategy):
         if self.ledger is None or not (self.settings.dp.updates or self.settings.dp.scores):
             return
         self.round.privacy = {**self.ledger.record(self._sample_size()), "dp_delta": self.settings.dp.delta}
+
+    def _noised(self, before: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The averaged global state with each trained layer's Gaussian noise (f3ocus_core.privacy);
+        with ``dp.hide-participation``, every layer spread over the round's sampled clients and noised."""
+        dp, counts = self.settings.dp, self.round.coverage
+        state = self.global_state
+        if dp.hide_participation:
+            sampled = self._sample_size()  # fixed before any reply: not who answered or trained
+            state = spread_over_sampled(state, before, self.units.names, counts, sampled)
+            counts = [sampled] * self.num_layers
+        return add_layer_noise(state, self.units.names, counts, dp.noise_multiplier, dp.clip_norm,
+                               np.random.default_rng())
 
     def _sample_size(self) -> int:
         """Clients sampled per round: ``clients-per-round`` of the population (all if 0)."""

@@ -255,3 +255,35 @@ def test_score_releases_outside_the_rounds_are_counted_on_their_own():
     twice.record(4)
     assert ledger.epsilons()["epsilon_scores"] == pytest.approx(twice.epsilons()["epsilon_scores"])
     assert ledger.epsilons()["epsilon_updates"] < twice.epsilons()["epsilon_updates"]
+
+
+def test_spread_over_sampled_divides_each_layers_sum_by_the_number_sampled():
+    from f3ocus_core.privacy import spread_over_sampled
+
+    old = {"a": np.zeros(3, np.float32), "b": np.ones(2, np.float32), "c": np.full(2, 5.0, np.float32)}
+    new = {"a": np.full(3, 3.0, np.float32), "b": np.full(2, 2.0, np.float32), "c": old["c"]}
+    spread = spread_over_sampled(new, old, [("a",), ("b",), ("c",)], [2, 1, 0], sampled=4)
+    np.testing.assert_allclose(spread["a"], 1.5)  # sum 6 over 4 sampled, not 2 trainers
+    np.testing.assert_allclose(spread["b"], 1.25)
+    assert spread["c"] is new["c"]
+
+
+def test_hiding_participation_noises_every_layer_even_one_nobody_trained(tmp_path):
+    from f3ocus_core.recorder import RoundRecord
+    from tests.test_strategy import _update
+
+    settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 1.0, "dp.hide-participation": True,
+                                         "aggregation.max-update-norm": 0.0, "clients-per-round": 3})
+    strategy = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]))
+    strategy.global_state = dict(GLOBAL)
+    strategy.ledger = PrivacyLedger(settings.dp, 3)
+    strategy.round = RoundRecord(1, assignment={1: [0], 2: [0]})
+    change = {"layer.0.a": GLOBAL["layer.0.a"] + 0.1, "layer.0.b": GLOBAL["layer.0.b"]}
+    arrays, _ = strategy.aggregate_train(1, [_update(1, change, 10, 1.0), _update(2, change, 10, 1.0)])
+
+    from f3ocus_flower.protocol import record_to_state
+    state = record_to_state(arrays)
+    for key in ("layer.1.a", "layer.2.a"):  # trained by nobody, noised all the same
+        assert not np.array_equal(state[key], GLOBAL[key])
+    with pytest.raises(ConfigError, match="^dp.hide-participation"):
+        make_settings(**{"dp.hide-participation": True})
