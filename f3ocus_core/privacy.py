@@ -23,7 +23,9 @@ Flower's ``RdpAccountant``): epsilon at ``dp.delta`` at **client level**, for th
 anything to nothing, while its participation, its assignment and so the counts ``n_l`` stay as
 they are). The RDP bound is the same number as for add/remove-one; it is not strict add/remove,
 because the noise scale ``sigma C / n_l`` of a layer's average, measured over its many
-coordinates, reveals ``n_l`` and so whether one more client trained it (docs/privacy.md).
+coordinates, reveals ``n_l`` and so whether one more client trained it (docs/privacy.md). With
+``dp.hide-participation`` every layer is divided by the number sampled and noised
+(:func:`spread_over_sampled`), and the same number holds for strict add/remove-one.
 
 Equal weights matter: with example weights ``n_k / sum n``, a client with many examples moves the
 average by up to ``C * share_max`` rather than ``C / n_l``, and the share depends on the others'
@@ -250,7 +252,9 @@ class PrivacyLedger:
         from dp_accounting.privacy_accountant import NeighboringRelation
         from dp_accounting.rdp import RdpAccountant
 
-        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_SPECIAL)
+        relation = (NeighboringRelation.ADD_OR_REMOVE_ONE if self.settings.hide_participation
+                    else NeighboringRelation.REPLACE_SPECIAL)
+        accountant = RdpAccountant(neighboring_relation=relation)
         if scores:
             count = self.score_releases + (extra is not None)
             if count:
