@@ -11,7 +11,7 @@ unclipped changes over ``--draws`` noise draws:
 * relative error ``||dp - plain|| / ||plain||`` and cosine similarity, mean over layers and draws;
 * the clipping's own share: the same for the noise-free mean of clipped changes.
 
-Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_dp_updates.py`` (a minute or two).
+Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_dp_updates.py`` (about 20 s on one core).
 """
 
 import os
