@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from functools import lru_cache
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,6 +35,7 @@ from f3ocus_core.importance import SCORERS, score_layers
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
 from f3ocus_core.pretrain import default_cache_dir
+from f3ocus_core.privacy import clip_update, privatize_scores
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import Collate, evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
@@ -147,7 +149,10 @@ def query(msg: Message, context: Context) -> Message:
                           reduction=reduction, projection_dim=settings.scoring.projection_dim,
                           seed=settings.seed + server_round,
                           client_seed=parse_node_config(context.node_config).partition_id)
-    reply = ScoresReply(tuple(scores.normalized), tuple(scores.raw), len(data.train), time.perf_counter() - started)
+    normalized, raw = scores.normalized, scores.raw
+    if settings.dp.scores:  # noised before they leave; the raw scores stay here (f3ocus_core.privacy)
+        normalized = raw = privatize_scores(normalized, settings.dp.score_noise_multiplier, np.random.default_rng())
+    reply = ScoresReply(tuple(normalized), tuple(raw), len(data.train), time.perf_counter() - started)
     return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)
 
@@ -177,7 +182,10 @@ def train_fn(msg: Message, context: Context) -> Message:
         store.save(HEAD, int(config[SERVER_ROUND]), head)
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
                             SECONDS: seconds, TRAINABLE_PARAMS: trainable_parameters(setup.model), TRAIN_GFLOP: gflop})
-    trained = state_to_record(get_state(setup.model, setup.units.keys_of(layers)))
+    trained = get_state(setup.model, setup.units.keys_of(layers))
+    if settings.dp.updates:  # the whole update's change clipped to dp.clip-norm (f3ocus_core.privacy)
+        trained = clip_update(trained, record_to_state(msg.content.array_records[ARRAYS]), settings.dp.clip_norm)[0]
+    trained = state_to_record(trained)
     return Message(RecordDict({ARRAYS: trained, METRICS: metrics,
                                CLIENT: _client_info(context, data, False).to_record()}), reply_to=msg)
 

@@ -18,6 +18,7 @@ from f3ocus_core.devices import PRECISIONS, check_device_name
 from f3ocus_core.errors import ConfigError
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
 from f3ocus_core.per_client import split_values, values_for
+from f3ocus_core.privacy import PrivacySettings
 from f3ocus_core.tracking import TrackingSettings, check_settings, parse_trackers
 from f3ocus_core.training import ANSWER_MODES, TrainSettings
 
@@ -89,6 +90,7 @@ class RunSettings:
     control: str = ""
     clients_per_round: int = 0
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    dp: PrivacySettings = field(default_factory=PrivacySettings)
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -257,8 +259,19 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             uri=r.get("tracking.uri", str, TrackingSettings.uri),
             experiment=r.get("tracking.experiment", str, TrackingSettings.experiment),
         ),
+        dp=PrivacySettings(
+            clip_norm=r.positive("dp.clip-norm", float, PrivacySettings.clip_norm, allow_zero=True),
+            noise_multiplier=r.positive("dp.noise-multiplier", float, PrivacySettings.noise_multiplier,
+                                        allow_zero=True),
+            delta=r.positive("dp.delta", float, PrivacySettings.delta),
+            target_epsilon=r.positive("dp.target-epsilon", float, PrivacySettings.target_epsilon, allow_zero=True),
+            score_noise_multiplier=r.positive("dp.score-noise-multiplier", float,
+                                              PrivacySettings.score_noise_multiplier, allow_zero=True),
+            hide_participation=r.get("dp.hide-participation", bool, PrivacySettings.hide_participation),
+        ),
     )
     check_settings(settings.tracking)
+    check_privacy(settings)
     try:
         settings.device = check_device_name(settings.device)
     except ValueError as error:
@@ -282,6 +295,40 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
     if any(b < 1 for b in settings.selection.budget):
         raise ConfigError(f"selection.budget: every budget must be >= 1, got {list(settings.selection.budget)}.")
     return settings
+
+
+def check_privacy(settings: RunSettings) -> None:
+    """The ``dp.*`` keys: finite, ``dp.delta`` in (0, 1), and with DP on updates the aggregation it
+    needs (unweighted linear mean: ``aggregation.robust=''``, ``aggregation.lora='separate'``)."""
+    dp = settings.dp
+    for key, value in (("dp.clip-norm", dp.clip_norm), ("dp.noise-multiplier", dp.noise_multiplier),
+                       ("dp.target-epsilon", dp.target_epsilon),
+                       ("dp.score-noise-multiplier", dp.score_noise_multiplier)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: a finite number >= 0 (0 = off), got {value}.")
+    if not dp.delta < 1:
+        raise ConfigError(f"dp.delta: a probability in (0, 1), e.g. 1e-5, got {dp.delta}.")
+    if dp.hide_participation and not dp.noise_multiplier > 0:
+        raise ConfigError("dp.hide-participation: needs noise on the updates; set dp.clip-norm and "
+                          "dp.noise-multiplier > 0.")
+    if dp.noise_multiplier > 0 and not dp.updates:
+        raise ConfigError("dp.noise-multiplier: noise on updates needs a clipping bound; set dp.clip-norm > 0.")
+    if dp.target_epsilon > 0 and not (dp.noise_multiplier > 0 or dp.scores):
+        raise ConfigError("dp.target-epsilon: nothing is noised, so every epsilon is infinite; set "
+                          "dp.noise-multiplier (with dp.clip-norm) or dp.score-noise-multiplier > 0, or "
+                          "dp.target-epsilon=0.")
+    if dp.target_epsilon > 0 and dp.updates and not dp.noise_multiplier > 0:
+        raise ConfigError("dp.target-epsilon: updates are clipped but not noised (dp.noise-multiplier=0), so their "
+                          "epsilon is infinite and no round fits; set dp.noise-multiplier > 0.")
+    if dp.updates and settings.control == "local-only":
+        raise ConfigError("control: 'local-only' releases no average, so dp.clip-norm would protect nothing and its "
+                          "epsilon would mean nothing; set dp.clip-norm=0 or control=''.")
+    if dp.updates and settings.aggregation_robust:
+        raise ConfigError(f"aggregation.robust: {settings.aggregation_robust!r} has no L2 sensitivity bound, so "
+                          "differential privacy (dp.clip-norm > 0) needs the mean; set aggregation.robust=''.")
+    if dp.updates and settings.peft.method == "lora" and settings.aggregation_lora != "separate":
+        raise ConfigError("aggregation.lora: the product mean is not linear in the clients' factors, so "
+                          "differential privacy (dp.clip-norm > 0) needs aggregation.lora='separate'.")
 
 
 def check_against_model(settings: RunSettings, num_layers: int) -> None:

@@ -70,6 +70,8 @@ class RoundRecord:
     coverage: list[int] = field(default_factory=list)
     train_loss: float | None = None
     failed: list[dict[str, str]] = field(default_factory=list)
+    privacy: dict[str, float] = field(default_factory=dict)
+    """The epsilons spent after this round and ``dp_delta`` (:mod:`f3ocus_core.privacy`); empty with DP off."""
 
     def count_down(self, phase: str, node: int, num_bytes: int) -> None:
         """Add ``num_bytes`` sent to ``node`` in ``phase`` (one of :data:`PHASES`)."""
@@ -148,6 +150,7 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
     if record.server_round > 0:
         row["assignment"] = {name_of(node): layers for node, layers in sorted(record.assignment.items())}
         row["coverage"] = record.coverage
+    row.update(record.privacy)
     return row
 
 
@@ -163,7 +166,13 @@ def round_log_line(row: dict, num_rounds: int) -> str:
         f"evaluate {down['evaluate']:.3f}) | train {'-' if mbit is None else f'{mbit:.3f}'} Mbit/client | "
         f"{row['seconds_round']:.1f} s (query {row['seconds_query']:.1f}, select {row['seconds_select']:.2f}, "
         f"train {row['seconds_train']:.1f}, eval {row['seconds_eval']:.1f})"
-    )
+    ) + privacy_text(row)
+
+
+def privacy_text(row: dict) -> str:
+    """The log line's privacy part: `` | epsilon updates 1.23, scores 0.456 at delta 1e-05`` (empty with DP off)."""
+    spent = [f"{kind} {row[f'epsilon_{kind}']:.3g}" for kind in ("updates", "scores") if f"epsilon_{kind}" in row]
+    return f" | epsilon {', '.join(spent)} at delta {row['dp_delta']:g}" if spent else ""
 
 
 class RunRecorder:

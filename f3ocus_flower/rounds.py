@@ -3,7 +3,8 @@
 :meth:`flwr.serverapp.strategy.Strategy.start` always runs rounds ``1..num_rounds``. This is the
 same loop body (configure_train, send, aggregate_train, configure_evaluate, send,
 aggregate_evaluate) over ``first_round..num_rounds``, with a call after each complete round (where
-the server writes its checkpoint).
+the server writes its checkpoint). A strategy with a ``stop_before(round)`` method that returns a
+reason ends the loop before that round (the privacy budget, :mod:`f3ocus_core.privacy`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, first_round:
     result = Result()
     started = time.time()
     for server_round in range(first_round, num_rounds + 1):
+        stop_before = getattr(strategy, "stop_before", None)
+        if stop_before is not None and (reason := stop_before(server_round)):
+            log(INFO, "%s", reason)
+            break
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
         replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, ConfigRecord(), grid),

@@ -90,5 +90,6 @@ def main(grid: Grid, context: Context) -> None:
         tracking.log_artifacts(final_artifacts(out_dir))
     first, last = recorder.rows[0], recorder.rows[-1]
     shown = [("-" if row["metric"] is None else f"{row['metric']:.4f}") for row in (first, last)]
-    log(INFO, "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s",
-        last["metric_name"] or first["metric_name"], shown[0], first["round"], shown[1], last["round"], out_dir)
+    log(INFO, "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s%s",
+        last["metric_name"] or first["metric_name"], shown[0], first["round"], shown[1], last["round"], out_dir,
+        f". The run {strategy.stopped}" if strategy.stopped else "")

@@ -36,6 +36,7 @@ from f3ocus_core.checkpoint import Checkpoint, capture_rng, save_checkpoint
 from f3ocus_core.client_state import run_key
 from f3ocus_core.config import RunSettings
 from f3ocus_core.peft_units import UnitMap
+from f3ocus_core.privacy import PrivacyLedger, add_layer_noise, equal_weight_clipped, spread_over_sampled
 from f3ocus_core.recorder import RoundRecord, RunRecorder, metrics_row, round_log_line
 from f3ocus_core.sampling import sample_clients
 from f3ocus_core.selection import client_budgets, fallback_assignment, select, top_b_masks
@@ -106,6 +107,8 @@ class F3ocusStrategy(Strategy):
         self.resumed_round: int | None = None
         self._restored_scores: dict[int, np.ndarray] = {}
         self.local_states: dict[int, dict[str, np.ndarray]] = {}
+        self.ledger: PrivacyLedger | None = None
+        self.stopped = ""
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -125,8 +128,13 @@ class F3ocusStrategy(Strategy):
         self.global_state = record_to_state(initial_arrays)
         nodes = self._wait_for_nodes(grid)
         self.settings.selection.budgets_for(len(nodes))
+        if self.ledger is None:  # a resumed run keeps its checkpoint's ledger
+            self.ledger = PrivacyLedger(self.settings.dp, len(nodes))
         log(INFO, "Starting %s:", self.__class__.__name__)
         self.summary()
+        if self.settings.dp.updates or self.settings.dp.scores:
+            rounds = num_rounds - (self.resumed_round or 0)
+            log(INFO, "Differential privacy: %s", self.ledger.describe(rounds, self._sample_size()))
         if self.resumed_round is not None:
             log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
             return run_rounds(self, grid, initial_arrays, self.resumed_round + 1, num_rounds, timeout,
@@ -209,6 +217,7 @@ class F3ocusStrategy(Strategy):
         """Check each partial update against its assignment and average layer-wise (under
         ``control='local-only'``: put it into its client's own model instead)."""
         self.round.seconds_train = time.perf_counter() - self._train_sent_at
+        self._account(server_round)
         updates, losses, trained, nodes = [], [], [], []
         # In partition order, not arrival order: the average is then the same bit for bit whichever
         # client answers first (a resumed run repeats the uninterrupted one exactly).
@@ -231,6 +240,10 @@ class F3ocusStrategy(Strategy):
             log(WARNING, "Round %d: no valid update; the global model stays as it was.", server_round)
             return None, None
         updates = [self._bounded(server_round, node, update) for node, update in zip(nodes, updates)]
+        if self.settings.dp.updates:  # clipped again, equal weights (f3ocus_core.privacy)
+            updates = equal_weight_clipped(updates, [self.local_states.get(node, self.global_state) for node in nodes],
+                                           self.settings.dp.clip_norm)
+        before = self.global_state
         if self.settings.control == "local-only":
             for node, update in zip(nodes, updates):
                 self.local_states[node] = {**self.local_states.get(node, self.global_state), **update.state}
@@ -238,6 +251,8 @@ class F3ocusStrategy(Strategy):
             self.global_state = aggregate_layers(self.global_state, updates, lora=self.settings.aggregation_lora,
                                                  max_share=self.settings.aggregation_max_client_share,
                                                  robust=self.settings.aggregation_robust)
+            if self.settings.dp.updates:
+                self.global_state = self._noised(before)
         shares = capped_shares([update.num_examples for update in updates], self.settings.aggregation_max_client_share)
         self.round.train_loss = float(sum(loss * share for loss, share in zip(losses, shares)))
         return state_to_record(self.global_state), MetricRecord({TRAIN_LOSS: self.round.train_loss})
@@ -279,7 +294,9 @@ class F3ocusStrategy(Strategy):
             scores = self.last_valid_scores.get(node)
             clients.append({"name": info.name, "partition_id": info.partition_id, "kind": info.kind,
                             "last_valid_scores": None if scores is None else [float(v) for v in scores]})
-        return {"clients": clients, **self.recorder.export_state()}
+        privacy = None if self.ledger is None else {"population": self.ledger.population, "rounds": self.ledger.rounds,
+                                                    "score_releases": self.ledger.score_releases}
+        return {"clients": clients, "privacy": privacy, **self.recorder.export_state()}
 
     def import_state(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: :meth:`start` then runs the rounds after its round. Node ids
@@ -290,6 +307,10 @@ class F3ocusStrategy(Strategy):
                                  for client in checkpoint.strategy["clients"]
                                  if client["last_valid_scores"] is not None}
         self.recorder.import_state(checkpoint.strategy, checkpoint.server_round)
+        privacy = checkpoint.strategy.get("privacy")
+        if privacy:
+            self.ledger = PrivacyLedger(self.settings.dp, int(privacy["population"]), list(privacy["rounds"]),
+                                        int(privacy["score_releases"]))
 
     def _round_done(self, server_round: int, arrays: ArrayRecord) -> None:
         """After a complete round: write the checkpoint (if this strategy has a fingerprint)."""
@@ -298,6 +319,39 @@ class F3ocusStrategy(Strategy):
         rng, torch_rng = capture_rng()
         save_checkpoint(self.recorder.out_dir, Checkpoint(server_round, record_to_state(arrays), self.export_state(),
                                                           self.fingerprint, rng, torch_rng))
+
+    # ------------------------------------------------------------------ privacy
+
+    def stop_before(self, server_round: int) -> str | None:
+        """Why round ``server_round`` must not run (it would take an epsilon above
+        ``dp.target-epsilon``), or None; the reason is kept in :attr:`stopped`."""
+        reason = self.ledger.would_exceed(self._sample_size()) if self.ledger else None
+        if reason:
+            self.stopped = f"stopped before round {server_round}: {reason}"
+        return self.stopped or None
+
+    def _account(self, server_round: int) -> None:
+        """Account this round's releases in the ledger; the epsilons go into the round's record."""
+        if self.ledger is None or not (self.settings.dp.updates or self.settings.dp.scores):
+            return
+        self.round.privacy = {**self.ledger.record(self._sample_size()), "dp_delta": self.settings.dp.delta}
+
+    def _noised(self, before: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The averaged global state with each trained layer's Gaussian noise (f3ocus_core.privacy);
+        with ``dp.hide-participation``, every layer spread over the round's sampled clients and noised."""
+        dp, counts = self.settings.dp, self.round.coverage
+        state = self.global_state
+        if dp.hide_participation:
+            sampled = self._sample_size()  # fixed before any reply: not who answered or trained
+            state = spread_over_sampled(state, before, self.units.names, counts, sampled)
+            counts = [sampled] * self.num_layers
+        return add_layer_noise(state, self.units.names, counts, dp.noise_multiplier, dp.clip_norm,
+                               np.random.default_rng())
+
+    def _sample_size(self) -> int:
+        """Clients sampled per round: ``clients-per-round`` of the population (all if 0)."""
+        wanted = self.settings.clients_per_round
+        return min(wanted, self.ledger.population) if wanted else self.ledger.population
 
     # ------------------------------------------------------------------ helpers
 
