@@ -228,17 +228,21 @@ def base_model(config: dict, seed: int) -> str:
                               exclude)
 
 
+_LINES = logging.StreamHandler(sys.stdout)
+"""The handler that prints the grid's lines (one per cell) on standard output."""
+_LINES.setFormatter(logging.Formatter("%(message)s"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid (skipping finished cells), then write the table and figures."""
     import flwr.common.logger  # noqa: F401  (sets Flower's log level on import: import before changing it)
     import torch
 
     args = parse_args(argv)
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    if _LINES not in log.handlers:
+        log.addHandler(_LINES)
+    _LINES.stream = sys.stdout  # today's stdout (not setStream: it flushes the old one, which may be closed)
+    log.setLevel(logging.INFO)
     flwr_logger, threads = logging.getLogger("flwr"), torch.get_num_threads()
     flwr_level = flwr_logger.level
     if not args.verbose:
