@@ -26,7 +26,8 @@ def protocol_config(small_run_config: dict) -> dict:
     return dict(small_run_config, **{"num-server-rounds": 3, "run-name": "protocol", "train.max-steps": 2})
 
 
-def protocol_run(config: dict, num_nodes: int = 3) -> tuple[dict[int, dict[str, list[int]]], dict[str, np.ndarray], list]:
+def protocol_run(config: dict, num_nodes: int = 3) -> tuple[dict[int, dict[str, list[int]]], dict[str, np.ndarray],
+                                                          list]:
     """Run ``config``; return the assignment per round (client name -> layer ids), the final global
     units and the grid's calls ``(node, message type)``."""
     grid, rows = run_server_app(config, num_nodes=num_nodes)
