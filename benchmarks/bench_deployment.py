@@ -257,7 +257,7 @@ def show_overhead(rows: list[dict], handled: dict[tuple[int, str], float]) -> No
 
 
 def mean_round(rows: list[dict], key: str = "seconds_round") -> float:
-    later = [row[key] for row in rows if row["round"] >= 1]
+    later = [row.get(key, 0.0) for row in rows if row["round"] >= 1]
     return sum(later) / len(later)
 
 
