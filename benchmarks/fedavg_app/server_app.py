@@ -1,6 +1,10 @@
 """FedAvg's ServerApp, as ``flwr new`` writes one (Flower's own ``FedAvg`` strategy), which also
 writes each round's phase times to ``<output-dir>/<run-name>/metrics.jsonl`` in the keys F3OCUS
-uses, so that ``bench_deployment.py`` reads both apps alike."""
+uses, so that ``bench_deployment.py`` reads both apps alike.
+
+It runs ``num-server-rounds + 1`` rounds and records the first as round 0: that round carries the
+clients' cold start (imports, data, model), which F3OCUS's round-0 evaluation carries in its run,
+and the bench counts rounds 1.. of both."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class TimedFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round, replies):
         metrics = super().aggregate_evaluate(server_round, replies)
         ended, t = time.perf_counter(), self.times
-        row = {"round": server_round, "seconds_train": t["trained"] - t["started"],
+        row = {"round": server_round - 1, "seconds_train": t["trained"] - t["started"],
                "seconds_eval": ended - t["evaluating"], "seconds_round": ended - t["started"],
                "accuracy": None if metrics is None else metrics.get("accuracy")}
         with self.rows_file.open("a") as rows:
@@ -63,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = TimedFedAvg(out / "metrics.jsonl", min_train_nodes=clients, min_evaluate_nodes=clients,
                            min_available_nodes=clients)
     strategy.start(grid=grid, initial_arrays=state_to_record(get_state(setup.model, setup.units.all_keys())),
-                   num_rounds=settings.num_rounds, train_config=ConfigRecord({}))
+                   num_rounds=settings.num_rounds + 1, train_config=ConfigRecord({}))
 
 
 def write_app(folder: Path, root: Path) -> Path:
