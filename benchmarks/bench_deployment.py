@@ -12,17 +12,24 @@ Flower home, working folder and ``F3OCUS_CACHE`` (so a deployment's nodes start 
 - ``deployment-cold``: the same with ``F3OCUS_WARM=0`` on the nodes (each message does all its work
   in its own process, as before warm workers);
 - ``simulation``: ``flwr run .`` on Flower's local simulation (``--clients`` SuperNodes,
-  ``--sim-cpus`` CPUs per client).
+  ``--sim-cpus`` CPUs per client);
+- ``fedavg-deployment``, ``fedavg-simulation``: the same two set-ups running a minimal Flower app
+  written for the bench (``benchmarks/fedavg_app``: Flower's own ``FedAvg`` strategy and a
+  ``flwr new``-style ClientApp on the same model, data and loops, two exchanges per round, every
+  layer trained, no warm worker). Its deployed-minus-simulated round time is Flower's floor for a
+  two-exchange round on this model; F3OCUS's deployed-minus-simulated round is printed next to it.
 
 All use one prebuilt base checkpoint (``model.cache-dir``) and skip Flower's runtime dependency
 installation. Per-phase times are the server's own (``outputs/<run>/metrics.jsonl``:
-``seconds_query``, ``seconds_select``, ``seconds_train``, ``seconds_eval``, ``seconds_round``); round 0
+``seconds_select``, ``seconds_train``, ``seconds_eval``, ``seconds_round``; ``seconds_query`` is 0, as a
+round has no query exchange but in a resumed run); round 0
 (evaluating the starting model) carries the nodes' cold start and is shown but not counted. For a
 warm deployment each phase is split into the slowest node's time in its worker (the worker logs it)
 and the rest, Flower's transport. ``--profile`` first times the steps of one cold message. The ratio
 is mean ``seconds_round`` over rounds 1..R of the deployment over that of the simulation.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_deployment.py`` (a few minutes on 2 cores).
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_deployment.py`` (a few minutes on 2 cores;
+``--modes deployment,simulation`` leaves out the FedAvg floor).
 ``--run-config "key=value ..."`` adds run-config overrides (e.g. the shipped data caps:
 ``"data.max-train-per-client=800 data.max-test-per-client=200 train.local-epochs=2"``).
 The last line is ``deployment/simulation round-time ratio: <x>``.
@@ -84,9 +91,9 @@ def read_rows(out_dir: Path) -> list[dict]:
 
 
 def flwr_run(args: argparse.Namespace, work: Path, env: dict, config: str, connection: str | None,
-             label: str) -> None:
-    """``flwr run ROOT [connection] --stream``, its output kept in ``work/flwr-run.log``; raises on failure."""
-    command = [str(BIN / "flwr"), "run", str(ROOT), *([connection] if connection else []), "--stream",
+             label: str, app: Path = ROOT) -> None:
+    """``flwr run APP [connection] --stream``, its output kept in ``work/flwr-run.log``; raises on failure."""
+    command = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream",
                "--run-config", config]
     result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
     (work / "flwr-run.log").write_text(result.stdout + result.stderr)
@@ -94,30 +101,31 @@ def flwr_run(args: argparse.Namespace, work: Path, env: dict, config: str, conne
         raise RuntimeError(f"{label} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
-def simulate(args: argparse.Namespace, work: Path, cache_dir: Path) -> list[dict]:
-    """``flwr run .`` in the local simulation; returns the metrics rows."""
+def simulate(args: argparse.Namespace, work: Path, cache_dir: Path, app: Path = ROOT) -> list[dict]:
+    """``flwr run APP`` in the local simulation; returns the metrics rows."""
     home = work / "flwr-home"
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
         f"options.num-supernodes = {args.clients}\n"
         f"options.backend.client-resources.num-cpus = {args.sim_cpus}\n")
-    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
+    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "PYTHONPATH": str(ROOT)}
     out = work / "outputs"
     try:
-        flwr_run(args, work, env, run_config(args, out, cache_dir), None, "simulation")
+        flwr_run(args, work, env, run_config(args, out, cache_dir), None, "simulation", app)
     finally:
         stop(processes_mentioning(str(home)))
     return read_rows(out)
 
 
-def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = True) -> list[dict]:
+def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = True, app: Path = ROOT) -> list[dict]:
     """SuperLink + ``--clients`` SuperNodes on loopback, then ``flwr run . <connection>``; with
     ``warm=False`` the nodes run with ``F3OCUS_WARM=0`` (every message in its own process)."""
     home = work / "flwr-cli"
     link_port = free_port()
     write_connection(home, "bench", f"127.0.0.1:{link_port}")
-    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0"}
+    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0",
+           "PYTHONPATH": str(ROOT)}
     # Each node gets its share of the cores, as the simulation gives each client --sim-cpus (Ray sets
     # OMP_NUM_THREADS per client): two nodes on one host must not both compute with every core.
     env["OMP_NUM_THREADS"] = str(max(1, int(args.sim_cpus)))
@@ -147,7 +155,7 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
                 str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                 "--port", str(free_port()),
                 "--node-config", f"partition-id={node} num-partitions={args.clients}"])
-        flwr_run(args, work, env, run_config(args, out, cache_dir), "bench", "deployment")
+        flwr_run(args, work, env, run_config(args, out, cache_dir), "bench", "deployment", app)
     finally:
         stop([process.pid for process in processes[1:]])
         if processes:
@@ -249,7 +257,7 @@ def show_overhead(rows: list[dict], handled: dict[tuple[int, str], float]) -> No
 
 
 def mean_round(rows: list[dict], key: str = "seconds_round") -> float:
-    later = [row[key] for row in rows if row["round"] >= 1]
+    later = [row.get(key, 0.0) for row in rows if row["round"] >= 1]
     return sum(later) / len(later)
 
 
@@ -274,8 +282,9 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=30, help="model.pretrain-steps of the base checkpoint")
     parser.add_argument("--sim-cpus", type=float, default=1, help="simulation: CPUs per client (1: both at once)")
     parser.add_argument("--run-config", default="", help="further run-config overrides, TOML 'key=value ...'")
-    parser.add_argument("--modes", default="deployment,simulation",
-                        help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0)")
+    parser.add_argument("--modes", default="deployment,simulation,fedavg-deployment,fedavg-simulation",
+                        help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0), "
+                             "fedavg-deployment, fedavg-simulation")
     parser.add_argument("--work-dir", default="", help="keep logs and outputs here (default: a temporary folder)")
     parser.add_argument("--superexec-poll", type=float, default=0.0,
                         help="deployment: FLWR_SUPEREXEC_TASK_POLL_INTERVAL of the nodes (0: Flower's default, 1 s)")
@@ -298,19 +307,29 @@ def main() -> None:
         for step, seconds in profile_message(args, work, cache_dir).items():
             print(f"  {seconds:6.2f}  {step}")
 
+    from benchmarks.fedavg_app.server_app import write_app
+
+    fedavg = write_app(work / "fedavg-app", ROOT)
     runs = {"simulation": simulate, "deployment": deploy,
-            "deployment-cold": lambda *a: deploy(*a, warm=False)}
+            "deployment-cold": lambda *a: deploy(*a, warm=False),
+            "fedavg-simulation": lambda *a: simulate(*a, app=fedavg),
+            "fedavg-deployment": lambda *a: deploy(*a, app=fedavg)}
     rows: dict[str, list[dict]] = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         started = time.perf_counter()
         rows[mode] = runs[mode](args, work / mode, cache_dir)
         print(f"{mode}: {time.perf_counter() - started:.1f} s wall, logs in {work / mode}")
         show(mode, rows[mode])
-        if mode.startswith("deployment"):
+        if mode.startswith("deployment") or mode == "fedavg-deployment":
             show_overhead(rows[mode], worker_seconds(work / mode / "logs"))
     if "simulation" in rows and "deployment-cold" in rows:
         ratio = mean_round(rows["deployment-cold"]) / mean_round(rows["simulation"])
         print(f"\ndeployment-cold (F3OCUS_WARM=0)/simulation round-time ratio: {ratio:.2f}")
+    if all(mode in rows for mode in ("simulation", "deployment", "fedavg-simulation", "fedavg-deployment")):
+        ours = mean_round(rows["deployment"]) - mean_round(rows["simulation"])
+        floor = mean_round(rows["fedavg-deployment"]) - mean_round(rows["fedavg-simulation"])
+        print(f"\ndeployed minus simulated round (s): F3OCUS {ours:.2f}, Flower FedAvg {floor:.2f} "
+              f"(F3OCUS/FedAvg: {ours / floor:.2f}; within 10% of the floor: {abs(ours - floor) <= 0.1 * floor})")
     if "simulation" in rows and "deployment" in rows:
         ratio = mean_round(rows["deployment"]) / mean_round(rows["simulation"])
         print(f"\ndeployment/simulation round-time ratio: {ratio:.2f}")

@@ -4,7 +4,7 @@ Real short runs of the project's ServerApp and ClientApp (:func:`f3ocus_flower.i
 no SuperLink): the default run config and tiny ViLT base, 4 clients, a few rounds, smaller data.
 The last client (partition 3) attacks in every round from round 1 on:
 
-- ``inflate``: reports ``num-examples`` 10^9 in every reply (the same in ``query`` and ``train``)
+- ``inflate``: reports ``num-examples`` 10^9 in every reply (the same in its scores and ``train``)
   and an accuracy of 1.0; its update itself is honest;
 - ``scale``: sends ``sent + 100 (u - sent)``, its honest change ``u - sent`` scaled by 100;
 - ``flip``: sends ``sent - 10 (u - sent)``, its change sign-flipped and scaled by 10.
@@ -66,7 +66,9 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
                 if reply.has_error():
                     return reply
                 server_round = int(msg.content.config_records[CONFIG]["server-round"])
-                attacking = msg.metadata.dst_node_id == node and kind != "honest" and server_round >= 1
+                # From round 1 on; the scores for round 1 come with round 0's evaluate reply.
+                attacking = msg.metadata.dst_node_id == node and kind != "honest" and (
+                    server_round >= 1 or SCORES in reply.content)
                 if phase == MessageType.TRAIN:
                     examples[msg.metadata.dst_node_id] = int(reply.content[METRICS][NUM_EXAMPLES])
                     sent = {k: a.numpy() for k, a in msg.content[ARRAYS].items()}
@@ -81,12 +83,15 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
                 if not attacking:
                     return reply
                 if kind == "inflate":
-                    record = SCORES if phase == MessageType.QUERY else METRICS
-                    values = dict(reply.content[record])
-                    values[NUM_EXAMPLES] = 10**9
-                    if phase == MessageType.EVALUATE:
-                        values.update({"accuracy": 1.0, "metric": 1.0})
-                    return Message(_records(reply, **{record: MetricRecord(values)}), reply_to=msg)
+                    changed = {}
+                    for record in (SCORES, METRICS):
+                        if record in reply.content and (record == SCORES or server_round >= 1):
+                            values = dict(reply.content[record])
+                            values[NUM_EXAMPLES] = 10**9
+                            if record == METRICS and phase == MessageType.EVALUATE:
+                                values.update({"accuracy": 1.0, "metric": 1.0})
+                            changed[record] = MetricRecord(values)
+                    return Message(_records(reply, **changed), reply_to=msg)
                 if phase == MessageType.TRAIN and kind in ("scale", "flip"):
                     factor = 100.0 if kind == "scale" else -10.0
                     poisoned = {k: Array((sent[k] + factor * (got[k] - sent[k])).astype(sent[k].dtype)) for k in got}
@@ -95,7 +100,7 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
             return wrapped
         return decorate
 
-    return {phase: wrap(phase) for phase in (MessageType.QUERY, MessageType.TRAIN, MessageType.EVALUATE)}
+    return {phase: wrap(phase) for phase in (MessageType.TRAIN, MessageType.EVALUATE)}
 
 
 def run_one(config: dict, attack: str, defence: str, clients: int, folder: Path, layers_of: dict) -> dict:

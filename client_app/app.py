@@ -1,11 +1,12 @@
 """Flower ClientApp: each message becomes calls of ``f3ocus_core``; nothing else happens here.
 
-- ``query``: load the global units, score every layer on a local batch, reply with the scores.
 - ``train``: train only the assigned layers' units (and the personal head), reply with those units.
-- ``evaluate``: load the global units, evaluate on the local test part.
+- ``evaluate``: load the global units, evaluate on the local test part and, unless it is the last
+  round, score every layer on a local batch for the next round's selection; reply with both.
+- ``query`` (the first round of a resumed run only): load the global units, score every layer.
 
-The client keeps two things in ``context.state`` between messages: the global units of the current
-round (received with ``query``) and its personal answer head. The head is also saved on the node's
+The client keeps two things in ``context.state`` between messages: the global units of the next
+round (received with ``evaluate``, or ``query``) and its personal answer head. The head is also saved on the node's
 disk after each ``train`` (:mod:`f3ocus_core.client_state`, under the run key the server sends), so
 a restarted SuperNode or a resumed run starts from the head of the last round before the current
 one. The record keys are those of :mod:`f3ocus_flower.protocol`.
@@ -48,6 +49,7 @@ from f3ocus_flower.protocol import (
     METRICS,
     NUM_EXAMPLES,
     RUN_KEY,
+    SCORE_ROUND,
     SCORES,
     SECONDS,
     SERVER_ROUND,
@@ -127,10 +129,30 @@ def _client_info(context: Context, data: ClientData, with_labels: bool) -> Clien
     return ClientInfo(data.name, parse_node_config(context.node_config).partition_id, data.kind, labels)
 
 
+def _score(setup: ModelSetup, data: ClientData, settings: RunSettings, device: torch.device, context: Context,
+           score_round: int) -> ScoresReply:
+    """Score every layer of ``setup.model`` (the received units loaded) on a local batch, seeded by
+    ``score_round``, the round whose selection the scores are for."""
+    started = time.perf_counter()
+    collate = _collate(setup, data)
+    batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + score_round)
+    reduction = settings.scoring.reduction
+    if reduction == "head" and family_of(setup.model).generative:
+        reduction = "projection"  # a generative model has no answer head to project on
+    scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
+                          reduction=reduction, projection_dim=settings.scoring.projection_dim,
+                          seed=settings.seed + score_round,
+                          client_seed=parse_node_config(context.node_config).partition_id)
+    normalized, raw = scores.normalized, scores.raw
+    if settings.dp.scores:  # noised before they leave; the raw scores stay here (f3ocus_core.privacy)
+        normalized = raw = privatize_scores(normalized, settings.dp.score_noise_multiplier, np.random.default_rng())
+    return ScoresReply(tuple(normalized), tuple(raw), len(data.train), time.perf_counter() - started)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Score every layer of the received global model on a local batch."""
-    started = time.perf_counter()
+    """Score every layer of the received global model on a local batch (the first round of a resumed
+    run only: the clients of a new Flower run hold no global units, the server no scores)."""
     server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])
     store = _store(msg, context)
     if store is not None:
@@ -140,19 +162,7 @@ def query(msg: Message, context: Context) -> Message:
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
     context.state[GLOBAL_UNITS] = arrays
-    collate = _collate(setup, data)
-    batch = first_batch(data.train, collate, settings.scoring.batch_size, seed=settings.seed + server_round)
-    reduction = settings.scoring.reduction
-    if reduction == "head" and family_of(setup.model).generative:
-        reduction = "projection"  # a generative model has no answer head to project on
-    scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
-                          reduction=reduction, projection_dim=settings.scoring.projection_dim,
-                          seed=settings.seed + server_round,
-                          client_seed=parse_node_config(context.node_config).partition_id)
-    normalized, raw = scores.normalized, scores.raw
-    if settings.dp.scores:  # noised before they leave; the raw scores stay here (f3ocus_core.privacy)
-        normalized = raw = privatize_scores(normalized, settings.dp.score_noise_multiplier, np.random.default_rng())
-    reply = ScoresReply(tuple(normalized), tuple(raw), len(data.train), time.perf_counter() - started)
+    reply = _score(setup, data, settings, device, context, server_round)
     return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
                    reply_to=msg)
 
@@ -161,16 +171,20 @@ def query(msg: Message, context: Context) -> Message:
 def train_fn(msg: Message, context: Context) -> Message:
     """Train only the assigned layers' units and the personal head; send back only those units."""
     config = msg.content.config_records[CONFIG]
+    server_round = int(config[SERVER_ROUND])
     store = _store(msg, context)
-    _restore_head(context, store, int(config[SERVER_ROUND]) - 1)
+    if store is not None:
+        store.discard(HEAD, from_round=server_round)  # left by an attempt at this round before a server crash
+    _restore_head(context, store, server_round - 1)
     settings, data, setup, device = _setup(context)
     if GLOBAL_UNITS not in context.state.array_records:
-        raise RuntimeError("No global units from this round's query; the client restarted mid-round.")
+        raise RuntimeError("No global units from the previous round's evaluate message: the client restarted "
+                           "since; it takes part again from the next round.")
     set_state(setup.model, record_to_state(context.state.array_records[GLOBAL_UNITS]))
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     layers = [int(layer) for layer in config[LAYERS]]
     set_trainable(setup.model, setup.units, layers, head=True)
-    collate, seed = _collate(setup, data), settings.seed + int(config[SERVER_ROUND])
+    collate, seed = _collate(setup, data), settings.seed + server_round
     started = time.perf_counter()
     result = train(setup.model, data.train, collate, settings.train, seed=seed, device=device)
     seconds = time.perf_counter() - started
@@ -179,7 +193,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     head = get_state(setup.model, head_names(setup.model))
     context.state[HEAD] = state_to_record(head)
     if store is not None:
-        store.save(HEAD, int(config[SERVER_ROUND]), head)
+        store.save(HEAD, server_round, head)
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
                             SECONDS: seconds, TRAINABLE_PARAMS: trainable_parameters(setup.model), TRAIN_GFLOP: gflop})
     trained = get_state(setup.model, setup.units.keys_of(layers))
@@ -192,13 +206,20 @@ def train_fn(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    """Evaluate the received global units with the personal head on the local test part."""
-    _restore_head(context, _store(msg, context), int(msg.content.config_records[CONFIG][SERVER_ROUND]))
+    """Evaluate the received global units with the personal head on the local test part; if the
+    config names a ``score-round``, also score every layer on the same units for that round and keep
+    the units for its ``train`` message."""
+    config = msg.content.config_records[CONFIG]
+    _restore_head(context, _store(msg, context), int(config[SERVER_ROUND]))
     settings, data, setup, device = _setup(context)
-    set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
+    arrays = msg.content.array_records[ARRAYS]
+    set_state(setup.model, record_to_state(arrays))
     metrics = evaluate(setup.model, data.test, _collate(setup, data), data.kind,
                        settings.eval_batch_size, device=device, precision=settings.train.precision,
                        answer_mode=settings.eval_answer_mode)
     metrics[NUM_EXAMPLES] = len(data.test)
-    return Message(RecordDict({METRICS: MetricRecord(metrics), CLIENT: _client_info(context, data, True).to_record()}),
-                   reply_to=msg)
+    content = RecordDict({METRICS: MetricRecord(metrics), CLIENT: _client_info(context, data, True).to_record()})
+    if SCORE_ROUND in config:
+        context.state[GLOBAL_UNITS] = arrays
+        content[SCORES] = _score(setup, data, settings, device, context, int(config[SCORE_ROUND])).to_record()
+    return Message(content, reply_to=msg)

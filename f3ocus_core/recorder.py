@@ -37,7 +37,8 @@ from f3ocus_core.aggregation import capped_shares
 from f3ocus_core.checkpoint import atomic_file
 
 PHASES = ("query", "train", "evaluate")
-"""The three message exchanges of a round, the keys of a row's ``bytes_down``."""
+"""The message exchanges, the keys of a row's ``bytes_down``: a round has ``train`` and ``evaluate``
+(which also carries the next round's scores); ``query`` only the first round of a resumed run."""
 
 
 def _jsonable(value: object) -> object:
@@ -52,8 +53,10 @@ def _jsonable(value: object) -> object:
 class RoundRecord:
     """What the server measures in one round, keyed by node id until :func:`metrics_row` names clients.
 
-    Round 0 (evaluating the starting model) fills only ``bytes_down["evaluate"]``, ``seconds_eval``
-    and ``failed``.
+    Round 0 (evaluating the starting model, and scoring it for round 1) fills only
+    ``bytes_down["evaluate"]``, ``seconds_eval`` and ``failed``. ``seconds_eval`` is the evaluate
+    exchange, the clients' scoring for the next round included; ``seconds_query`` and
+    ``bytes_down["query"]`` stay 0 but in the first round of a resumed run.
     """
 
     server_round: int
@@ -155,17 +158,25 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
 
 
 def round_log_line(row: dict, num_rounds: int) -> str:
-    """The one log line per round: task metric, loss, traffic by phase, train Mbit per client, times."""
+    """The one log line per round: task metric, loss, traffic by phase, train Mbit per client, times.
+
+    ``eval`` includes the clients' scoring for the next round (one message does both); ``query``
+    shows only in the first round of a resumed run, the one round that has that exchange.
+    """
     up = sum(row["bytes_up"].values()) / 1e6
     down = {phase: sum(row["bytes_down"][phase].values()) / 1e6 for phase in PHASES}
     mbit = row["mbit_train_per_client"]
     metric, loss = (("-" if row[key] is None else f"{row[key]:.4f}") for key in ("metric", "loss"))
+    query = bool(row["bytes_down"]["query"]) or row["seconds_query"] > 0
     return (
         f"Round {row['round']}/{num_rounds}: {row['metric_name'] or 'metric'} {metric}, loss {loss} | "
-        f"up {up:.3f} MB, down {sum(down.values()):.3f} MB (query {down['query']:.3f}, train {down['train']:.3f}, "
-        f"evaluate {down['evaluate']:.3f}) | train {'-' if mbit is None else f'{mbit:.3f}'} Mbit/client | "
-        f"{row['seconds_round']:.1f} s (query {row['seconds_query']:.1f}, select {row['seconds_select']:.2f}, "
-        f"train {row['seconds_train']:.1f}, eval {row['seconds_eval']:.1f})"
+        f"up {up:.3f} MB, down {sum(down.values()):.3f} MB ("
+        + (f"query {down['query']:.3f}, " if query else "")
+        + f"train {down['train']:.3f}, evaluate {down['evaluate']:.3f}) | "
+        f"train {'-' if mbit is None else f'{mbit:.3f}'} Mbit/client | {row['seconds_round']:.1f} s ("
+        + (f"query {row['seconds_query']:.1f}, " if query else "")
+        + f"select {row['seconds_select']:.2f}, train {row['seconds_train']:.1f}, "
+        f"eval+score {row['seconds_eval']:.1f})"
     ) + privacy_text(row)
 
 

@@ -88,7 +88,8 @@ class InProcessGrid:
 
 
 def client_handlers() -> dict[str, Callable]:
-    """The ClientApp's handler per message type (``query``, ``train``, ``evaluate``)."""
+    """The ClientApp's handler per message type (``train``, ``evaluate``, and ``query`` for a
+    resumed run's first round)."""
     from client_app import app as client
 
     return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn,

@@ -1,17 +1,23 @@
 """The F3OCUS message protocol: record keys, array conversions and the records both apps build.
 
-A round is three exchanges (see docs/architecture.md):
+A round is two exchanges, ``train`` then ``evaluate`` (see docs/architecture.md); the evaluate
+exchange also carries the layer scores of the next round.
 
 Every CONFIG record the server sends also holds RUN_KEY, the key under which a client keeps its
-state on disk (:mod:`f3ocus_core.client_state`).
+state on disk (:mod:`f3ocus_core.client_state`), and any key of the ``train_config`` or
+``evaluate_config`` given to the strategy's ``start``.
 
-- ``query``: server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
-  client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``.
 - ``train``: server -> client ``{ARRAYS: the assigned layers' units, CONFIG: {SERVER_ROUND, LAYERS}}``;
   client -> server ``{ARRAYS: the trained units, METRICS: {NUM_EXAMPLES, TRAIN_LOSS, STEPS,
   SECONDS, TRAINABLE_PARAMS, TRAIN_GFLOP}, CLIENT: ClientInfo}``.
-- ``evaluate``: server -> client as ``query``; client -> server ``{METRICS: {LOSS, METRIC, accuracy
-  or f1, NUM_EXAMPLES}, CLIENT: ClientInfo}``.
+- ``evaluate``: server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND[, SCORE_ROUND]}}``;
+  client -> server ``{METRICS: {LOSS, METRIC, accuracy or f1, NUM_EXAMPLES}, CLIENT: ClientInfo[,
+  SCORES: ScoresReply]}``. With SCORE_ROUND (every round but the last) the client also scores its
+  layers on the received units for round SCORE_ROUND, seeded by that round, and keeps the units for
+  that round's ``train``.
+- ``query`` (only the first round of a resumed run, whose fresh clients hold no units and whose
+  server holds no scores): server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
+  client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``, the scores for SERVER_ROUND.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ CLIENT = "client"
 SERVER_ROUND = "server-round"
 LAYERS = "layers"
 RUN_KEY = "run-key"
+SCORE_ROUND = "score-round"
 
 # Keys of the METRICS and SCORES records the clients send.
 NUM_EXAMPLES = "num-examples"
@@ -48,7 +55,7 @@ RAW = "raw"
 # The records each reply carries (the server rejects any other).
 QUERY_REPLY_RECORDS = (SCORES, CLIENT)
 TRAIN_REPLY_RECORDS = (ARRAYS, METRICS, CLIENT)
-EVALUATE_REPLY_RECORDS = (METRICS, CLIENT)
+EVALUATE_REPLY_RECORDS = (METRICS, CLIENT, SCORES)
 
 
 def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
@@ -61,11 +68,14 @@ def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in record.items()}
 
 
-def round_config(server_round: int, layers: list[int] | None = None) -> ConfigRecord:
-    """The CONFIG record of a message: the round, and for ``train`` the layer ids to train."""
+def round_config(server_round: int, layers: list[int] | None = None, score_round: int | None = None) -> ConfigRecord:
+    """The CONFIG record of a message: the round, for ``train`` the layer ids to train, for an
+    ``evaluate`` the round its scores are for (none: score nothing)."""
     config: dict[str, int | list[int]] = {SERVER_ROUND: int(server_round)}
     if layers is not None:
         config[LAYERS] = [int(layer) for layer in layers]
+    if score_round is not None:
+        config[SCORE_ROUND] = int(score_round)
     return ConfigRecord(config)
 
 
@@ -97,8 +107,9 @@ class ClientInfo:
 
 @dataclass(frozen=True)
 class ScoresReply:
-    """A client's answer to ``query``: its layer importance scores, normalised (what the selector
-    uses) and raw, as :class:`f3ocus_core.importance.LayerScores` holds them."""
+    """A client's layer importance scores (with its ``evaluate`` reply, or as its answer to
+    ``query``), normalised (what the selector uses) and raw, as
+    :class:`f3ocus_core.importance.LayerScores` holds them."""
 
     normalized: tuple[float, ...]
     raw: tuple[float, ...]

@@ -238,6 +238,16 @@ def deployment_run_config(small_run_config: dict) -> dict:
     return config
 
 
+_HANDLED = re.compile(r"f3ocus warm worker \d+: (\w+) (?:handled|failed) in")
+
+
+def messages_handled(started: Started) -> dict[str, list[str]]:
+    """Per service whose log shows a warm ClientApp worker (:mod:`f3ocus_flower.warm`), the message
+    types it handled, in order: what each node was sent."""
+    handled = {name: _HANDLED.findall(started.log(name)) for name in started.logs}
+    return {name: kinds for name, kinds in handled.items() if kinds}
+
+
 def assert_round_one(result, started: Started, config: dict) -> None:
     """`flwr run` succeeded and the run's metrics.jsonl has round 1 with both clients, none failed."""
     logs = "\n".join(f"--- {name}\n{started.log(name)[-3000:]}" for name in started.logs)

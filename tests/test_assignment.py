@@ -29,10 +29,10 @@ def test_when_all_clients_prefer_the_same_layers_the_server_spreads_them(algorit
 
 
 def test_a_client_with_invalid_scores_gets_a_fallback_and_the_round_goes_on(small_run_config):
-    def tamper(query):
+    def tamper(evaluate):
         def wrapped(msg, context):
-            reply = query(msg, context)
-            if context.node_config["partition-id"] == 1:
+            reply = evaluate(msg, context)
+            if context.node_config["partition-id"] == 1 and "scores" in reply.content:
                 scores = list(reply.content.metric_records["scores"]["scores"])
                 scores[0] = float("nan")
                 old = reply.content.metric_records["scores"]
@@ -41,7 +41,7 @@ def test_a_client_with_invalid_scores_gets_a_fallback_and_the_round_goes_on(smal
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1, "selection.budget": "2"})
-    _, rows = run_server_app(config, num_nodes=3, wrap={MessageType.QUERY: tamper})
+    _, rows = run_server_app(config, num_nodes=3, wrap={MessageType.EVALUATE: tamper})
     out = f"{config['output-dir']}/{config['run-name']}"
     selection = [json.loads(line) for line in Path(f"{out}/selection.jsonl").read_text().splitlines()]
     assert selection[0]["invalid_clients"] == ["easy-vqa/1"]

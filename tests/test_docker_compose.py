@@ -15,6 +15,7 @@ from tests.compose_processes import (
     deployment_run_config,
     interpolate,
     load_compose,
+    messages_handled,
     run_deployment,
 )
 from tests.conftest import ROOT
@@ -231,6 +232,9 @@ def test_compose_topology_runs_a_round_as_processes(tmp_path, small_run_config):
     config = deployment_run_config(small_run_config)
     result, started = run_deployment(tmp_path, [DOCKER / "compose.yml"], {}, config)
     assert_round_one(result, started, config)
+    # Two exchanges per node per round: round 0's evaluate (which scores for round 1), then round
+    # 1's train and evaluate (the last, which scores nothing). No query.
+    assert messages_handled(started) == {f"superexec-clientapp-{n}": ["evaluate", "train", "evaluate"] for n in (1, 2)}
     assert all(process.poll() is not None for process in started.processes.values())
 
 

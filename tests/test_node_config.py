@@ -48,7 +48,7 @@ def test_a_node_with_a_bad_node_config_is_logged_as_failed_and_the_run_goes_on(s
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1})
-    wrap = {kind: misconfigure for kind in (MessageType.QUERY, MessageType.TRAIN, MessageType.EVALUATE)}
+    wrap = {kind: misconfigure for kind in (MessageType.TRAIN, MessageType.EVALUATE)}
     _, rows = run_server_app(config, num_nodes=3, wrap=wrap)
     failed = [f for row in rows for f in row["failed"]]
     assert failed and all(key in f["reason"] for f in failed)

@@ -161,7 +161,7 @@ def test_a_run_stops_cleanly_before_a_round_would_exceed_the_target(tmp_path, ca
     assert "epsilon updates" in round_log_line(trained[-1], 4)
     assert any("dp.target-epsilon" in record.getMessage() for record in caplog.records)
     for key in ("layer.0.a", "layer.1.a", "layer.2.a"):  # noise reached every trained layer
-        assert not np.array_equal(strategy.global_state[key], GLOBAL[key])
+        assert not np.array_equal(strategy.state.global_units[key], GLOBAL[key])
 
 
 def test_score_noise_alone_reports_its_epsilon_every_round_and_leaves_updates_unclipped(tmp_path):
@@ -275,9 +275,9 @@ def test_hiding_participation_noises_every_layer_even_one_nobody_trained(tmp_pat
     settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 1.0, "dp.hide-participation": True,
                                          "aggregation.max-update-norm": 0.0, "clients-per-round": 3})
     strategy = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]))
-    strategy.global_state = dict(GLOBAL)
+    strategy.state.global_units = dict(GLOBAL)
     strategy.ledger = PrivacyLedger(settings.dp, 3)
-    strategy.round = RoundRecord(1, assignment={1: [0], 2: [0]})
+    strategy.state.record = RoundRecord(1, assignment={1: [0], 2: [0]})
     change = {"layer.0.a": GLOBAL["layer.0.a"] + 0.1, "layer.0.b": GLOBAL["layer.0.b"]}
     arrays, _ = strategy.aggregate_train(1, [_update(1, change, 10, 1.0), _update(2, change, 10, 1.0)])
 

@@ -30,6 +30,15 @@ def test_train_mbit_counts_units_sent_to_train_and_accepted_updates_only():
     assert "(query 0.200, train 0.004, evaluate 0.200) | train 0.020 Mbit/client" in line
 
 
+def test_a_round_without_a_query_exchange_logs_two_exchanges():
+    record = RoundRecord(2, assignment={1: [0]}, seconds_select=0.5, seconds_train=2.0, seconds_eval=3.0)
+    record.count_down("train", 1, 1_000)
+    record.count_down("evaluate", 1, 100_000)
+    line = round_log_line(metrics_row(record, {"a": EVALUATIONS["a"]}, NAMES.get), 3)
+    assert "query" not in line
+    assert "(train 0.001, evaluate 0.100)" in line and "(select 0.50, train 2.0, eval+score 3.0)" in line
+
+
 def test_round_zero_has_no_training_traffic():
     record = RoundRecord(0)
     record.count_down("evaluate", 1, 5_000)

@@ -1,7 +1,7 @@
 """Malformed replies and stragglers (issue 12, items 3 and 4), against the F3OCUS strategy.
 
-The table runs Flower's whole round loop (``F3ocusStrategy.start``: round-0 evaluation, then two
-rounds of query, select, train, aggregate, evaluate) over an :class:`InProcessGrid` whose three
+The table runs Flower's whole round loop (``F3ocusStrategy.start``: round-0 evaluation and scoring,
+then two rounds of select, train, aggregate, evaluate and score) over an :class:`InProcessGrid` whose three
 clients answer with deterministic mock replies on a 3-layer unit map, so each run takes
 milliseconds. For each case one reply is tampered with; the same run with that reply dropped (or,
 for a duplicate or a stranger's reply, the honest run; for unusable scores, the run in which that
@@ -35,6 +35,7 @@ from f3ocus_flower.protocol import (
     CONFIG,
     METRICS,
     NUM_EXAMPLES,
+    SCORE_ROUND,
     SCORES,
     SERVER_ROUND,
     TRAIN_LOSS,
@@ -44,6 +45,7 @@ from f3ocus_flower.protocol import (
     state_to_record,
 )
 from f3ocus_flower.replies import MAX_NUM_EXAMPLES
+from server_app.round_state import ClientScores
 from server_app.strategy import F3ocusStrategy
 from tests.inprocess_grid import InProcessGrid
 
@@ -78,10 +80,13 @@ def _examples(context) -> int:
     return 8 * (_partition(context) + 1)
 
 
+def _scores(context, score_round: int) -> MetricRecord:
+    scores = np.roll(SCORES_OF[_partition(context)], score_round)
+    return ScoresReply(tuple(scores), tuple(10 * scores), _examples(context), 0.1).to_record()
+
+
 def honest_query(msg: Message, context) -> Message:
-    scores = np.roll(SCORES_OF[_partition(context)], _round(msg))
-    reply = ScoresReply(tuple(scores), tuple(10 * scores), _examples(context), 0.1)
-    return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _info(context)}), reply_to=msg)
+    return Message(RecordDict({SCORES: _scores(context, _round(msg)), CLIENT: _info(context)}), reply_to=msg)
 
 
 def honest_train(msg: Message, context) -> Message:
@@ -99,7 +104,10 @@ def honest_evaluate(msg: Message, context) -> Message:
     mean = float(np.mean([value.mean() for value in record_to_state(msg.content.array_records[ARRAYS]).values()]))
     metric = (p + 1) / (p + 2 + abs(mean))
     metrics = MetricRecord({"loss": abs(mean) + p, "accuracy": metric, "metric": metric, NUM_EXAMPLES: 4 * (p + 1)})
-    return Message(RecordDict({METRICS: metrics, CLIENT: _info(context)}), reply_to=msg)
+    content = RecordDict({METRICS: metrics, CLIENT: _info(context)})
+    if SCORE_ROUND in msg.content.config_records[CONFIG]:
+        content[SCORES] = _scores(context, int(msg.content.config_records[CONFIG][SCORE_ROUND]))
+    return Message(content, reply_to=msg)
 
 
 HANDLERS = {QUERY: honest_query, TRAIN: honest_train, EVALUATE: honest_evaluate}
@@ -119,14 +127,21 @@ class _Recorder(RunRecorder):
 
 
 class _Withholding(F3ocusStrategy):
-    """The reference for unusable scores: ``withhold``'s (round, node) scores never reach the selection."""
+    """The reference for unusable scores: the scores node ``withhold[1]`` sends with its evaluation of
+    round ``withhold[0]`` never reach the selection (nor become its last valid ones)."""
 
     withhold: tuple[int, int] = (0, 0)
 
-    def _usable(self, server_round, node, scores, budget) -> bool:
-        if (server_round, node) == self.withhold:
-            return False
-        return super()._usable(server_round, node, scores, budget)
+    def _keep_scores(self, server_round, phase, msg) -> None:
+        node = msg.metadata.src_node_id
+        last = self.state.last_valid_scores.get(node)
+        super()._keep_scores(server_round, phase, msg)
+        if (server_round, node) == self.withhold and node in self.state.scores:
+            self.state.scores[node] = ClientScores(self.state.scores[node].reply, None)
+            if last is None:
+                self.state.last_valid_scores.pop(node, None)
+            else:
+                self.state.last_valid_scores[node] = last
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +159,8 @@ class Run:
     grid: InProcessGrid
 
     def state(self) -> dict[str, bytes]:
-        return {key: value.tobytes() + str(value.dtype).encode() for key, value in self.strategy.global_state.items()}
+        units = self.strategy.state.global_units
+        return {key: value.tobytes() + str(value.dtype).encode() for key, value in units.items()}
 
     def failed(self) -> list[tuple[int, str, str, str]]:
         return sorted((row["round"], f["phase"], f["client"], f["reason"].split(":")[0])
@@ -340,41 +356,42 @@ def _strings(request: Message, reply: Message) -> Message:
 
 W, H, D = "withheld", "honest", "drop"
 CASES = [
-    # query: unusable scores -> withheld from the selection; the client trains its fall-back layers
-    Case("scores-nan", QUERY, 1, scores(scores=lambda v: [float("nan"), *v["scores"][1:]]), "scores", W),
-    Case("scores-inf", QUERY, 1, scores(scores=lambda v: [float("inf"), *v["scores"][1:]]), "scores", W),
-    Case("scores-minus-inf", QUERY, 2, scores(scores=lambda v: [*v["scores"][:2], -float("inf")]), "scores", W),
-    Case("scores-negative", QUERY, 1, scores(scores=lambda v: [-0.1, *v["scores"][1:]]), "scores", W),
-    Case("scores-all-zero", QUERY, 2, scores(scores=[0.0, 0.0, 0.0]), "scores", W),
-    Case("scores-too-few", QUERY, 1, scores(scores=[0.5, 0.5]), "scores", W),
-    Case("scores-too-many", QUERY, 1, scores(scores=[0.25, 0.25, 0.25, 0.25]), "scores", W),
-    Case("scores-empty", QUERY, 2, scores(scores=[]), "scores", W),
-    Case("scores-as-strings", QUERY, 1, _strings, "scores-record", W),
-    Case("scores-not-a-list", QUERY, 1, scores(scores=0.5), "scores-keys", W),
-    Case("scores-key-missing", QUERY, 1, scores(scores=None), "scores-keys", W),
-    Case("raw-key-missing", QUERY, 2, scores(raw=None), "scores-keys", W),
-    Case("seconds-key-missing", QUERY, 1, scores(seconds=None), "scores-keys", W),
-    Case("scores-record-missing", QUERY, 1, records(scores=None), "scores-record", W),
-    Case("scores-as-arrays", QUERY, 2, records(scores=ArrayRecord({"scores": Array(np.ones(3))})), "scores-record", W),
-    Case("raw-nan", QUERY, 1, scores(raw=[float("nan"), 1.0, 1.0]), "raw", W),
-    Case("raw-too-few", QUERY, 1, scores(raw=[1.0]), "raw", W),
-    Case("scores-num-examples-zero", QUERY, 1, scores(num_examples=0), "num-examples", W),
-    Case("scores-num-examples-negative", QUERY, 2, scores(num_examples=-8), "num-examples", W),
-    Case("scores-num-examples-huge", QUERY, 1, scores(num_examples=MAX_NUM_EXAMPLES + 1), "num-examples", W),
-    Case("scores-num-examples-float", QUERY, 1, scores(num_examples=16.5), "num-examples", W),
-    Case("scores-num-examples-missing", QUERY, 2, scores(num_examples=None), "num-examples", W),
-    # query: who sent it is in doubt -> the client sits the round out
-    Case("query-client-record-missing", QUERY, 1, records(client=None), "client-info"),
-    Case("query-client-record-metrics", QUERY, 1, records(client=MetricRecord({"partition-id": 1})), "client-info"),
-    Case("query-client-name-not-str", QUERY, 2, client_info(name=7), "client-info"),
-    Case("query-partition-id-str", QUERY, 1, client_info(partition_id="1"), "client-info"),
-    Case("query-renamed", QUERY, 2, client_info(name="client/9"), "identity"),
-    Case("query-other-partition", QUERY, 1, client_info(partition_id=0), "identity"),
-    Case("query-error", QUERY, 1, error, "error"),
-    Case("query-error-round-2", QUERY, 2, error, "error"),
-    Case("query-duplicate", QUERY, 1, duplicate(scores(scores=[0.0, 0.0, 1.0])), "duplicate", H),
-    Case("query-unknown-node", QUERY, 2, stranger(99), "sender", H, "node-99"),
-    Case("query-wrong-type", QUERY, 1, retyped(EVALUATE), "type"),
+    # scores sent with an evaluation (rounds 0 and 1, for rounds 1 and 2): unusable ones are withheld
+    # from the selection; the client trains its fall-back layers
+    Case("scores-nan", EVALUATE, 0, scores(scores=lambda v: [float("nan"), *v["scores"][1:]]), "scores", W),
+    Case("scores-inf", EVALUATE, 0, scores(scores=lambda v: [float("inf"), *v["scores"][1:]]), "scores", W),
+    Case("scores-minus-inf", EVALUATE, 1, scores(scores=lambda v: [*v["scores"][:2], -float("inf")]), "scores", W),
+    Case("scores-negative", EVALUATE, 0, scores(scores=lambda v: [-0.1, *v["scores"][1:]]), "scores", W),
+    Case("scores-all-zero", EVALUATE, 1, scores(scores=[0.0, 0.0, 0.0]), "scores", W),
+    Case("scores-too-few", EVALUATE, 0, scores(scores=[0.5, 0.5]), "scores", W),
+    Case("scores-too-many", EVALUATE, 0, scores(scores=[0.25, 0.25, 0.25, 0.25]), "scores", W),
+    Case("scores-empty", EVALUATE, 1, scores(scores=[]), "scores", W),
+    Case("scores-as-strings", EVALUATE, 0, _strings, "scores-record", W),
+    Case("scores-not-a-list", EVALUATE, 0, scores(scores=0.5), "scores-keys", W),
+    Case("scores-key-missing", EVALUATE, 0, scores(scores=None), "scores-keys", W),
+    Case("raw-key-missing", EVALUATE, 1, scores(raw=None), "scores-keys", W),
+    Case("seconds-key-missing", EVALUATE, 0, scores(seconds=None), "scores-keys", W),
+    Case("scores-record-missing", EVALUATE, 0, records(scores=None), "scores-record", W),
+    Case("scores-as-arrays", EVALUATE, 1, records(scores=ArrayRecord({"scores": Array(np.ones(3))})), "scores-record",
+         W),
+    Case("raw-nan", EVALUATE, 0, scores(raw=[float("nan"), 1.0, 1.0]), "raw", W),
+    Case("raw-too-few", EVALUATE, 0, scores(raw=[1.0]), "raw", W),
+    Case("scores-num-examples-zero", EVALUATE, 0, scores(num_examples=0), "num-examples", W),
+    Case("scores-num-examples-negative", EVALUATE, 1, scores(num_examples=-8), "num-examples", W),
+    Case("scores-num-examples-huge", EVALUATE, 0, scores(num_examples=MAX_NUM_EXAMPLES + 1), "num-examples", W),
+    Case("scores-num-examples-float", EVALUATE, 0, scores(num_examples=16.5), "num-examples", W),
+    Case("scores-num-examples-missing", EVALUATE, 1, scores(num_examples=None), "num-examples", W),
+    # a scoring evaluation whose sender is in doubt: neither its metrics nor its scores count
+    Case("scoring-eval-client-record-missing", EVALUATE, 1, records(client=None), "client-info"),
+    Case("scoring-eval-client-record-metrics", EVALUATE, 1, records(client=MetricRecord({"partition-id": 1})),
+         "client-info"),
+    Case("scoring-eval-client-name-not-str", EVALUATE, 1, client_info(name=7), "client-info"),
+    Case("scoring-eval-partition-id-str", EVALUATE, 1, client_info(partition_id="1"), "client-info"),
+    Case("scoring-eval-renamed", EVALUATE, 1, client_info(name="client/9"), "identity"),
+    Case("scoring-eval-other-partition", EVALUATE, 1, client_info(partition_id=0), "identity"),
+    Case("scoring-eval-duplicate", EVALUATE, 1, duplicate(scores(scores=[0.0, 0.0, 1.0])), "duplicate", H),
+    Case("scoring-eval-unknown-node", EVALUATE, 1, stranger(99), "sender", H, "node-99"),
+    Case("scoring-eval-wrong-type", EVALUATE, 1, retyped(QUERY), "type"),
     # train
     Case("train-nan", TRAIN, 1, first(lambda a: _set(a, 0, np.nan)), "finite"),
     Case("train-inf", TRAIN, 2, first(lambda a: _set(a, -1, np.inf)), "finite"),
@@ -472,9 +489,9 @@ def references(settings, tmp_path_factory) -> Callable[[Case], Run]:
 def test_the_table_holds_at_least_50_distinct_malformed_replies():
     ids = [case.id for case in CASES]
     assert len(set(ids)) == len(ids) >= 50
-    assert {case.phase for case in CASES} == {QUERY, TRAIN, EVALUATE}
+    assert {case.phase for case in CASES} == {TRAIN, EVALUATE}
     print(f"\n{len(CASES)} malformed-reply cases: "
-          + ", ".join(f"{phase} {sum(c.phase == phase for c in CASES)}" for phase in (QUERY, TRAIN, EVALUATE)))
+          + ", ".join(f"{phase} {sum(c.phase == phase for c in CASES)}" for phase in (TRAIN, EVALUATE)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -503,10 +520,10 @@ def test_a_malformed_reply_is_rejected_by_name_and_changes_nothing(case, setting
 def test_references_differ_from_the_honest_run(settings, references):
     """The comparison above can fail: dropping a reply or withholding scores changes the result."""
     honest = references(Case("honest", TRAIN, 1, same, "", H))
-    for phase, kind in ((TRAIN, D), (QUERY, D), (QUERY, W), (EVALUATE, D)):
+    for phase, kind in ((TRAIN, D), (EVALUATE, W), (EVALUATE, D)):
         other = references(Case("x", phase, 1, same, "", kind))
         assert other.outcome() != honest.outcome(), (phase, kind)
-        if phase != EVALUATE:
+        if (phase, kind) != (EVALUATE, D):
             assert other.state() != honest.state(), (phase, kind)
 
 
@@ -516,7 +533,7 @@ def test_withheld_scores_give_the_fallback_assignment(settings, references):
     from f3ocus_core.selection import fallback_assignment
 
     for server_round in (1, 2):
-        withheld = references(Case("x", QUERY, server_round, same, "", W))
+        withheld = references(Case("x", EVALUATE, server_round - 1, same, "", W))
         got = withheld.rows[server_round]["assignment"][NAME]
         if server_round == 1:
             rng = np.random.default_rng(settings.seed * 7919 + 1)
@@ -557,9 +574,8 @@ def test_a_client_that_fails_every_round_never_stops_the_run(settings, tmp_path)
 
     for result, check in ((always, "error"), (late, "timeout")):
         assert [row["round"] for row in result.rows] == list(range(ROUNDS + 1))
-        # Round 0 knows it only as its node; it never gets a train message, as it never sends scores.
-        assert result.failed() == sorted([(0, EVALUATE, "node-3", check)] + [
-            (r, phase, "node-3", check) for r in range(1, ROUNDS + 1) for phase in (QUERY, EVALUATE)])
+        # The server knows it only as its node; it never gets a train message, as it never replies.
+        assert result.failed() == [(r, EVALUATE, "node-3", check) for r in range(ROUNDS + 1)]
         assert all(set(row["bytes_up"]) == {"client/0", "client/1"} for row in result.rows[1:])
     assert always.state() == late.state() and always.outcome() == late.outcome()
 
@@ -593,10 +609,10 @@ def _spy_and_tamper(tampers: dict, seen: dict) -> dict:
 
 
 def _only_client_1_counted(seen: dict, last_round: int) -> None:
-    """The global units after round 1 (sent with the next query, or saved at the end) are those of a
+    """The global units after round 1 (sent with round 1's evaluation) are those of a
     run without node 2's round-1 update: node 1's update on its layers (a layer, or LoRA module,
     trained by one client keeps that client's values bit for bit), the old units elsewhere."""
-    before = record_to_state(seen[(QUERY, 1, 1)][0].content[ARRAYS])
+    before = record_to_state(seen[(EVALUATE, 1, 0)][0].content[ARRAYS])
     update = record_to_state(seen[(TRAIN, 1, 1)][1].content[ARRAYS])
     after = record_to_state(seen[(EVALUATE, 1, 1)][0].content[ARRAYS])
     assert _bits(after) == _bits({**before, **update})
@@ -611,7 +627,8 @@ def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, ca
     from tests.inprocess_grid import run_server_app
 
     tampers = {
-        (QUERY, 1, 1): lambda q, r: [*duplicate(scores(scores=[0.0, 0.0, 0.0, 1.0]))(q, r), *stranger(99)(q, r)[1:]],
+        (EVALUATE, 1, 0): lambda q, r: [*duplicate(scores(scores=[0.0, 0.0, 0.0, 1.0]))(q, r),
+                                        *stranger(99)(q, r)[1:]],
         (TRAIN, 1, 1): lambda q, r: [*duplicate(first(lambda a: a + 5))(q, r), *stranger(7)(q, r)[1:]],
         (TRAIN, 2, 1): first(lambda a: _set(a, 0, np.nan)),
         (EVALUATE, 1, 1): lambda q, r: [*duplicate(same)(q, r), *stranger(42)(q, r)[1:]],
@@ -624,12 +641,12 @@ def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, ca
 
     c0, c1 = "easy-vqa/0", "easy-vqa/1"
     expected = [(1, EVALUATE, c0, "duplicate"), (1, EVALUATE, c1, "metrics"), (1, EVALUATE, "node-42", "sender"),
-                (1, QUERY, c0, "duplicate"), (1, QUERY, "node-99", "sender"),
+                (0, EVALUATE, "node-1", "duplicate"), (0, EVALUATE, "node-99", "sender"),
                 (1, TRAIN, c0, "duplicate"), (1, TRAIN, c1, "finite"), (1, TRAIN, "node-7", "sender")]
     assert sorted((row["round"], f["phase"], f["client"], f["reason"].split(":")[0]) for row in rows
                   for f in row["failed"]) == sorted(expected)
-    for _, phase, client, check in expected:
-        assert f"Round 1, {phase}: reply of client {client} rejected [{check}]" in caplog.text
+    for server_round, phase, client, check in expected:
+        assert f"Round {server_round}, {phase}: reply of client {client} rejected [{check}]" in caplog.text
     print(f"\n{len(expected)} malformed replies through the ServerApp")
     assert [row["round"] for row in rows] == [0, 1] and set(rows[1]["bytes_up"]) == {c0}
     _only_client_1_counted(seen, 1)

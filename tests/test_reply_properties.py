@@ -376,7 +376,7 @@ def test_a_generated_train_reply_through_the_strategy(data, strategy_settings, t
     finally:
         handler.removeHandler(capture)
     assert [row["round"] for row in result.rows] == [0, 1, 2]
-    assert all(np.all(np.isfinite(value)) for value in result.strategy.global_state.values())
+    assert all(np.all(np.isfinite(value)) for value in result.strategy.state.global_units.values())
     failed = [f for f in result.rows[1]["failed"] if f["phase"] == MessageType.TRAIN]
     event(f"rejected [{failed[0]['reason'].split(':')[0]}]" if failed else "accepted")
     if failed:
@@ -391,4 +391,4 @@ def test_the_generated_replies_cover_every_record_of_every_phase():
     """The generators above draw each record the protocol defines for a reply of its phase."""
     assert set(REPLY_RECORDS["train"]) == {ARRAYS, METRICS, CLIENT}
     assert set(REPLY_RECORDS["query"]) == {SCORES, CLIENT}
-    assert set(REPLY_RECORDS["evaluate"]) == {METRICS, CLIENT}
+    assert set(REPLY_RECORDS["evaluate"]) == {METRICS, CLIENT, SCORES}

@@ -101,12 +101,15 @@ def test_resuming_with_another_configuration_is_refused_naming_the_keys(small_ru
 
 
 class RestartingGrid(InProcessGrid):
-    """Restarts node 2 (a fresh Context: empty ``state``) just before round 2's query."""
+    """Restarts node 2 (a fresh Context: empty ``state``) just before round 1's evaluate message,
+    after it trained its head in round 1. (A node that restarts between an evaluate and the next
+    train has lost the units that evaluate brought: its train reply is an error, and it takes part
+    again from the next evaluate.)"""
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        restarting = any(m.metadata.message_type == MessageType.QUERY and m.metadata.dst_node_id == 2
-                         and int(m.content.config_records["config"]["server-round"]) == 2 for m in messages)
+        restarting = any(m.metadata.message_type == MessageType.EVALUATE and m.metadata.dst_node_id == 2
+                         and int(m.content.config_records["config"]["server-round"]) == 1 for m in messages)
         if restarting:
             old = self.contexts[2]
             self.head_before = {k: a.numpy() for k, a in old.state.array_records["head"].items()}

@@ -25,7 +25,7 @@ from f3ocus_core.importance import SCORERS
 from f3ocus_core.peft_units import UnitMap
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
-from f3ocus_flower.protocol import ARRAYS, METRICS, NUM_EXAMPLES, state_to_record
+from f3ocus_flower.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SCORES, state_to_record
 from server_app.strategy import F3ocusStrategy
 from tests.inprocess_grid import InProcessGrid
 from tests.test_replies import (
@@ -34,7 +34,6 @@ from tests.test_replies import (
     HANDLERS,
     NAME,
     NODE,
-    QUERY,
     ROOT,
     TIMEOUT,
     TRAIN,
@@ -94,7 +93,7 @@ def rejected(result: Run, check: str) -> list[tuple[int, str, str]]:
 
 
 def finite(result: Run) -> bool:
-    return all(np.all(np.isfinite(value)) for value in result.strategy.global_state.values())
+    return all(np.all(np.isfinite(value)) for value in result.strategy.state.global_units.values())
 
 
 # ---------------------------------------------------------------- values that overflow after the checks
@@ -129,8 +128,8 @@ def test_scores_whose_sum_overflows_do_not_crash_the_default_selector(tmp_path):
     """[1e308, 0, 1e308] is finite and non-negative; the scores are normalised to sum to 1 as an
     honest client's are, so the client gets the assignment of the scores [0.5, 0, 0.5]."""
     settings = make_settings(**{"selection.algorithm": "nsga2"})
-    attacked = run(tmp_path / "a", settings, tampered(QUERY, scores(scores=[1e308, 0.0, 1e308])))
-    halves = run(tmp_path / "h", settings, tampered(QUERY, scores(scores=[0.5, 0.0, 0.5])))
+    attacked = run(tmp_path / "a", settings, tampered(EVALUATE, scores(scores=[1e308, 0.0, 1e308]), rounds=(0,)))
+    halves = run(tmp_path / "h", settings, tampered(EVALUATE, scores(scores=[0.5, 0.0, 0.5]), rounds=(0,)))
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert attacked.state() == halves.state() and attacked.outcome() == halves.outcome()
 
@@ -149,17 +148,17 @@ def test_train_metrics_are_checked_before_they_are_recorded(key, value, tmp_path
 def test_a_partition_id_outside_the_budget_list_is_rejected(tmp_path):
     settings = make_settings()  # selection.budget "1,2,1": partition ids 0..2
     handlers = {phase: tampered(phase, client_info(partition_id=5, name="client/5"), rounds=(0, 1, 2))[phase]
-                for phase in (QUERY, TRAIN, EVALUATE)}
+                for phase in (TRAIN, EVALUATE)}
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert {(r, phase) for r, phase, client in rejected(attacked, "client-info") if client == "node-2"} == {
-        (0, EVALUATE), (1, QUERY), (1, EVALUATE), (2, QUERY), (2, EVALUATE)}
+        (0, EVALUATE), (1, EVALUATE), (2, EVALUATE)}
 
 
 def test_a_second_client_with_the_same_partition_id_is_rejected(tmp_path):
     settings = make_settings()
     handlers = {phase: tampered(phase, client_info(partition_id=0, name="client/x"), rounds=(0, 1, 2))[phase]
-                for phase in (QUERY, TRAIN, EVALUATE)}
+                for phase in (TRAIN, EVALUATE)}
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert ("node-2" in {client for _, _, client in rejected(attacked, "identity")})
@@ -169,7 +168,7 @@ def test_a_second_client_with_the_same_partition_id_is_rejected(tmp_path):
 def test_a_long_client_name_does_not_stop_the_run(tmp_path):
     settings = make_settings()
     handlers = {phase: tampered(phase, client_info(name="c" * 250), rounds=(0, 1, 2))[phase]
-                for phase in (QUERY, TRAIN, EVALUATE)}
+                for phase in (TRAIN, EVALUATE)}
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert (0, EVALUATE, "node-2") in rejected(attacked, "client-info")
@@ -195,13 +194,12 @@ def test_finite_losses_that_would_average_to_inf_never_reach_the_metrics(tmp_pat
 # ---------------------------------------------------------------- bounded influence
 
 def _inflated(request: Message, reply: Message) -> Message:
-    """num-examples 10^9 in every reply (consistent between query and train), accuracy 1.0 and an
+    """num-examples 10^9 in every reply (consistent between the scores and train), accuracy 1.0 and an
     update 1000 away from what was sent."""
     kind = request.metadata.message_type
-    if kind == QUERY:
-        return scores(num_examples=10**9)(request, reply)
     if kind == EVALUATE:
-        return metric_values(num_examples=10**9, accuracy=1.0, metric=1.0)(request, reply)
+        reply = metric_values(num_examples=10**9, accuracy=1.0, metric=1.0)(request, reply)
+        return scores(num_examples=10**9)(request, reply) if SCORES in reply.content else reply
     arrays = {key: Array(array.numpy() + np.float32(1000)) for key, array in reply.content[ARRAYS].items()}
     values = dict(reply.content[METRICS])
     values[NUM_EXAMPLES] = 10**9
@@ -209,7 +207,7 @@ def _inflated(request: Message, reply: Message) -> Message:
 
 
 def _takeover_handlers() -> dict:
-    return {phase: tampered(phase, _inflated, rounds=(0, 1, 2))[phase] for phase in (QUERY, TRAIN, EVALUATE)}
+    return {phase: tampered(phase, _inflated, rounds=(0, 1, 2))[phase] for phase in (TRAIN, EVALUATE)}
 
 
 def test_a_client_with_a_billion_examples_does_not_take_over_layers_or_metrics(tmp_path):
@@ -222,21 +220,21 @@ def test_a_client_with_a_billion_examples_does_not_take_over_layers_or_metrics(t
         others = [m for name, m in row["metric_per_client"].items() if name != NAME]
         assert row["metric"] <= 0.5 * 1.0 + 0.5 * max(others) + 1e-12
     # Every layer is trained by all three clients: the attacker's +1000 enters with weight 1/2 at most.
-    shift = max(float(np.max(np.abs(value - GLOBAL[key]))) for key, value in capped.strategy.global_state.items())
+    shift = max(float(np.max(np.abs(value - GLOBAL[key]))) for key, value in capped.strategy.state.global_units.items())
     assert 400 < shift < 1100  # two rounds of at most +500 each
     # Without the cap it takes the layers and the metric over.
     assert uncapped.rows[1]["metric"] > 0.999
-    assert max(float(np.max(np.abs(v - GLOBAL[k]))) for k, v in uncapped.strategy.global_state.items()) > 1900
+    assert max(float(np.max(np.abs(v - GLOBAL[k]))) for k, v in uncapped.strategy.state.global_units.items()) > 1900
 
 
 def test_an_unbounded_update_is_clipped_relative_to_the_layer(tmp_path):
     settings = make_settings(**{"aggregation.max-update-norm": 1.0, "aggregation.max-client-share": 1.0})
     attacked = run(tmp_path / "a", settings, tampered(TRAIN, _fill(1e30)))
     assert finite(attacked)
-    norms = {key: float(np.linalg.norm(value)) for key, value in attacked.strategy.global_state.items()}
+    norms = {key: float(np.linalg.norm(value)) for key, value in attacked.strategy.state.global_units.items()}
     assert max(norms.values()) < 100
     open_ = run(tmp_path / "o", make_settings(**{"aggregation.max-update-norm": 0.0}), tampered(TRAIN, _fill(1e30)))
-    assert max(float(np.max(np.abs(v))) for v in open_.strategy.global_state.values()) > 1e28
+    assert max(float(np.max(np.abs(v))) for v in open_.strategy.state.global_units.values()) > 1e28
 
 
 def test_a_record_the_size_check_does_not_count_is_rejected(tmp_path):
@@ -309,14 +307,14 @@ def test_an_error_reason_cannot_write_lines_into_the_log(tmp_path, caplog):
     assert rejected(attacked, "error") == [(1, TRAIN, NAME)]
 
 
-def test_unexpected_records_in_query_and_evaluate_replies_are_rejected(tmp_path):
+def test_unexpected_records_in_evaluate_replies_are_rejected(tmp_path):
     def extra(request: Message, reply: Message) -> Message:
         content = _content(reply)
         content["extra"] = ConfigRecord({"x": "y" * 1000})
         return Message(content, reply_to=request)
 
-    attacked = run(tmp_path, make_settings(), {**HANDLERS, **{p: tampered(p, extra)[p] for p in (QUERY, EVALUATE)}})
-    assert sorted(rejected(attacked, "records")) == [(1, EVALUATE, NAME), (1, QUERY, NAME)]
+    attacked = run(tmp_path, make_settings(), tampered(EVALUATE, extra))
+    assert rejected(attacked, "records") == [(1, EVALUATE, NAME)]
 
 
 # ---------------------------------------------------------------- the bounded-influence units
@@ -365,7 +363,7 @@ def test_a_median_keeps_the_honest_majority_against_one_attacker(tmp_path):
                                 "aggregation.max-client-share": 1.0, "aggregation.robust": "median"})
     attacked = run(tmp_path / "a", settings, _takeover_handlers())
     honest = run(tmp_path / "h", settings)
-    shift = max(float(np.max(np.abs(attacked.strategy.global_state[k] - honest.strategy.global_state[k])))
+    shift = max(float(np.max(np.abs(attacked.strategy.state.global_units[k] - honest.strategy.state.global_units[k])))
                 for k in GLOBAL)
     assert shift < 1.0  # the attacker's +1000 does not get in; the median moves within the honest spread
 

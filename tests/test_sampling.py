@@ -1,10 +1,10 @@
-"""Client sampling per round (``clients-per-round``): the draw itself, and the strategy querying,
-selecting for, training and counting coverage over the sampled clients only, while every client
-still evaluates."""
+"""Client sampling per round (``clients-per-round``): the draw itself, and the strategy selecting
+for, training and counting coverage over the sampled clients only, while every client still
+evaluates (and scores, since the next round's sample is drawn after the evaluation)."""
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MessageType
+from flwr.app import ConfigRecord
 
 from f3ocus_core.config import ConfigError, parse_run_config
 from f3ocus_core.importance import SCORERS
@@ -12,7 +12,7 @@ from f3ocus_core.recorder import RoundRecord
 from f3ocus_core.sampling import sample_clients
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_flower.protocol import state_to_record
-from tests.test_strategy import GLOBAL, GOOD, UNITS, _grid, _update
+from tests.test_strategy import GLOBAL, GOOD, UNITS, _grid, _scores_for, _update
 from tests.test_strategy import strategy as strategy  # noqa: F401  (the fixture)
 
 
@@ -50,10 +50,11 @@ def test_clients_per_round_is_a_checked_run_config_key():
 def test_strategy_selects_trains_and_counts_coverage_over_the_sampled_clients(strategy):  # noqa: F811
     strategy.settings.clients_per_round = 2
     grid = _grid(GOOD)
+    _scores_for(strategy, 1, grid)  # round 0's evaluation: every client scores
     messages = list(strategy.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), grid))
-    queried = sorted(node for node, kind in grid.calls if kind == MessageType.QUERY)
+    queried = sorted(m.metadata.dst_node_id for m in messages)
     assert len(queried) == 2
-    assignment = strategy.round.assignment
+    assignment = strategy.state.record.assignment
     assert sorted(assignment) == queried == sorted(m.metadata.dst_node_id for m in messages)
 
     replies = [_update(node, {key: GLOBAL[key] + 1 for key in UNITS.keys_of(assignment[node])}, 8, 1.0)
@@ -62,16 +63,15 @@ def test_strategy_selects_trains_and_counts_coverage_over_the_sampled_clients(st
     expected = np.zeros(3, int)
     for node in queried:
         expected[assignment[node]] += 1
-    assert not strategy.round.failed, strategy.round.failed
-    assert strategy.round.coverage == expected.tolist()
+    assert not strategy.state.record.failed, strategy.state.record.failed
+    assert strategy.state.record.coverage == expected.tolist()
 
     samples = set()
     for server_round in range(2, 12):
-        grid = _grid(GOOD)
-        strategy.configure_train(server_round, state_to_record(GLOBAL), ConfigRecord(), grid)
-        samples.add(frozenset(node for node, _ in grid.calls))
+        messages = strategy.configure_train(server_round, state_to_record(GLOBAL), ConfigRecord(), grid)
+        samples.add(frozenset(m.metadata.dst_node_id for m in messages))
     assert len(samples) > 1 and set().union(*samples) == {1, 2, 3}, "each round draws afresh; all take turns"
 
-    strategy.round = RoundRecord(2)
+    strategy.state.record = RoundRecord(2)
     evaluate = list(strategy.configure_evaluate(2, state_to_record(GLOBAL), ConfigRecord(), _grid(GOOD)))
     assert [m.metadata.dst_node_id for m in evaluate] == [1, 2, 3], "every client evaluates"

@@ -79,7 +79,7 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_
 
     config = {**small_run_config, "tracking.to": tracker}
     with pytest.raises(ConfigError, match=r"pip install 'f3ocus-flower\[tracking\]'") as error:
-        run_server_app(config, 2, wrap={kind: spy for kind in (MessageType.EVALUATE, MessageType.QUERY)})
+        run_server_app(config, 2, wrap={kind: spy for kind in (MessageType.EVALUATE, MessageType.TRAIN)})
     assert str(error.value).startswith(f"tracking.to: '{tracker}' is asked for but not installed")
     assert calls == [] and not Path(config["output-dir"]).exists()
 
@@ -87,20 +87,20 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_
 def test_mlflow_and_tensorboard_hold_what_metrics_jsonl_has(small_run_config):
     config = {**small_run_config, "tracking.to": "mlflow,tensorboard"}
     out = Path(config["output-dir"]) / config["run-name"]
-    seen_at_query = {}  # round -> the rounds MLflow already holds when that round's first message arrives
+    seen_at_train = {}  # round -> the rounds MLflow already holds when that round's first message arrives
 
     def watch(handler):
         def wrapped(msg, context):
             server_round = int(msg.content[CONFIG][SERVER_ROUND])
-            if server_round not in seen_at_query:
+            if server_round not in seen_at_train:
                 state = json.loads((out / "tracking.json").read_text())["mlflow"]
                 history = MlflowClient(state["uri"]).get_metric_history(state["run_id"], "metric")
-                seen_at_query[server_round] = sorted(m.step for m in history)
+                seen_at_train[server_round] = sorted(m.step for m in history)
             return handler(msg, context)
         return wrapped
 
-    _, rows = run_server_app(config, 2, wrap={MessageType.QUERY: watch})
-    assert seen_at_query == {1: [0], 2: [0, 1]}  # logged as each round ended, not at the end of the run
+    _, rows = run_server_app(config, 2, wrap={MessageType.TRAIN: watch})
+    assert seen_at_train == {1: [0], 2: [0, 1]}  # logged as each round ended, not at the end of the run
     expected = _series(rows)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert {"metric", "accuracy", "loss", "train_loss", "seconds_train", "mbit_train_per_client"} <= set(expected)
