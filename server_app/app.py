@@ -84,7 +84,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder.listeners.append(tracking.log_round)
     with tracked(tracking):
         result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
-        set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.global_state)
+        set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.state.global_units)
         save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft,
                      units)
         tracking.log_artifacts(final_artifacts(out_dir))

@@ -3,8 +3,8 @@
 :func:`protocol_run` runs the ServerApp in process on the default tiny model (3 clients, 3 rounds,
 two local steps) and returns what a protocol change must not move: the assignment of every round
 and the final global units. ``tests/fixtures/three_exchange_run.npz`` holds the same figures from the
-three-exchange protocol (query, train, evaluate) at commit c4b7efd, written by running this module as
-a script there.
+three-exchange protocol (query, train, evaluate) at commit 6f68929 (the last with that protocol, on
+the recipe-v2 base), written by running this module as a script there.
 """
 
 from __future__ import annotations
