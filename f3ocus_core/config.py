@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from f3ocus_core.aggregation import LORA_SCHEMES, ROBUST_SCHEMES
 from f3ocus_core.data.tasks import DataSettings
@@ -21,6 +22,9 @@ from f3ocus_core.per_client import split_values, values_for
 from f3ocus_core.privacy import PrivacySettings
 from f3ocus_core.tracking import TrackingSettings, check_settings, parse_trackers
 from f3ocus_core.training import ANSWER_MODES, TrainSettings
+
+_T = TypeVar("_T")
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass
@@ -148,7 +152,7 @@ class _Reader:
     def __init__(self, config: Mapping[str, object]) -> None:
         self.config = config
 
-    def get(self, key: str, kind: type, default: object) -> object:
+    def get(self, key: str, kind: type[_T], default: _T) -> _T:
         value = self.config.get(key, default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -158,7 +162,7 @@ class _Reader:
             raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}.")
         return value
 
-    def positive(self, key: str, kind: type, default: object, allow_zero: bool = False) -> object:
+    def positive(self, key: str, kind: type[_Number], default: _Number, allow_zero: bool = False) -> _Number:
         value = self.get(key, kind, default)
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
