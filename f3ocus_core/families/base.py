@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, ProcessorMixin
 
 Batch = dict[str, torch.Tensor]
 Collate = Callable[[list[dict]], Batch]
@@ -35,36 +39,39 @@ class Family:
         classification head.
     lora_targets : tuple[str, ...]
         The default ``peft.target-modules`` for this family (linear modules inside every tower's blocks).
-    logits : Callable[[torch.nn.Module, Batch], torch.Tensor]
-        ``(n, A)`` scores of the answer set on a batch made by ``make_collate``.
-    make_collate : Callable[[object, list[str], int, bool], Collate]
-        ``(processor, answer labels, max text length, multi-label task)`` -> rows-to-batch function.
-    build_processor : Callable[[list[str], list[str]], object]
+    logits : Callable[[Any, Batch], torch.Tensor]
+        ``(n, A)`` scores of the answer set on a batch made by ``make_collate``, from the family's model
+        (or a PEFT wrapper of it: ``Any`` stands for the model class each family has).
+    make_collate : Callable[[Any, list[str], int, bool], Collate]
+        ``(processor, answer labels, max text length, multi-label task)`` -> rows-to-batch function;
+        ``Any`` is the family's processor class.
+    build_processor : Callable[[list[str], list[str]], ProcessorMixin]
         An offline processor whose vocabulary covers the given questions and answers.
-    tiny_config : Callable[[object, list[str]], object]
+    tiny_config : Callable[[Any, list[str]], PreTrainedConfig]
         A tiny configuration for this processor and answer set (hidden 32, 2 layers per tower, 32 px
         images; ViLT keeps its historic 64/4/64 tiny size).
-    generate : Callable[[torch.nn.Module, Batch], torch.Tensor] | None
+    generate : Callable[[Any, Batch], torch.Tensor] | None
         Greedy generation, as a 0/1 ``(n, A)`` tensor of which answer each example generated exactly
         (all zero when it generated none of them); ``None`` for classifier families.
     """
 
     name: str
     model_type: str
-    model_class: type
-    processor_class: type
+    model_class: type[PreTrainedModel]
+    processor_class: type[ProcessorMixin]
     generative: bool
     lora_targets: tuple[str, ...]
-    logits: Callable[[torch.nn.Module, Batch], torch.Tensor]
-    make_collate: Callable[[object, list[str], int, bool], Collate]
-    build_processor: Callable[[list[str], list[str]], object]
-    tiny_config: Callable[[object, list[str]], object]
-    generate: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
+    logits: Callable[[Any, Batch], torch.Tensor]
+    make_collate: Callable[[Any, list[str], int, bool], Collate]
+    build_processor: Callable[[list[str], list[str]], ProcessorMixin]
+    tiny_config: Callable[[Any, list[str]], PreTrainedConfig]
+    generate: Callable[[Any, Batch], torch.Tensor] | None = None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a PEFT wrapper (LoRA layers stay injected), or ``model`` itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    return model if get_base_model is None else get_base_model()
 
 
 def multi_hot(rows: list[dict], labels: list[str]) -> torch.Tensor:

@@ -11,7 +11,7 @@ example, so only the decoder sees ``n x A`` rows.
 from __future__ import annotations
 
 import torch
-from transformers import BertTokenizerFast, BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
+from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
 
 from f3ocus_core.families import generative
 from f3ocus_core.families.base import Batch, Collate, Family
@@ -23,7 +23,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 def build_processor(questions: list[str], answers: list[str], image_size: int = 32) -> BlipProcessor:
     """An offline BLIP processor: a word-level BERT tokenizer over questions and answers (with BLIP's
     ``[DEC]`` decoder start token) and the PIL BLIP image processor (no torchvision)."""
-    tokenizer = BertTokenizerFast(
+    tokenizer = BertTokenizer(  # transformers 5: BertTokenizer is the fast one (BertTokenizerFast an alias)
         tokenizer_object=word_tokenizer(
             list(questions) + list(answers) + list(generative.QUESTION_WORDS), SPECIAL_TOKENS, "[UNK]",
             "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]",
@@ -47,8 +47,7 @@ def tiny_config(processor: BlipProcessor, labels: list[str]) -> BlipConfig:
         ),
         vision_config=dict(**tower, image_size=32, patch_size=8),
     )
-    for part in (config, config.vision_config, config.text_config):
-        part._attn_implementation = "eager"
+    config._attn_implementation = "eager"  # the setter sets it on every sub-config too
     return config
 
 
@@ -62,7 +61,7 @@ def _question_states(model: BlipForQuestionAnswering, batch: Batch) -> torch.Ten
     )[0]
 
 
-def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.Tensor, ...]:
+def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decoder's token logits ``(n*A, T, V)`` on the answer rows, their ids and mask."""
     count = batch["answer_ids"].shape[1]
     question = _question_states(base, batch)
@@ -75,10 +74,10 @@ def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.T
     return out.logits, ids, mask
 
 
-def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def _greedy(base: BlipForQuestionAnswering, batch: Batch) -> torch.Tensor:
     """Greedy answer generation (batched) by the answer decoder, matched with the answer set."""
     question = _question_states(base, batch)
-    eos = base.config.text_config.sep_token_id
+    eos = base.config.get_text_config().sep_token_id
     start = batch["answer_ids"][:, 0, :1]
 
     def step(ids: torch.Tensor) -> torch.Tensor:

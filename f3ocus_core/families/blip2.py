@@ -62,8 +62,7 @@ def tiny_config(processor: Blip2Processor, labels: list[str]) -> Blip2Config:
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    for part in (config, config.vision_config, config.qformer_config, config.text_config):
-        part._attn_implementation = "eager"
+    config._attn_implementation = "eager"  # the setter sets it on every sub-config too
     return config
 
 
@@ -75,19 +74,23 @@ def _check_decoder_only(model: Blip2ForConditionalGeneration) -> None:
         )
 
 
-def _token_logits(base: Blip2ForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+def _token_logits(base: Blip2ForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     _check_decoder_only(base)
+    image_token = base.config.image_token_index
+    if image_token is None:
+        raise ValueError("model.name: the BLIP-2 config sets no image_token_index (where the image features go); "
+                         "use a checkpoint whose config and processor set it.")
     features = base.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
     return generative.decoder_only_token_logits(
-        base.language_model, base.get_input_embeddings(), features, base.config.image_token_index, batch
+        base.language_model, base.get_input_embeddings(), features, image_token, batch
     )
 
 
-def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def _greedy(base: Blip2ForConditionalGeneration, batch: Batch) -> torch.Tensor:
     """Greedy generation per example (decoder-only language models), matched with the answer set."""
     _check_decoder_only(base)
-    return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
+    return generative.greedy_per_example(base, batch, base.config.get_text_config().eos_token_id)
 
 
 FAMILY = Family(

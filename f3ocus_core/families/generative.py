@@ -32,10 +32,14 @@ yes/no scores.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from f3ocus_core.families.base import Batch, Collate, multi_hot, unwrap
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 #: Below this log-likelihood, ``log(1 - exp(s))`` is computed as ``log1p(-exp(s))``; above, as
 #: ``log(-expm1(s))`` (the stable split of Mächler's log1mexp).
@@ -56,7 +60,7 @@ def log_odds(loglik: torch.Tensor) -> torch.Tensor:
 
 
 def answer_tokens(
-    tokenizer: object, labels: list[str], prefix: list[int], eos: int | None
+    tokenizer: PreTrainedTokenizerBase, labels: list[str], prefix: list[int], eos: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, T)`` token ids (``prefix + answer + [eos]``, right-padded with 0) and their 0/1 mask;
     ``eos=None`` gives the multi-label rows ``prefix + answer?`` (see the module docstring)."""
@@ -73,7 +77,7 @@ def answer_tokens(
     return ids, mask
 
 
-def yes_no_ids(tokenizer: object) -> list[int]:
+def yes_no_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The token ids of "yes" and "no" (the first token of each, tokenised like the answers).
 
     Raises
@@ -92,7 +96,7 @@ def yes_no_ids(tokenizer: object) -> list[int]:
 
 
 def make_collate(
-    processor: object, labels: list[str], prompt: Callable[[str], str], prefix: list[int], eos: int,
+    processor: ProcessorMixin, labels: list[str], prompt: Callable[[str], str], prefix: list[int], eos: int,
     max_text_len: int | None, multi_label: bool = False,
 ) -> Collate:
     """Rows -> prompts through ``processor`` (right-padded), the answer set tokenised, multi-hot
@@ -259,7 +263,8 @@ def greedy(step: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, st
 
 
 #: A family's teacher-forced pass: ``(token logits, ids, scored mask)`` of the answer (or yes/no) rows.
-TokenLogits = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: Its first argument is the family's own model class (hence ``Any``).
+TokenLogits = Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def answer_logits(token_logits: TokenLogits) -> Callable[[torch.nn.Module, Batch], torch.Tensor]:
@@ -273,7 +278,7 @@ def answer_logits(token_logits: TokenLogits) -> Callable[[torch.nn.Module, Batch
 
 
 def greedy_answers(
-    token_logits: TokenLogits, greedy_fn: Callable[[torch.nn.Module, Batch], torch.Tensor]
+    token_logits: TokenLogits, greedy_fn: Callable[[Any, Batch], torch.Tensor]
 ) -> Callable[[torch.nn.Module, Batch], torch.Tensor]:
     """A family's ``generate``: 0/1 ``(n, A)`` exact matches of ``greedy_fn``'s greedy answers with the
     answer set; on a multi-label batch, whether each label's question is answered "yes" (one greedy
@@ -294,7 +299,9 @@ def prompted_collate(prompt: Callable[[str], str]) -> Callable[..., Collate]:
     truncated, which would cut its image tokens), each answer ending in EOS (multi-label: the
     labels' yes/no rows)."""
 
-    def make(processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False) -> Collate:
+    def make(
+        processor: ProcessorMixin, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+    ) -> Collate:
         return make_collate(processor, labels, prompt, [], processor.tokenizer.eos_token_id, None, multi_label)
 
     return make

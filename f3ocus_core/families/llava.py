@@ -10,6 +10,8 @@ vision tower sees ``n`` rows and the language model ``n x A``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     CLIPImageProcessorPil,
@@ -60,7 +62,7 @@ def tiny_config(processor: LlavaProcessor, labels: list[str]) -> LlavaConfig:
     vision layer of the tiny model matters.
     """
     tokenizer = processor.tokenizer
-    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    tower: dict[str, Any] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**tower, image_size=32, patch_size=8),
         text_config=LlamaConfig(
@@ -72,12 +74,11 @@ def tiny_config(processor: LlavaProcessor, labels: list[str]) -> LlavaConfig:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
-    for part in (config, config.vision_config, config.text_config):
-        part._attn_implementation = "eager"
+    config._attn_implementation = "eager"  # the setter sets it on every sub-config too
     return config
 
 
-def _token_logits(base: LlavaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+def _token_logits(base: LlavaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     config = base.config
     features = base.model.get_image_features(
@@ -90,9 +91,9 @@ def _token_logits(base: LlavaForConditionalGeneration, batch: Batch) -> tuple[to
     )
 
 
-def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def _greedy(base: LlavaForConditionalGeneration, batch: Batch) -> torch.Tensor:
     """Greedy generation per example, matched with the answer set."""
-    return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id)
+    return generative.greedy_per_example(base, batch, base.config.get_text_config().eos_token_id)
 
 
 FAMILY = Family(

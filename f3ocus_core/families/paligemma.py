@@ -68,12 +68,13 @@ def tiny_config(processor: PaliGemmaProcessor, labels: list[str]) -> PaliGemmaCo
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         projection_dim=32,
     )
-    for part in (config, config.vision_config, config.text_config):
-        part._attn_implementation = "eager"
+    config._attn_implementation = "eager"  # the setter sets it on every sub-config too
     return config
 
 
-def _token_logits(base: PaliGemmaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, ...]:
+def _token_logits(
+    base: PaliGemmaForConditionalGeneration, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The answer rows' token logits, ids and scored mask (:func:`.generative.decoder_only_token_logits`)."""
     features = base.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
     return generative.decoder_only_token_logits(
@@ -81,9 +82,9 @@ def _token_logits(base: PaliGemmaForConditionalGeneration, batch: Batch) -> tupl
     )
 
 
-def _greedy(base: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def _greedy(base: PaliGemmaForConditionalGeneration, batch: Batch) -> torch.Tensor:
     """Greedy generation per example (the prompt attends both ways), matched with the answer set."""
-    return generative.greedy_per_example(base, batch, base.config.text_config.eos_token_id, prefix_lm=True)
+    return generative.greedy_per_example(base, batch, base.config.get_text_config().eos_token_id, prefix_lm=True)
 
 
 FAMILY = Family(

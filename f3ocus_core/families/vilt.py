@@ -6,21 +6,26 @@ head serves both VQA and multi-label classification; its logits are the answer s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
-from transformers import BertTokenizerFast, ViltConfig, ViltForQuestionAnswering, ViltProcessor
+from transformers import BertTokenizer, ViltConfig, ViltForQuestionAnswering, ViltProcessor
 
 from f3ocus_core.families.base import Batch, Collate, Family, model_inputs, multi_hot
 from f3ocus_core.families.offline_tokenizers import word_tokenizer
 
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: object) -> ViltConfig:
+def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: Any) -> ViltConfig:
     """A ViLT small enough for CPU tests: hidden 64, 4 layers, 64 x 64 images in 16 x 16 patches.
 
     Eager attention, so that forward-mode and double-backward autodiff work through it.
     """
-    settings: dict[str, object] = dict(
+    settings: dict[str, Any] = dict(
         hidden_size=64,
         num_hidden_layers=4,
         num_attention_heads=4,
@@ -40,7 +45,7 @@ def tiny_vilt_config(num_labels: int = 13, vocab_size: int = 200, **overrides: o
     return config
 
 
-def tiny_vilt(num_labels: int = 13, seed: int = 0, **overrides: object) -> ViltForQuestionAnswering:
+def tiny_vilt(num_labels: int = 13, seed: int = 0, **overrides: Any) -> ViltForQuestionAnswering:
     """A randomly initialised tiny ViLT for question answering (see :func:`tiny_vilt_config`)."""
     torch.manual_seed(seed)
     return ViltForQuestionAnswering(tiny_vilt_config(num_labels=num_labels, **overrides)).eval()
@@ -49,9 +54,11 @@ def tiny_vilt(num_labels: int = 13, seed: int = 0, **overrides: object) -> ViltF
 def random_batch(config: ViltConfig, n: int = 8, seq_len: int = 12, seed: int = 0) -> Batch:
     """A batch of random inputs and one-hot labels shaped for ``config``: for tests and benchmarks."""
     gen = torch.Generator().manual_seed(seed)
-    size = config.image_size
-    labels = torch.zeros(n, config.num_labels)
-    labels[torch.arange(n), torch.randint(0, config.num_labels, (n,), generator=gen)] = 1.0
+    size, num_labels = config.image_size, config.num_labels
+    if not isinstance(size, int) or num_labels is None:
+        raise ValueError("random_batch needs a config with one int image_size and num_labels set.")
+    labels = torch.zeros(n, num_labels)
+    labels[torch.arange(n), torch.randint(0, num_labels, (n,), generator=gen)] = 1.0
     return {
         "input_ids": torch.randint(0, config.vocab_size, (n, seq_len), generator=gen),
         "attention_mask": torch.ones(n, seq_len, dtype=torch.long),
@@ -71,7 +78,7 @@ def build_processor(texts: list[str], image_size: int = 64) -> ViltProcessor:
     from transformers import ViltImageProcessorPil
 
     tokenizer = word_tokenizer(texts, SPECIAL_TOKENS, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]")
-    fast = BertTokenizerFast(
+    fast = BertTokenizer(  # transformers 5: BertTokenizer is the fast one (BertTokenizerFast an alias)
         tokenizer_object=tokenizer,
         unk_token="[UNK]",
         pad_token="[PAD]",
@@ -79,7 +86,8 @@ def build_processor(texts: list[str], image_size: int = 64) -> ViltProcessor:
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
-    images = ViltImageProcessorPil(
+    # size_divisor is one of ViltImageProcessorKwargs; the base __init__'s Unpack[ImagesKwargs] misses it.
+    images = ViltImageProcessorPil(  # type: ignore[call-arg]
         size={"shortest_edge": image_size}, size_divisor=image_size // 2, do_pad=True
     )
     return ViltProcessor(image_processor=images, tokenizer=fast)
@@ -91,8 +99,11 @@ def set_answer_head(model: torch.nn.Module, labels: list[str], seed: int = 0) ->
     Rows of answers that the current head already has (by ``config.id2label``) are copied; the rest
     start from a seeded random initialisation. Updates ``config.id2label``/``label2id``/``num_labels``.
     """
+    if not isinstance(model, ViltForQuestionAnswering):
+        raise TypeError(f"set_answer_head: expected a ViltForQuestionAnswering, got {type(model).__name__}.")
     old = model.classifier[-1]
-    known = {str(label): i for i, label in model.config.id2label.items()}
+    assert isinstance(old, torch.nn.Linear), "ViLT's answer head ends in a Linear layer"
+    known = {str(label): int(i) for i, label in (model.config.id2label or {}).items()}
     generator = torch.Generator().manual_seed(seed)
     new = torch.nn.Linear(old.in_features, len(labels))
     with torch.no_grad():
@@ -114,7 +125,7 @@ def logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def make_collate(
-    processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False
+    processor: ProcessorMixin, labels: list[str], max_text_len: int = 40, multi_label: bool = False
 ) -> Collate:
     """Rows (``image``, ``question``, ``answers``) -> processor outputs plus multi-hot ``labels``.
 
