@@ -69,7 +69,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) through :func:`atomic_file`."""
     with atomic_file(path) as stream:
-        np.savez(stream, **arrays)
+        np.savez(stream, allow_pickle=True, **arrays)
     return Path(path)
 
 
@@ -114,7 +114,9 @@ def check_fingerprint(saved: dict[str, object], current: dict[str, object], fold
 def capture_rng() -> tuple[dict, np.ndarray]:
     """The states of Python's ``random``, NumPy's global generator (JSON-able) and torch's CPU generator."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple), "legacy=True gives the tuple form of the MT19937 state"
+    kind, keys, pos, has_gauss, cached = legacy
     state = {"python": [version, list(internal), gauss],
              "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
     return state, torch.get_rng_state().numpy().copy()

@@ -103,8 +103,9 @@ def is_peft_parameter(name: str) -> bool:
 def model_type_of(model: torch.nn.Module) -> str:
     """The Hugging Face ``model_type`` of ``model`` or of the model a PEFT wrapper holds."""
     config = getattr(model, "config", None)
-    if config is None and hasattr(model, "get_base_model"):
-        config = model.get_base_model().config
+    get_base_model = getattr(model, "get_base_model", None)
+    if config is None and get_base_model is not None:
+        config = get_base_model().config
     if config is None:
         raise ValueError("The model has no Hugging Face config; cannot tell its family.")
     return config.model_type

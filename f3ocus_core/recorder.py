@@ -30,11 +30,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from f3ocus_core.aggregation import capped_shares
 from f3ocus_core.checkpoint import atomic_file
+
+if TYPE_CHECKING:
+    from f3ocus_core.selection.result import SelectionResult
 
 PHASES = ("query", "train", "evaluate")
 """The message exchanges, the keys of a row's ``bytes_down``: a round has ``train`` and ``evaluate``
@@ -123,7 +127,7 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
     vqa = [c for c in names if "accuracy" in evaluations[c]]
     multilabel = [c for c in names if "f1" in evaluations[c]]
     trained = sorted(record.bytes_down["train"])
-    row = {
+    row: dict[str, object] = {
         "round": record.server_round,
         "accuracy": weighted("accuracy", vqa),
         "accuracy_per_client": {c: evaluations[c]["accuracy"] for c in vqa},
@@ -249,7 +253,7 @@ class RunRecorder:
         if not path.exists():
             self.write_json(f"labels/{safe}.json", {"client": client, "kind": kind, "labels": labels})
 
-    def record_selection(self, server_round: int, clients: list[str], record: dict, result: object,
+    def record_selection(self, server_round: int, clients: list[str], record: dict, result: SelectionResult,
                          own_masks: np.ndarray) -> None:
         """Append the round's selection record and draw its front and coverage figures."""
         from f3ocus_core.selection.figures import plot_coverage, plot_front

@@ -25,7 +25,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,7 +363,7 @@ def content_digest(path: str | Path) -> str:
 
 
 def replay_run(settings: TrackingSettings, folder: str | Path, run_name: str, tags: Mapping[str, str],
-               rows: list[Mapping]) -> bool:
+               rows: Sequence[Mapping]) -> bool:
     """Log a finished run from its folder (``config.json``, ``metrics.jsonl`` rows, figures, adapter)
     as one tracker run, for runs that did not log while they went (a comparison grid's cells).
 

@@ -164,7 +164,7 @@ class BuildReport:
 
     def shares(self) -> dict[str, float]:
         """Overall share of each question type over all built clients."""
-        total = Counter()
+        total: Counter[str] = Counter()
         for client in self.clients:
             total.update(client["question_types"])
         n = sum(total.values())

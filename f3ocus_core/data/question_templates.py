@@ -116,7 +116,7 @@ def _class_name(flag: str, questions: Sequence[str]) -> Ask:
     return lambda label, rng: (_pick(rng, questions), display_name(flag, int(label)))
 
 
-def _yes_no(phrasings: Sequence[tuple[str, bool]], truth: Callable[[np.ndarray], bool]) -> Ask:
+def _yes_no(phrasings: Sequence[tuple[str, bool]], truth: Callable[[np.ndarray], object]) -> Ask:
     """A yes/no question; each phrasing says whether "yes" means ``truth(label)`` or its negation."""
 
     def ask(label: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
@@ -144,7 +144,7 @@ def _verify(flag: str, what: str) -> Ask:
     return ask
 
 
-def _normal(thing: str, normal: Callable[[np.ndarray], bool]) -> Ask:
+def _normal(thing: str, normal: Callable[[np.ndarray], object]) -> Ask:
     return _yes_no(
         (
             (f"is this {thing} normal?", True),

@@ -84,10 +84,10 @@ def rgn_scores(ctx: ScoringContext) -> np.ndarray:
     grads = loss_gradients(ctx)
 
     def ratio(ps: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
-        weight_norm = torch.sqrt(sum((p * p).sum() for p in ps))
+        weight_norm = torch.sqrt(torch.stack([(p * p).sum() for p in ps]).sum())
         if weight_norm == 0:
             raise ValueError("RGN is undefined for a layer whose weights are all zero.")
-        return torch.sqrt(sum((g * g).sum() for g in gs)) / weight_norm
+        return torch.sqrt(torch.stack([(g * g).sum() for g in gs]).sum()) / weight_norm
 
     return _per_layer(ctx, grads, ratio)
 

@@ -90,7 +90,7 @@ def _plan(
     for module_name, (layer, params) in by_module.items():
         module = modules.get(module_name)
         kind = _kind(module, set(params)) if module is not None and strategy == "auto" else None
-        if kind is None:
+        if kind is None or module is None:
             generic[layer].extend(params.values())
         else:
             captures.append(_Capture(module=module, kind=kind, layer=layer, params=params))
@@ -195,6 +195,7 @@ def _add_fast_grams(
         if cap.kind == "linear":
             grams[cap.layer] += linear_gram(g, x, kappa, cap.params)
         else:
+            assert isinstance(cap.module, nn.LayerNorm), "_kind gives 'layernorm' only for nn.LayerNorm"
             grams[cap.layer] += _layernorm_gram(g, cap.inputs, cap.module, kappa, cap.params)
         cap.inputs.clear()
         cap.outputs.clear()

@@ -23,7 +23,7 @@ def grasp_scores(ctx: ScoringContext) -> np.ndarray:
     flat = [g for layer in grads for g in layer]
     if not any(g.requires_grad for g in flat):
         raise ValueError("GraSP needs second derivatives, but the gradients do not depend on the weights.")
-    grad_dot_fixed_grad = sum((g * g.detach()).sum() for g in flat if g.requires_grad)
+    grad_dot_fixed_grad = torch.stack([(g * g.detach()).sum() for g in flat if g.requires_grad]).sum()
     hessian_grad = torch.autograd.grad(grad_dot_fixed_grad, ctx.all_params(), allow_unused=True)
     scores = []
     position = 0

@@ -94,7 +94,8 @@ def logits_and_head(
     produced: dict[int, torch.nn.Linear] = {}
 
     def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
-        produced[id(output)] = module
+        if isinstance(module, torch.nn.Linear):  # hooked on linear modules only
+            produced[id(output)] = module
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) is torch.nn.Linear]
     try:

@@ -71,12 +71,17 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, settings: PeftSetti
     model) for ``lora``/``ia3``/``layernorm``, the whole model for ``full``, and for the others the
     units by parameter name (``units.safetensors``) with the settings that re-create the modules
     (``f3ocus_peft.json``). Load it back with :func:`load_adapter`."""
+    from peft import PeftModel
     from safetensors.torch import save_file
+    from transformers import PreTrainedModel
 
     folder = Path(folder)
     mode = peft_mode(settings.method)
     if mode.PEFT_FORMAT or mode is full:
-        model.save_pretrained(folder)
+        if not isinstance(model, PeftModel | PreTrainedModel):
+            raise TypeError(f"peft.method={settings.method!r} saves with save_pretrained, which a "
+                            f"{type(model).__name__} lacks: pass the PEFT or Hugging Face model.")
+        model.save_pretrained(str(folder))
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())

@@ -90,8 +90,10 @@ def attach(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> nn.
     (for a model :func:`unfit` accepts)."""
     for layer in layer_modules(model, layer_map):
         _, block = block_of(layer)
-        weight = next(block.parameters())
-        prompts = torch.randn(settings.prompt_length, _width(block), device=weight.device) * 0.02
+        weight, width = next(block.parameters()), _width(block)
+        if width is None:
+            raise ValueError(f"peft.method: {unfit(model, layer_map, settings)}; choose another method.")
+        prompts = torch.randn(settings.prompt_length, width, device=weight.device) * 0.02
         block.register_parameter(PARAMETER, nn.Parameter(prompts.to(weight.dtype)))
         block.register_forward_pre_hook(_prepend, with_kwargs=True)
         block.register_forward_hook(_strip)

@@ -52,7 +52,9 @@ def linear_names(model: torch.nn.Module, layer_map: LayerMap) -> list[str]:
                    for name, module in modules if isinstance(module, torch.nn.Linear)})
 
 
-def check_targets(model: torch.nn.Module, layer_map: LayerMap, modules: tuple[str, ...]) -> list[NamedModules]:
+def check_targets(
+    model: torch.nn.Module, layer_map: LayerMap, modules: tuple[str, ...]
+) -> list[list[tuple[str, torch.nn.Linear]]]:
     """Per layer, the ``nn.Linear`` modules ``modules`` names (as :func:`target_regex` matches them).
 
     Raises

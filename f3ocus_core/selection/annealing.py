@@ -155,7 +155,7 @@ def _propose(problem: Problem, masks: np.ndarray, rng: np.random.Generator,
     """
     chains, n_clients, n_layers = masks.shape
     rows = np.arange(chains)
-    first = rng.integers(n_clients, size=chains)
+    first = rng.integers(n_clients, size=(chains,))
     second = (first + rng.integers(1, max(n_clients, 2), size=chains)) % n_clients
     own, other = masks[rows, first], masks[rows, second]
     noise = rng.random((4, chains, n_layers))

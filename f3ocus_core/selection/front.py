@@ -131,7 +131,7 @@ def pareto_optimal(points: np.ndarray, truth: np.ndarray, rtol: float = 1e-9) ->
     as_high = truth[None, :, 0] >= points[:, None, 0] - tol
     lower = truth[None, :, 1] < points[:, None, 1]
     as_low = truth[None, :, 1] <= points[:, None, 1]
-    return ~((as_high & as_low & (higher | lower)).any(axis=1))
+    return ~np.asarray((as_high & as_low & (higher | lower)).any(axis=1))  # (N,): one flag per point
 
 
 def _normalise(front: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

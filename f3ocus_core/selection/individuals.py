@@ -9,6 +9,8 @@ Pareto archive (:mod:`f3ocus_core.selection.archive`) stores them, and NSGA-II's
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from deap import base, creator
 
@@ -16,7 +18,7 @@ FITNESS_NAME = "F3ocusSelectionFitness"
 INDIVIDUAL_NAME = "F3ocusSelectionAssignment"
 
 
-def individual_class() -> type:
+def individual_class() -> type[Any]:
     """The DEAP individual class (created on first use, reused afterwards)."""
     if not hasattr(creator, FITNESS_NAME):
         creator.create(FITNESS_NAME, base.Fitness, weights=(1.0, -1.0))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def validate_problem(scores: np.ndarray, budgets: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def validate_problem(scores: np.ndarray, budgets: int | Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check a score matrix and budgets; return them as ``float64`` scores and ``int64`` budgets.
 
     Parameters
@@ -74,7 +74,7 @@ def validate_problem(scores: np.ndarray, budgets: int | Sequence[int]) -> tuple[
     return array, budget_array
 
 
-def top_b_masks(scores: np.ndarray, budgets: int | Sequence[int]) -> np.ndarray:
+def top_b_masks(scores: np.ndarray, budgets: int | Sequence[int] | np.ndarray) -> np.ndarray:
     """Each client's own ``b_i`` highest-scoring layers, ties broken by the lower layer index.
 
     This is "LNTK alone" in the paper: no server step. Returns an ``(N, L)`` bool matrix.
