@@ -60,6 +60,8 @@ from f3ocus_flower.protocol import (
     ClientInfo,
     ScoresReply,
     record_to_state,
+    scalar,
+    scalar_list,
     state_to_record,
 )
 
@@ -153,7 +155,7 @@ def _score(setup: ModelSetup, data: ClientData, settings: RunSettings, device: t
 def query(msg: Message, context: Context) -> Message:
     """Score every layer of the received global model on a local batch (the first round of a resumed
     run only: the clients of a new Flower run hold no global units, the server no scores)."""
-    server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND])
+    server_round = int(scalar(msg.content.config_records[CONFIG][SERVER_ROUND]))
     store = _store(msg, context)
     if store is not None:
         store.discard(HEAD, from_round=server_round)  # left by an attempt at this round before a server crash
@@ -171,7 +173,7 @@ def query(msg: Message, context: Context) -> Message:
 def train_fn(msg: Message, context: Context) -> Message:
     """Train only the assigned layers' units and the personal head; send back only those units."""
     config = msg.content.config_records[CONFIG]
-    server_round = int(config[SERVER_ROUND])
+    server_round = int(scalar(config[SERVER_ROUND]))
     store = _store(msg, context)
     if store is not None:
         store.discard(HEAD, from_round=server_round)  # left by an attempt at this round before a server crash
@@ -182,7 +184,7 @@ def train_fn(msg: Message, context: Context) -> Message:
                            "since; it takes part again from the next round.")
     set_state(setup.model, record_to_state(context.state.array_records[GLOBAL_UNITS]))
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
-    layers = [int(layer) for layer in config[LAYERS]]
+    layers = [int(layer) for layer in scalar_list(config[LAYERS])]
     set_trainable(setup.model, setup.units, layers, head=True)
     collate, seed = _collate(setup, data), settings.seed + server_round
     started = time.perf_counter()
@@ -210,7 +212,7 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     config names a ``score-round``, also score every layer on the same units for that round and keep
     the units for its ``train`` message."""
     config = msg.content.config_records[CONFIG]
-    _restore_head(context, _store(msg, context), int(config[SERVER_ROUND]))
+    _restore_head(context, _store(msg, context), int(scalar(config[SERVER_ROUND])))
     settings, data, setup, device = _setup(context)
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
@@ -218,8 +220,8 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
                        settings.eval_batch_size, device=device, precision=settings.train.precision,
                        answer_mode=settings.eval_answer_mode)
     metrics[NUM_EXAMPLES] = len(data.test)
-    content = RecordDict({METRICS: MetricRecord(metrics), CLIENT: _client_info(context, data, True).to_record()})
+    content = RecordDict({METRICS: MetricRecord({**metrics}), CLIENT: _client_info(context, data, True).to_record()})
     if SCORE_ROUND in config:
         context.state[GLOBAL_UNITS] = arrays
-        content[SCORES] = _score(setup, data, settings, device, context, int(config[SCORE_ROUND])).to_record()
+        content[SCORES] = _score(setup, data, settings, device, context, int(scalar(config[SCORE_ROUND]))).to_record()
     return Message(content, reply_to=msg)

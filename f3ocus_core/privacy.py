@@ -181,7 +181,7 @@ def spread_over_sampled(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndar
     return spread
 
 
-def privatize_scores(normalized: Sequence[float], score_noise_multiplier: float,
+def privatize_scores(normalized: Sequence[float] | np.ndarray, score_noise_multiplier: float,
                      rng: np.random.Generator) -> np.ndarray:
     """A normalised score vector (non-negative, sum 1) with Gaussian noise of std
     ``tau * sqrt(2)`` on each entry, mapped back to the simplex: floored at :data:`SCORE_FLOOR` and

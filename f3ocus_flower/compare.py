@@ -24,6 +24,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -49,7 +50,7 @@ SEEDS = (0, 1, 2)
 METHOD_NAMES = ("f3ocus-nsga2", "f3ocus-aco", "f3ocus-exact", "lntk-alone", "fd", "last", "all-layers",
                 "heads-only", "local-only")
 #: ``--quick``: fewer rows, seeds, rounds and examples (a smoke test of the whole pipeline).
-QUICK = {"methods": ("f3ocus-nsga2", "lntk-alone", "fd", "heads-only"),
+QUICK: dict[str, Any] = {"methods": ("f3ocus-nsga2", "lntk-alone", "fd", "heads-only"),
          "seeds": (0, 1), "rounds": 3,
          "run_config": {"data.max-train-per-client": 128, "data.max-test-per-client": 64}}
 

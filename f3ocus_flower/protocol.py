@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, ConfigScalar, ConfigScalarList, MetricRecord
 
 # Keys of a message's RecordDict.
 ARRAYS = "arrays"
@@ -68,10 +68,30 @@ def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {key: array.numpy() for key, array in record.items()}
 
 
+def scalar(value: ConfigRecordValues) -> ConfigScalar:
+    """A config or metric record value that must be one number or string, for ``int()``/``float()``.
+
+    Raises
+    ------
+    TypeError
+        When the record holds a list there: the sender and this side disagree on the protocol.
+    """
+    if isinstance(value, list):
+        raise TypeError(f"expected one number or string in the record, got the list {value[:4]!r}.")
+    return value
+
+
+def scalar_list(value: ConfigRecordValues) -> ConfigScalarList:
+    """A config or metric record value that must be a list (of numbers or strings); ``TypeError`` if not."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list in the record, got {value!r}.")
+    return value
+
+
 def round_config(server_round: int, layers: list[int] | None = None, score_round: int | None = None) -> ConfigRecord:
     """The CONFIG record of a message: the round, for ``train`` the layer ids to train, for an
     ``evaluate`` the round its scores are for (none: score nothing)."""
-    config: dict[str, int | list[int]] = {SERVER_ROUND: int(server_round)}
+    config: dict[str, ConfigRecordValues] = {SERVER_ROUND: int(server_round)}
     if layers is not None:
         config[LAYERS] = [int(layer) for layer in layers]
     if score_round is not None:
@@ -93,7 +113,7 @@ class ClientInfo:
     labels: tuple[str, ...] | None = None
 
     def to_record(self) -> ConfigRecord:
-        record: dict[str, str | int | list[str]] = {
+        record: dict[str, ConfigRecordValues] = {
             "name": self.name, "partition-id": self.partition_id, "kind": self.kind}
         if self.labels is not None:
             record["labels"] = list(self.labels)
@@ -101,8 +121,8 @@ class ClientInfo:
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> ClientInfo:
-        labels = tuple(str(label) for label in record["labels"]) if "labels" in record else None
-        return cls(str(record["name"]), int(record["partition-id"]), str(record["kind"]), labels)
+        labels = tuple(str(label) for label in scalar_list(record["labels"])) if "labels" in record else None
+        return cls(str(record["name"]), int(scalar(record["partition-id"])), str(record["kind"]), labels)
 
 
 @dataclass(frozen=True)
@@ -122,5 +142,6 @@ class ScoresReply:
 
     @classmethod
     def from_record(cls, record: MetricRecord) -> ScoresReply:
-        return cls(tuple(float(v) for v in record[NORMALIZED]), tuple(float(v) for v in record[RAW]),
-                   int(record[NUM_EXAMPLES]), float(record[SECONDS]))
+        return cls(tuple(float(v) for v in scalar_list(record[NORMALIZED])),
+                   tuple(float(v) for v in scalar_list(record[RAW])),
+                   int(scalar(record[NUM_EXAMPLES])), float(scalar(record[SECONDS])))

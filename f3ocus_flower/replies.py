@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -130,7 +131,8 @@ def screen(replies: Iterable[Message], phase: str, expected: Iterable[int]) -> t
             continue
         seen.add(node)
         if msg.has_error():
-            rejected.append(Rejection(node, "error", f"the client failed: {printable(msg.error.reason)}"))
+            reason = printable(msg.error.reason or "no reason given")
+            rejected.append(Rejection(node, "error", f"the client failed: {reason}"))
         elif msg.metadata.message_type != phase:
             rejected.append(Rejection(node, "type", f"reply of type {msg.metadata.message_type!r}, expected {phase!r}"))
         else:
@@ -159,7 +161,10 @@ def check_records(content: RecordDict, phase: str) -> None:
                                           f"longer than {MAX_STRING_LENGTH} characters")
 
 
-def _record(content: RecordDict, key: str, kind: type, check: str) -> ArrayRecord | ConfigRecord | MetricRecord:
+_Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
+
+
+def _record(content: RecordDict, key: str, kind: type[_Record], check: str) -> _Record:
     """``content[key]`` if it is a record of type ``kind``; else :class:`Rejected` as ``check``."""
     if key not in content:
         raise Rejected(check, f"no {key!r} record")
@@ -260,9 +265,10 @@ def parse_scores_reply(content: RecordDict) -> ScoresReply:
     for key in (NORMALIZED, RAW):
         if key not in record:
             raise Rejected("scores-keys", f"no {key!r}")
-        if not isinstance(record[key], list):
-            raise Rejected("scores-keys", f"{key!r} is {type(record[key]).__name__}, expected a list of numbers")
-        lists[key] = tuple(float(v) for v in record[key])
+        values = record[key]
+        if not isinstance(values, list):
+            raise Rejected("scores-keys", f"{key!r} is {type(values).__name__}, expected a list of numbers")
+        lists[key] = tuple(float(v) for v in values)
     seconds = _number(record, SECONDS, "scores-keys")
     return ScoresReply(lists[NORMALIZED], lists[RAW], _num_examples(record), seconds)
 

@@ -41,6 +41,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
@@ -83,12 +84,13 @@ def socket_path(app_dir: str, node_id: int) -> Path:
 
 # -- framing -------------------------------------------------------------------------------------
 
-def _send(sock: socket.socket, payload: object) -> None:
+def _send(sock: socket.socket, payload: tuple) -> None:
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(struct.pack("!Q", len(data)) + data)
 
 
-def _receive(sock: socket.socket) -> object:
+def _receive(sock: socket.socket) -> tuple[Any, ...]:
+    """The tuple the other side sent with :func:`_send` (a request or an answer)."""
     header = _read_exactly(sock, 8)
     return pickle.loads(_read_exactly(sock, struct.unpack("!Q", header)[0]))
 
@@ -111,7 +113,10 @@ def pack_records(records: RecordDict) -> tuple[str, dict[str, bytes]]:
 
 def unpack_records(packed: tuple[str, dict[str, bytes]]) -> RecordDict:
     object_id, contents = packed
-    return inflate_object_from_contents(object_id, contents)
+    records = inflate_object_from_contents(object_id, contents)
+    if not isinstance(records, RecordDict):
+        raise TypeError(f"the packed message content is a {type(records).__name__}, not a RecordDict.")
+    return records
 
 
 def pack_context(context: Context) -> bytes:
@@ -200,7 +205,8 @@ def handle(app, request: tuple) -> tuple:
     """Run one forwarded message through ``app`` (a ClientApp); the answer :func:`forward` reads."""
     metadata, content, context_bytes = request
     context = unpack_context(context_bytes)
-    message = Message(content=unpack_records(content), metadata=pickle.loads(metadata))
+    # Flower rebuilds a received message this way; the public overloads of Message leave it out.
+    message = Message(content=unpack_records(content), metadata=pickle.loads(metadata))  # type: ignore[call-overload]
     try:
         reply = app(message, context)
     except Exception as error:  # noqa: BLE001 - the one-message process re-raises it for Flower

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -60,6 +61,7 @@ from f3ocus_flower.protocol import (
     ClientInfo,
     record_to_state,
     round_config,
+    scalar,
     state_to_record,
 )
 from f3ocus_flower.replies import (
@@ -154,7 +156,7 @@ class F3ocusStrategy(Strategy):
         if self.settings.dp.updates or self.settings.dp.scores:
             rounds = num_rounds - (self.resumed_round or 0)
             log(INFO, "Differential privacy: %s", self.ledger.describe(rounds, self._sample_size()))
-        loop = dict(train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn,
+        loop: dict[str, Any] = dict(train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn,
                     after_round=self._round_done)
         if self.resumed_round is not None:
             log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
@@ -245,10 +247,10 @@ class F3ocusStrategy(Strategy):
                 node = msg.metadata.src_node_id
                 nodes.append(node)
                 metrics = msg.content.metric_records[METRICS]
-                losses.append(float(metrics[TRAIN_LOSS]))
+                losses.append(float(scalar(metrics[TRAIN_LOSS])))
                 if TRAINABLE_PARAMS in metrics and TRAIN_GFLOP in metrics:  # absent from older clients
-                    record.trainable_params[node] = int(metrics[TRAINABLE_PARAMS])
-                    record.train_gflop[node] = float(metrics[TRAIN_GFLOP])
+                    record.trainable_params[node] = int(scalar(metrics[TRAINABLE_PARAMS]))
+                    record.train_gflop[node] = float(scalar(metrics[TRAIN_GFLOP]))
                 trained.append(record.assignment[node])
         record.coverage = coverage(trained, self.num_layers).tolist()
         if not updates:
@@ -392,6 +394,7 @@ class F3ocusStrategy(Strategy):
     def _sample_size(self) -> int:
         """Clients sampled per round: ``clients-per-round`` of the population (all if 0)."""
         wanted = self.settings.clients_per_round
+        assert self.ledger is not None, "start() makes the ledger, which counts the population"
         return min(wanted, self.ledger.population) if wanted else self.ledger.population
 
     # ------------------------------------------------------------------ helpers
@@ -407,7 +410,7 @@ class F3ocusStrategy(Strategy):
     def _select(self, server_round: int, nodes: list[int], unusable: list[int],
                 budgets: dict[int, int]) -> dict[int, list[int]]:
         """Run the selector over the clients with usable scores and record its front."""
-        matrix = np.stack([self.state.scores[node].values for node in nodes])
+        matrix = np.stack([self._usable_scores(node) for node in nodes])
         node_budgets = [budgets[node] for node in nodes]
         sel = self.settings.selection
         result = select(matrix, node_budgets, algorithm=sel.algorithm, seed=self.settings.seed + server_round,
@@ -418,6 +421,13 @@ class F3ocusStrategy(Strategy):
                   "budgets": node_budgets, **result.as_dict()}
         self.recorder.record_selection(server_round, names, record, result, top_b_masks(matrix, node_budgets))
         return {node: np.flatnonzero(mask).tolist() for node, mask in zip(nodes, result.masks)}
+
+    def _usable_scores(self, node: int) -> np.ndarray:
+        """The node's scores as the selector takes them; only nodes whose scores passed the checks get here."""
+        values = self.state.scores[node].values
+        if values is None:
+            raise RuntimeError(f"node {node} has no usable scores, so it has no place in the selection.")
+        return values
 
     def _keep_scores(self, server_round: int, phase: str, msg: Message) -> None:
         """Keep the scores of a screened ``evaluate`` (or ``query``) reply for the next round if they
@@ -433,7 +443,7 @@ class F3ocusStrategy(Strategy):
             return
         budget = client_budgets(self.settings.selection.budget, [self.state.clients[node].partition_id])[0]
         try:
-            values: np.ndarray | None = check_score_values(reply, self.num_layers, budget)
+            values = check_score_values(reply, self.num_layers, budget)
         except Rejected as error:
             self._reject(server_round, phase, Rejection(node, error.check, error.detail),
                          "it trains its fall-back layers next round")
