@@ -24,12 +24,14 @@ run: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/f3ocus-compare $(COMPARE_ARGS)
 
-# Lint (ruff, configured in pyproject.toml), then the tests, two files at a time (pytest-xdist):
+# Lint (ruff), type-check f3ocus_core and the apps (mypy; both configured in pyproject.toml), then the
+# tests, two files at a time (pytest-xdist):
 # the slow end-to-end tests mostly wait on Flower's transport, so two of them share 2 cores well.
 # Extra pytest arguments: make test PYTEST_ARGS="-m 'not slow'"; one at a time: PYTEST_WORKERS=0
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # docker/compose.yml and its TLS overlay brought up for real (tests/test_docker_engine.py): installs
@@ -41,7 +43,7 @@ docker-test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" F3OCUS_DOCKER_TEST=1 $(BIN)/python -m pytest -m docker -s -rs tests/test_docker_engine.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .flwr outputs .pytest_cache
+	rm -rf $(VENV) .flwr outputs .pytest_cache .mypy_cache
 
 # The MLflow UI test (tests/test_tracking_ui.py) drives Debian's chromium through Playwright. As root
 # (CI) it is installed when missing; otherwise that one test skips and says why.

@@ -46,13 +46,17 @@ is asked composes one Gaussian mechanism of multiplier ``tau``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from f3ocus_core.aggregation import PartialUpdate
+
+if TYPE_CHECKING:
+    from dp_accounting.rdp import RdpAccountant
 
 #: L2 diameter of the probability simplex: the most a normalised score vector can change.
 SCORE_SENSITIVITY = float(np.sqrt(2.0))
@@ -216,7 +220,7 @@ def noise_multiplier_for(target_epsilon: float, rounds: int, sample_size: int, p
 
 
 @contextmanager
-def _quiet_absl():
+def _quiet_absl() -> Iterator[None]:
     """Silence ``dp_accounting``'s warnings that an RDP order failed to converge (it then leaves
     that order out, and epsilon, a minimum over orders, can only come out larger: conservative);
     with ``q < 1`` it logs them for the small fractional orders on every computation."""
@@ -247,7 +251,7 @@ class PrivacyLedger:
     rounds: list[int] = field(default_factory=list)
     score_releases: int = 0
 
-    def _accountant(self, extra: int | None, scores: bool):
+    def _accountant(self, extra: int | None, scores: bool) -> RdpAccountant:
         from dp_accounting import dp_event
         from dp_accounting.privacy_accountant import NeighboringRelation
         from dp_accounting.rdp import RdpAccountant

@@ -25,12 +25,17 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from f3ocus_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +151,7 @@ def run_params(run_config: Mapping[str, object], extra: Mapping[str, object] | N
             for key, value in sorted(params.items())}
 
 
-def _image_array(path: Path):
+def _image_array(path: Path) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
@@ -259,7 +264,7 @@ class RunTracking:
         self.trackers = trackers
         self.out_dir = out_dir
 
-    def _each(self, what: str, call) -> None:
+    def _each(self, what: str, call: Callable[[Any], object]) -> None:
         for tracker in self.trackers:
             try:
                 call(tracker)
@@ -444,7 +449,7 @@ class GridTracking:
         if "mlflow" in settings.trackers:
             self.parent = self._grid_run()
 
-    def _client(self):
+    def _client(self) -> tuple[MlflowClient, str | None]:
         from mlflow import MlflowClient
 
         _, uri, artifact_root = _locations(self.settings, self.folder, self.name)

@@ -24,12 +24,15 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from f3ocus_core.evidence import METHODS, build_table, cell_result, plot_curves, plot_tradeoff, read_rows, write_table
 from f3ocus_core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from f3ocus_core.tracking import GridTracking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,7 +316,7 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     return 0
 
 
-def _grid_tracking(args: argparse.Namespace, name: str, out: Path):
+def _grid_tracking(args: argparse.Namespace, name: str, out: Path) -> GridTracking | None:
     """The grid's :class:`~f3ocus_core.tracking.GridTracking` for ``--tracking`` (None without it)."""
     from f3ocus_core.errors import ConfigError
     from f3ocus_core.tracking import GridTracking, TrackingSettings, parse_trackers

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+if TYPE_CHECKING:
+    from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
+    from flwr.supercore.run import Run
 
 #: Seconds between checks for replies (the simulation's in-memory Grid uses 0.1 s).
 POLL_SECONDS = 0.1
@@ -27,11 +32,11 @@ class PromptGrid(Grid):
         self._grid = grid
         self.poll = poll
 
-    def set_run(self, run) -> None:
+    def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
 
     @property
-    def run(self):
+    def run(self) -> Run:
         return self._grid.run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
@@ -41,7 +46,7 @@ class PromptGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return self._grid.get_node_ids()
 
-    def get_nodes(self):
+    def get_nodes(self) -> Iterable[NodeInfo]:
         return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

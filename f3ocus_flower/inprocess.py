@@ -97,7 +97,9 @@ def client_handlers() -> dict[str, Callable]:
             MessageType.EVALUATE: client.evaluate_fn}
 
 
-def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None, delay=None,
+def run_server_app(config: dict, num_nodes: int, fail: Callable[[int, str, int], bool] | None = None,
+                   wrap: dict[str, Callable[[Callable], Callable]] | None = None,
+                   delay: Callable[[int, str, int], float] | None = None,
                    state_dir: str | None = None) -> tuple[InProcessGrid, list[dict]]:
     """Run the ServerApp over ``num_nodes`` in-process clients; return the grid and the metrics rows.
 

@@ -40,8 +40,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
@@ -49,6 +50,9 @@ from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 #: The module whose ``app`` the worker runs (the ClientApp with all the work in it).
 APP_MODULE = "client_app.app"
@@ -155,7 +159,7 @@ def forward(message: Message, context: Context, app_dir: str) -> Message:
 
 
 @contextlib.contextmanager
-def _connect(path: Path, app_dir: str):
+def _connect(path: Path, app_dir: str) -> Iterator[socket.socket]:
     sock = _try_connect(path)
     if sock is None:
         with open(path.with_suffix(".lock"), "w") as lock:
@@ -201,7 +205,7 @@ def _start_worker(path: Path, app_dir: str) -> socket.socket:
 
 # -- the worker ----------------------------------------------------------------------------------
 
-def handle(app, request: tuple) -> tuple:
+def handle(app: ClientApp, request: tuple) -> tuple:
     """Run one forwarded message through ``app`` (a ClientApp); the answer :func:`forward` reads."""
     metadata, content, context_bytes = request
     context = unpack_context(context_bytes)

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def _header(archive: zipfile.ZipFile, path: Path, key: str) -> tuple[tuple[int, 
     return shape, dtype
 
 
-def _skip_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _skip_header(member: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(member)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(member)

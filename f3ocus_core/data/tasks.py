@@ -34,7 +34,7 @@ test images after its recipe; ``easy-vqa`` clients can also keep only some quest
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +181,7 @@ def _vqa_rows(settings: DataSettings, source: str) -> tuple[dict, ...]:
     return read_vqa_med(folder, int(source.rsplit("-", 1)[1]))
 
 
-def _vqa_client(settings: DataSettings, name: str, rows) -> ClientData:
+def _vqa_client(settings: DataSettings, name: str, rows: Sequence[dict]) -> ClientData:
     from f3ocus_core.data.records import make_client
 
     return make_client(

@@ -6,6 +6,8 @@ scoring batch; g is taken with respect to each layer's own weights θ_l (frozen 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -45,7 +47,10 @@ def loss_gradients(ctx: ScoringContext, create_graph: bool = False) -> list[list
     return grads
 
 
-def _per_layer(ctx: ScoringContext, grads: list[list[torch.Tensor]], fn) -> np.ndarray:
+def _per_layer(
+    ctx: ScoringContext, grads: list[list[torch.Tensor]],
+    fn: Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor | float],
+) -> np.ndarray:
     return np.array(
         [
             float(fn([p.detach().double() for _, p in params], [g.detach().double() for g in layer]))

@@ -18,6 +18,7 @@ are left out of the per-client figures.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def coverage_diagnostics(clients: Sequence[str], assigned: np.ndarray,
     }
 
 
-def plot_coverage_diagnostics(rows: Sequence[dict], path) -> None:
+def plot_coverage_diagnostics(rows: Sequence[dict], path: str | Path) -> None:
     """``coverage_diagnostics.png``: per round, layers trained by >= 1 client (of L), and each client's
     importance share and missed top-b layers; from ``metrics.jsonl`` rows with ``coverage_diagnostics``."""
     import matplotlib

@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
@@ -41,6 +42,9 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from f3ocus_core.selection.params import positive
 from f3ocus_core.selection.problem import Problem
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
 
 _TOL = 1e-9
 
@@ -194,7 +198,7 @@ class _OutOfTime(Exception):
     """The time limit stopped a MILP before it proved its answer optimal."""
 
 
-def _fix_by_reduced_cost(lp, gap: float, lower: np.ndarray, upper: np.ndarray) -> None:
+def _fix_by_reduced_cost(lp: OptimizeResult, gap: float, lower: np.ndarray, upper: np.ndarray) -> None:
     """Tighten bounds of variables whose reduced cost shows they cannot move in a better solution.
 
     For the minimisation LP with optimum ``z``, every feasible point satisfies

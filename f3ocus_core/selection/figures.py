@@ -7,10 +7,15 @@ parent folder if needed.
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from f3ocus_core.selection.result import SelectionResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_front(result: SelectionResult, path: str | Path) -> Path:
@@ -58,7 +63,7 @@ def plot_coverage(own_masks: np.ndarray, server_masks: np.ndarray, path: str | P
     return _save(fig, path)
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the non-interactive Agg backend."""
     import matplotlib
 
@@ -68,7 +73,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
