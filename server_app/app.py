@@ -15,8 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from f3ocus_core.checkpoint import Checkpoint, check_fingerprint, config_fingerprint, load_checkpoint, restore_rng
 from f3ocus_core.config import ConfigError, check_against_model, parse_run_config
 from f3ocus_core.importance import SCORERS
-from f3ocus_core.peft_modes import save_adapter
-from f3ocus_core.peft_units import get_state, set_state
+from f3ocus_core.peft_units import get_state, save_adapter, set_state
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.tracking import final_artifacts, open_tracking, require_installed, run_params, tracked
