@@ -7,7 +7,7 @@ Flower home, working folder and ``F3OCUS_CACHE`` (so a deployment's nodes start 
 - ``deployment``: ``flower-superlink --insecure`` plus ``--clients`` ``flower-supernode`` processes
   (``--node-config "partition-id=I num-partitions=N"``, default ``--isolation subprocess``: Flower runs
   each message in a fresh ``flwr-clientapp`` process, which hands it to the node's warm worker,
-  :mod:`f3ocus_flower.warm`), then ``flwr run . <connection>``; every process is started here and
+  :mod:`client_app.worker`), then ``flwr run . <connection>``; every process is started here and
   stopped by PID;
 - ``deployment-cold``: the same with ``F3OCUS_WARM=0`` on the nodes (each message does all its work
   in its own process, as before warm workers);

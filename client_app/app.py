@@ -24,6 +24,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.node_config import parse_node_config
 from f3ocus_core.accounting import trainable_parameters, training_step_gflop
 from f3ocus_core.client_state import ClientStateStore, state_dir
 from f3ocus_core.config import RunSettings, parse_run_config
@@ -40,7 +41,6 @@ from f3ocus_core.privacy import clip_update, privatize_scores
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import Collate, evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
-from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import (
     ARRAYS,
     CLIENT,

@@ -19,9 +19,9 @@ from f3ocus_core.peft_units import get_state, save_adapter, set_state
 from f3ocus_core.recorder import RunRecorder
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.tracking import final_artifacts, open_tracking, require_installed, run_params, tracked
-from f3ocus_flower.grid import prompt
 from f3ocus_flower.model_setup import model_path, set_up_model
 from f3ocus_flower.protocol import record_to_state, state_to_record
+from server_app.grid import prompt
 from server_app.strategy import F3ocusStrategy
 
 app = ServerApp()

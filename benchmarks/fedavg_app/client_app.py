@@ -10,6 +10,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.node_config import parse_node_config
 from f3ocus_core.config import parse_run_config
 from f3ocus_core.data.cache import cached_client_data
 from f3ocus_core.importance import SCORERS
@@ -19,7 +20,6 @@ from f3ocus_core.pretrain import default_cache_dir
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import evaluate, make_collate, train
 from f3ocus_flower.model_setup import model_path, set_up_model
-from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import record_to_state, state_to_record
 
 app = ClientApp()
