@@ -83,7 +83,7 @@ def test_a_run_with_shifted_clients_trains_on_the_excluding_base(small_run_confi
 
     from flwr.app import MessageType
 
-    from f3ocus_flower.inprocess import run_server_app
+    from tests.inprocess_grid import run_server_app
 
     seen_questions = {}
 
