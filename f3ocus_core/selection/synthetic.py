@@ -1,4 +1,10 @@
-"""Score matrices shaped like normalised LNTK scores, for tests, benchmarks and demos.
+"""Score matrices shaped like normalised LNTK scores: the public generator of selection instances.
+
+Public API (:func:`lntk_like_scores`), kept in the library on purpose: it makes the instances of
+``benchmarks/bench_selection.py`` and ``benchmarks/bench_score_privacy.py``, whose figures
+docs/selection.md and docs/privacy.md publish, so a new selector can be measured on the same
+instances by seed without running a model; the tests use it for the same reason. No run of the apps
+calls it.
 
 Layer-wise NTK principal eigenvalues are heavy-tailed and span orders of magnitude
 (Saha et al., "F3OCUS", CVPR 2025, arXiv 2411.11912): a few
