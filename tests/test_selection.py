@@ -21,7 +21,7 @@ from f3ocus_core.selection import (
     validate_problem,
 )
 from f3ocus_core.selection.front import _upper_hull
-from f3ocus_core.selection.synthetic import lntk_like_scores
+from f3ocus_core.selection.synthetic import BUDGET_CASES, case_budgets, lntk_like_scores
 
 
 @pytest.fixture()
@@ -262,6 +262,14 @@ def test_a_mistyped_parameter_gets_the_closest_name(scores):
     with pytest.raises(ValueError, match="unknown parameter 'populaton' for selector 'nsga2'; did you mean "
                                          "'population'\\?; known: .*generations"):
         select(scores, 2, algorithm="nsga2", populaton=10)
+
+
+def test_the_benchmarks_budget_cases():
+    assert BUDGET_CASES == ("4", "mixed")
+    assert case_budgets("4", 3).tolist() == [4, 4, 4]
+    assert case_budgets("mixed", 7).tolist() == [2, 3, 4, 5, 6, 2, 3]
+    with pytest.raises(ValueError, match="unknown budget case 'even'"):
+        case_budgets("even", 3)
 
 
 def test_params_arrive_as_numbers_from_run_configs(scores):
