@@ -242,6 +242,10 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SC
     if not settings.aggregation_max_client_share <= 1.0:
         raise ConfigError(f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
                           f"got {settings.aggregation_max_client_share}.")
+    partitions = settings.selection.budget_partitions
+    if partitions is not None and partitions < settings.min_clients:
+        raise ConfigError(f"selection.budget: {partitions} budgets, one per client, but min-clients="
+                          f"{settings.min_clients} clients must connect; give one number, or one per client.")
     return settings
 
 

@@ -56,6 +56,13 @@ def test_a_budget_list_of_the_wrong_length_names_the_key():
         client_budgets((1, 2), [0, 2])
 
 
+def test_a_budget_list_shorter_than_min_clients_stops_the_parse():
+    with pytest.raises(ConfigError, match=r"^selection.budget: 3 budgets, one per client, but min-clients=4"):
+        _parse(**{"selection.budget": "1,2,2", "min-clients": 4})
+    assert _parse(**{"selection.budget": "1,2,2", "min-clients": 3}).selection.budget_partitions == 3
+    assert _parse(**{"selection.budget": "2", "min-clients": 9}).selection.budget_partitions is None
+
+
 @pytest.mark.parametrize("value", ["0", "2,0,1", "-1", 0, -3])
 def test_a_budget_below_one_names_the_key(value):
     with pytest.raises(ConfigError, match=r"^selection.budget: every budget must be >= 1"):
