@@ -186,9 +186,7 @@ lap("import client_app.app (torch, transformers, peft, datasets)")
 from f3ocus_core.config import parse_run_config
 from f3ocus_core.data.cache import cached_client_data
 from f3ocus_core.data.tasks import load_client_data
-from f3ocus_core.importance import SCORERS
-from f3ocus_core.selection import ALGORITHMS
-settings = parse_run_config(json.loads(sys.argv[1]), SCORERS, ALGORITHMS)
+settings = parse_run_config(json.loads(sys.argv[1]))
 load_client_data(settings.data, 0, 2)
 lap("prepare client data (no cache)")
 cached_client_data(settings.data, 0, 2, sys.argv[2])

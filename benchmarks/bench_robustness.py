@@ -141,8 +141,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from f3ocus_core.config import parse_run_config
-    from f3ocus_core.importance import SCORERS
-    from f3ocus_core.selection import ALGORITHMS
     from f3ocus_flower.model_setup import model_path, set_up_model
 
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
@@ -151,7 +149,7 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         config[key] = tomllib.loads(f"v = {value}")["v"]
-    settings = parse_run_config(config, SCORERS, ALGORITHMS)
+    settings = parse_run_config(config)
     setup = set_up_model(model_path(settings), settings.peft, settings.seed)
     layers_of = {index: list(keys) for index, keys in enumerate(setup.units.names)}
 

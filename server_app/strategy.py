@@ -524,7 +524,6 @@ class F3ocusStrategy(Strategy):
             self._reject(server_round, phase, rejection)
         named: dict[str, int] = {}
         partitions: dict[int, int] = {}
-        budgets = len(self.settings.selection.budget)
         ok = []
         for msg in accepted:
             node = msg.metadata.src_node_id
@@ -533,7 +532,7 @@ class F3ocusStrategy(Strategy):
                 info = check_client_info(msg.content, node, self.state.clients, named,
                                          required=phase != MessageType.TRAIN,
                                          partitions_this_phase=partitions,
-                                         num_partitions=budgets if budgets > 1 else None)
+                                         num_partitions=self.settings.selection.budget_partitions)
             except Rejected as error:
                 self._reject(server_round, phase, Rejection(node, error.check, error.detail))
                 continue
