@@ -7,7 +7,7 @@ Flower home, working folder and ``F3OCUS_CACHE`` (so a deployment's nodes start 
 - ``deployment``: ``flower-superlink --insecure`` plus ``--clients`` ``flower-supernode`` processes
   (``--node-config "partition-id=I num-partitions=N"``, default ``--isolation subprocess``: Flower runs
   each message in a fresh ``flwr-clientapp`` process, which hands it to the node's warm worker,
-  :mod:`f3ocus_flower.warm`), then ``flwr run . <connection>``; every process is started here and
+  :mod:`client_app.worker`), then ``flwr run . <connection>``; every process is started here and
   stopped by PID;
 - ``deployment-cold``: the same with ``F3OCUS_WARM=0`` on the nodes (each message does all its work
   in its own process, as before warm workers);
@@ -186,9 +186,7 @@ lap("import client_app.app (torch, transformers, peft, datasets)")
 from f3ocus_core.config import parse_run_config
 from f3ocus_core.data.cache import cached_client_data
 from f3ocus_core.data.tasks import load_client_data
-from f3ocus_core.importance import SCORERS
-from f3ocus_core.selection import ALGORITHMS
-settings = parse_run_config(json.loads(sys.argv[1]), SCORERS, ALGORITHMS)
+settings = parse_run_config(json.loads(sys.argv[1]))
 load_client_data(settings.data, 0, 2)
 lap("prepare client data (no cache)")
 cached_client_data(settings.data, 0, 2, sys.argv[2])

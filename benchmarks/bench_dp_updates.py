@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from f3ocus_core.privacy import clip_update, noise_multiplier_for, update_norm  # noqa: E402
-from f3ocus_flower.inprocess import run_server_app  # noqa: E402
+from f3ocus_evidence.inprocess import client_handlers, run_server_app  # noqa: E402
 from f3ocus_flower.protocol import ARRAYS, CONFIG, LAYERS, record_to_state  # noqa: E402
 
 
@@ -53,7 +53,9 @@ def capture(clients: int, train: int, out: Path) -> tuple[list[tuple[list[int], 
             return reply
         return wrapped
 
-    run_server_app(config, num_nodes=clients, wrap={"train": spy})
+    handlers = client_handlers()
+    handlers["train"] = spy(handlers["train"])
+    run_server_app(config, num_nodes=clients, handlers=handlers)
     units = json.loads((out / "outputs" / "dp-bench" / "config.json").read_text())["units"]
     return seen, units
 

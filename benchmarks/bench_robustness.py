@@ -1,6 +1,6 @@
 """What one attacking client achieves against the server's defences, and what the defences cost.
 
-Real short runs of the project's ServerApp and ClientApp (:func:`f3ocus_flower.inprocess.run_server_app`,
+Real short runs of the project's ServerApp and ClientApp (:func:`f3ocus_evidence.inprocess.run_server_app`,
 no SuperLink): the default run config and tiny ViLT base, 4 clients, a few rounds, smaller data.
 The last client (partition 3) attacks in every round from round 1 on:
 
@@ -56,8 +56,9 @@ def _records(reply: Message, **changes) -> RecordDict:
 
 
 def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], examples: dict) -> dict:
-    """``wrap`` for ``run_server_app``: ``node`` attacks as ``kind``; every honest train reply's
-    per-layer change ratio goes into ``ratios``, each node's honest ``num-examples`` into ``examples``."""
+    """A decorator per message type of the ClientApp's handlers: ``node`` attacks as ``kind``; every
+    honest train reply's per-layer change ratio goes into ``ratios``, each node's honest
+    ``num-examples`` into ``examples``."""
 
     def wrap(phase: str):
         def decorate(handler):
@@ -104,13 +105,16 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
 
 
 def run_one(config: dict, attack: str, defence: str, clients: int, folder: Path, layers_of: dict) -> dict:
-    from f3ocus_flower.inprocess import run_server_app
+    from f3ocus_evidence.inprocess import client_handlers, run_server_app
 
     config = {**config, **DEFENCES[defence], "run-name": f"{attack}-{defence}", "output-dir": str(folder)}
     ratios: list[float] = []
     examples: dict[int, int] = {}
     started = time.perf_counter()
-    _, rows = run_server_app(config, clients, wrap=attacker(attack, clients, layers_of, ratios, examples),
+    attack_of = attacker(attack, clients, layers_of, ratios, examples)
+    handlers = {kind: attack_of[kind](handler) if kind in attack_of else handler
+                for kind, handler in client_handlers().items()}
+    _, rows = run_server_app(config, clients, handlers=handlers,
                              state_dir=str(folder / f"state-{attack}-{defence}"))
     last = rows[-1]
     attacker_name = f"{config['task']}/{clients - 1}"
@@ -137,8 +141,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from f3ocus_core.config import parse_run_config
-    from f3ocus_core.importance import SCORERS
-    from f3ocus_core.selection import ALGORITHMS
     from f3ocus_flower.model_setup import model_path, set_up_model
 
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
@@ -147,7 +149,7 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         config[key] = tomllib.loads(f"v = {value}")["v"]
-    settings = parse_run_config(config, SCORERS, ALGORITHMS)
+    settings = parse_run_config(config)
     setup = set_up_model(model_path(settings), settings.peft, settings.seed)
     layers_of = {index: list(keys) for index, keys in enumerate(setup.units.names)}
 

@@ -36,15 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from f3ocus_core.privacy import PrivacyLedger, PrivacySettings, privatize_scores  # noqa: E402
 from f3ocus_core.selection import Problem, fair_reference, hypervolume, nondominated, select  # noqa: E402
-from f3ocus_core.selection.synthetic import lntk_like_scores  # noqa: E402
+from f3ocus_core.selection.synthetic import BUDGET_CASES, case_budgets, lntk_like_scores  # noqa: E402
 
 LEVELS = (0.0, 0.001, 0.01, 0.1, 1.0)
-CASES = ("4", "mixed")
-
-
-def budgets_for(case: str, n_clients: int) -> np.ndarray:
-    """``"4"``: every client 4 layers; ``"mixed"``: 2, 3, 4, 5, 6, 2, ... (as in bench_selection)."""
-    return np.full(n_clients, 4) if case == "4" else 2 + np.arange(n_clients) % 5
 
 
 def true_front(problem: Problem, masks: np.ndarray) -> np.ndarray:
@@ -64,8 +58,8 @@ def main() -> None:
     results: dict[float, dict[str, list[float]]] = {tau: {"hv": [], "unchanged": [], "importance": []}
                                                     for tau in LEVELS}
     random_importance = []
-    for case in CASES:
-        budgets = budgets_for(case, args.clients)
+    for case in BUDGET_CASES:
+        budgets = case_budgets(case, args.clients)
         for seed in range(args.seeds):
             scores = lntk_like_scores(args.clients, args.layers, seed=10000 + seed)
             problem = Problem.create(scores, budgets)
@@ -86,7 +80,7 @@ def main() -> None:
                     results[tau]["unchanged"].append(float(np.mean(np.all(result.masks == clean.masks, axis=1))))
                     results[tau]["importance"].append(float(problem.evaluate(result.masks[None])[0][0])
                                                       / clean_importance)
-    instances = len(CASES) * args.seeds
+    instances = len(BUDGET_CASES) * args.seeds
     print(f"{args.clients} clients x {args.layers} layers, budgets 4 and mixed, {args.seeds} seeds each "
           f"({instances} instances), {args.draws} noise draws per instance; selector nsga2, pick knee")
     print("| tau | noise std per score | epsilon, 1 round | epsilon, 10 rounds | fair HV ratio (mean, min) "

@@ -66,7 +66,7 @@ from f3ocus_core.selection import (  # noqa: E402
 )
 from f3ocus_core.selection.archive import Archive  # noqa: E402
 from f3ocus_core.selection.memetic import HullWalk  # noqa: E402
-from f3ocus_core.selection.synthetic import lntk_like_scores  # noqa: E402
+from f3ocus_core.selection.synthetic import BUDGET_CASES, case_budgets, lntk_like_scores  # noqa: E402
 
 METAHEURISTICS = ("nsga2", "mopso", "aco", "abc", "sa")
 #: The parameter that counts a selector's iterations; 0 switches its search off.
@@ -74,12 +74,6 @@ ITERATIONS = {"nsga2": "generations", "mopso": "iterations", "aco": "iterations"
 MODES = ("off", "on", "alone", "no-walk")
 #: Lagrangian assignments of the modes ``on`` and ``alone``.
 START = 64
-CASES = ("4", "mixed")
-
-
-def budgets_for(case: str, n_clients: int) -> np.ndarray:
-    """``"4"``: every client 4 layers; ``"mixed"``: 2, 3, 4, 5, 6, 2, ... (mean 4)."""
-    return np.full(n_clients, 4) if case == "4" else 2 + np.arange(n_clients) % 5
 
 
 def mode_params(algorithm: str, mode: str) -> dict:
@@ -121,7 +115,7 @@ def run_instance(n_clients: int, n_layers: int, case: str, seed: int, modes: tup
                  exact: bool) -> tuple[dict, float]:
     """Every metaheuristic in every mode on one instance; returns rows and the exact sweep's CPU time."""
     scores = lntk_like_scores(n_clients, n_layers, seed=1000 * n_clients + seed)
-    budgets = budgets_for(case, n_clients)
+    budgets = case_budgets(case, n_clients)
     runs = {}
     for name in METAHEURISTICS:
         for mode in modes:
@@ -145,7 +139,7 @@ def run_instance(n_clients: int, n_layers: int, case: str, seed: int, modes: tup
 def table(n_clients: int, n_layers: int, seeds: int, modes: tuple[str, ...], exact: bool) -> dict:
     """Print the per-algorithm table of one size; return the rows of every instance."""
     instances, exact_cpu = [], []
-    for case in CASES:
+    for case in BUDGET_CASES:
         for seed in range(seeds):
             rows, cpu = run_instance(n_clients, n_layers, case, seed, modes, exact)
             instances.append(rows)

@@ -24,6 +24,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.node_config import parse_node_config
 from f3ocus_core.accounting import trainable_parameters, training_step_gflop
 from f3ocus_core.client_state import ClientStateStore, state_dir
 from f3ocus_core.config import RunSettings, parse_run_config
@@ -32,15 +33,13 @@ from f3ocus_core.data.cache import cached_client_data
 from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import resolve_device, to_device
 from f3ocus_core.families import family_of
-from f3ocus_core.importance import SCORERS, score_layers
+from f3ocus_core.importance import score_layers
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import PeftSettings, get_state, head_names, set_state, set_trainable
 from f3ocus_core.pretrain import default_cache_dir
 from f3ocus_core.privacy import clip_update, privatize_scores
-from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import Collate, evaluate, first_batch, make_collate, train
 from f3ocus_flower.model_setup import ModelSetup, model_path, set_up_model
-from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import (
     ARRAYS,
     CLIENT,
@@ -106,7 +105,7 @@ def _restore_head(context: Context, store: ClientStateStore | None, max_round: i
 def _setup(context: Context) -> tuple[RunSettings, ClientData, ModelSetup, torch.device]:
     """Settings, local data, a fresh model with this node's head (global units not yet loaded) and
     the device this node computes on (its ``device`` node config, else the run's ``device``)."""
-    settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
+    settings = parse_run_config(context.run_config)
     node = parse_node_config(context.node_config)
     device = resolve_device(node.device, settings.device)
     data_settings = settings.data

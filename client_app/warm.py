@@ -2,7 +2,7 @@
 :mod:`client_app.app`.
 
 In a deployment, where Flower runs every message in a fresh ``flwr-clientapp`` process, it hands
-the message to the node's warm worker (:mod:`f3ocus_flower.warm`), which keeps the imports, the
+the message to the node's warm worker (:mod:`client_app.worker`), which keeps the imports, the
 model and the data in memory between messages. Anywhere else (the simulation, whose client
 processes live for the whole run; tests) it calls :mod:`client_app.app` in this process. This
 module imports nothing heavy, so a one-message process starts in well under a second.
@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from f3ocus_flower.warm import forward, is_one_message_process
+from client_app.worker import forward, is_one_message_process
 
 app = ClientApp()
 

@@ -4,10 +4,18 @@ settings and checked before any training.
 Keys live in ``[tool.flwr.app.config]`` of ``pyproject.toml`` and can be overridden with
 ``flwr run . --run-config "key=value ..."``; ``docs/config.md`` lists them all. A bad value raises
 :class:`ConfigError`, whose message starts with the key.
+
+Everything that can be checked without the model is checked here, once, before the model is built:
+every key that names a choice against the constant of the module that implements it (the scorers
+of :mod:`f3ocus_core.importance`, the selectors of :mod:`f3ocus_core.selection`, the PEFT methods,
+...), ``selection.params`` against the chosen selector's parameters, and ``selection.budget`` by the
+one rule of :func:`f3ocus_core.selection.client_budgets`. :func:`check_against_model` adds the
+checks that need the model's layer count.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -16,10 +24,15 @@ from typing import TypeVar
 from f3ocus_core.aggregation import LORA_SCHEMES, ROBUST_SCHEMES
 from f3ocus_core.data.tasks import DataSettings
 from f3ocus_core.devices import PRECISIONS, check_device_name
-from f3ocus_core.errors import ConfigError
+from f3ocus_core.errors import ConfigError, did_you_mean
+from f3ocus_core.importance import SCORERS
+from f3ocus_core.importance.outputs import DEFAULT_PROJECTION_DIM, DEFAULT_REDUCTION, REDUCTIONS
 from f3ocus_core.peft_units import PEFT_METHODS, PeftSettings
-from f3ocus_core.per_client import split_values, values_for
+from f3ocus_core.per_client import split_values
+from f3ocus_core.pretrain import BUILTIN_MODEL, BUILTIN_MODELS
 from f3ocus_core.privacy import PrivacySettings
+from f3ocus_core.selection import ALGORITHMS, PICK_RULES, client_budgets, parse_budget
+from f3ocus_core.selection.api import selector_params
 from f3ocus_core.tracking import TrackingSettings, check_settings, parse_trackers
 from f3ocus_core.training import ANSWER_MODES, TrainSettings
 
@@ -43,8 +56,8 @@ class ScoringSettings:
 
     method: str = "lntk"
     batch_size: int = 8
-    reduction: str = "head"
-    projection_dim: int = 2
+    reduction: str = DEFAULT_REDUCTION
+    projection_dim: int = DEFAULT_PROJECTION_DIM
 
 
 @dataclass
@@ -58,8 +71,15 @@ class SelectionSettings:
     params: dict[str, float] = field(default_factory=dict)
 
     def budgets_for(self, num_clients: int) -> list[int]:
-        """One budget per client: the single value repeated, or the list as given."""
-        return values_for(self.budget, num_clients, "selection.budget", "budgets", "number")
+        """One budget per client of ``num_clients``: the single value repeated, or the list as given
+        (which must then have ``num_clients`` entries); see :func:`~f3ocus_core.selection.client_budgets`."""
+        return client_budgets(self.budget, range(num_clients), num_partitions=num_clients)
+
+    @property
+    def budget_partitions(self) -> int | None:
+        """How many partition ids a per-client budget list covers (ids ``0..n-1``); None for one
+        number, which covers any."""
+        return len(self.budget) if len(self.budget) > 1 else None
 
 
 #: ``control`` values: the default (empty, F3OCUS as configured) and the two ablations of the
@@ -101,21 +121,6 @@ class RunSettings:
         return asdict(self)
 
 
-def parse_budget(value: object) -> tuple[int, ...]:
-    """``4``, ``"4"`` or ``"4,2,3"`` -> a tuple of ints."""
-    if isinstance(value, bool):
-        raise ConfigError("selection.budget: expected a number or a comma-separated list of numbers.")
-    if isinstance(value, int):
-        return (value,)
-    parts = split_values(value, "selection.budget")
-    try:
-        return tuple(int(part) for part in parts)
-    except ValueError:
-        raise ConfigError(
-            f"selection.budget: {value!r} is not a number or a comma-separated list of numbers."
-        ) from None
-
-
 def parse_pretrain_exclude(value: str) -> tuple[str, ...]:
     """``"negation"`` or ``"colour,negation"`` -> the sorted easy-vqa question families the built-in base
     leaves out of its pretraining (``""``: none); at least one family must stay."""
@@ -131,18 +136,31 @@ def parse_pretrain_exclude(value: str) -> tuple[str, ...]:
     return names
 
 
-def parse_selector_params(value: str) -> dict[str, float]:
-    """``"population=60,generations=80"`` -> ``{"population": 60, "generations": 80}``."""
+def parse_selector_params(value: str, algorithm: str | None = None) -> dict[str, float]:
+    """``"population=60,generations=80"`` -> ``{"population": 60, "generations": 80}``.
+
+    With ``algorithm``, the parameters are also checked against that selector's
+    (:func:`f3ocus_core.selection.api.selector_params`): an unknown name (with the closest known
+    one), a wrong type or a value out of range raises :class:`ConfigError` naming ``selection.params``.
+    """
     params: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"selection.params: {item!r} is not key=value.")
+        key = key.strip()
+        if key in params:
+            raise ConfigError(f"selection.params: {key!r} is given twice.")
         try:
             number = float(raw)
         except ValueError:
             raise ConfigError(f"selection.params: value of {key!r} is not a number: {raw!r}.") from None
-        params[key.strip()] = int(number) if number.is_integer() else number
+        params[key] = int(number) if number.is_integer() else number
+    if algorithm is not None:
+        try:
+            selector_params(algorithm, params)
+        except ValueError as error:
+            raise ConfigError(f"selection.params: {error}") from None
     return params
 
 
@@ -151,9 +169,15 @@ class _Reader:
 
     def __init__(self, config: Mapping[str, object]) -> None:
         self.config = config
+        self.keys: set[str] = set()
+
+    def raw(self, key: str, default: object) -> object:
+        """The value as given (or ``default``), unchecked; the key counts as known."""
+        self.keys.add(key)
+        return self.config.get(key, default)
 
     def get(self, key: str, kind: type[_T], default: _T) -> _T:
-        value = self.config.get(key, default)
+        value = self.raw(key, default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if kind is int and isinstance(value, float) and value.is_integer():
@@ -171,11 +195,13 @@ class _Reader:
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)}.")
+            raise ConfigError(f"{key}: unknown value {value!r}{did_you_mean(value, choices)}; "
+                              f"choose one of {list(choices)}.")
         return value
 
 
-def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], selectors: tuple[str, ...]) -> RunSettings:
+def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SCORERS,
+                     selectors: tuple[str, ...] = ALGORITHMS) -> RunSettings:
     """Build and check :class:`RunSettings` from a flat run config.
 
     Parameters
@@ -183,11 +209,63 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
     config : Mapping[str, object]
         ``context.run_config``: ``[tool.flwr.app.config]`` plus ``--run-config`` overrides.
     scorers, selectors : tuple[str, ...]
-        The valid ``scoring.method`` and ``selection.algorithm`` names.
+        The valid ``scoring.method`` and ``selection.algorithm`` names: by default every scorer of
+        :data:`f3ocus_core.importance.SCORERS` and every selector of
+        :data:`f3ocus_core.selection.ALGORITHMS`; a caller may narrow them, never widen them.
     """
-    r = _Reader(config)
+    _check_narrowed("scoring.method", scorers, SCORERS)
+    _check_narrowed("selection.algorithm", selectors, ALGORITHMS)
+    unknown = sorted(set(config) - run_config_keys())
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a run-config key{did_you_mean(unknown[0], run_config_keys())}; "
+                          "docs/config.md lists them all.")
+    settings = _read(_Reader(config), scorers, selectors)
+    check_settings(settings.tracking)
+    check_privacy(settings)
+    try:
+        settings.device = check_device_name(settings.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not settings.peft.target_modules:
+        raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
+    if not settings.model.name:
+        raise ConfigError(f"model.name: empty; give a local folder, a hub id or {BUILTIN_MODEL}.")
+    if settings.model.name.startswith("builtin:") and settings.model.name not in BUILTIN_MODELS:
+        raise ConfigError(f"model.name: unknown built-in model {settings.model.name!r}"
+                          f"{did_you_mean(settings.model.name, BUILTIN_MODELS)}; the built-ins are "
+                          f"{sorted(BUILTIN_MODELS)}.")
+    if settings.model.pretrain_exclude and not settings.model.name.startswith("builtin:"):
+        raise ConfigError(f"model.pretrain-exclude: applies to the built-in bases only; {settings.model.name!r} "
+                          "is not one, so set model.pretrain-exclude='' or model.name='builtin:...'.")
+    if settings.control == "local-only" and settings.resume:
+        raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
+                          "so it cannot resume; start the run again, or set control=''.")
+    if not math.isfinite(settings.aggregation_max_update_norm):
+        raise ConfigError(f"aggregation.max-update-norm: a finite number >= 0 (0 = no bound), "
+                          f"got {settings.aggregation_max_update_norm}.")
+    if not settings.aggregation_max_client_share <= 1.0:
+        raise ConfigError(f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
+                          f"got {settings.aggregation_max_client_share}.")
+    partitions = settings.selection.budget_partitions
+    if partitions is not None and partitions < settings.min_clients:
+        raise ConfigError(f"selection.budget: {partitions} budgets, one per client, but min-clients="
+                          f"{settings.min_clients} clients must connect; give one number, or one per client.")
+    return settings
+
+
+@functools.cache
+def run_config_keys() -> frozenset[str]:
+    """Every key :func:`parse_run_config` reads (those of ``[tool.flwr.app.config]``), found by reading
+    an empty config, so the list cannot drift from the parser."""
+    reader = _Reader({})
+    _read(reader, SCORERS, ALGORITHMS)
+    return frozenset(reader.keys)
+
+
+def _read(r: _Reader, scorers: tuple[str, ...], selectors: tuple[str, ...]) -> RunSettings:
+    """:class:`RunSettings` from the reader's config, each value checked on its own."""
     defaults = RunSettings()
-    settings = RunSettings(
+    return RunSettings(
         num_rounds=r.positive("num-server-rounds", int, defaults.num_rounds),
         run_name=r.get("run-name", str, defaults.run_name),
         output_dir=r.get("output-dir", str, defaults.output_dir),
@@ -228,15 +306,15 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
         scoring=ScoringSettings(
             method=r.choice("scoring.method", ScoringSettings.method, scorers),
             batch_size=r.positive("scoring.batch-size", int, ScoringSettings.batch_size),
-            reduction=r.choice("scoring.reduction", ScoringSettings.reduction, ("head", "logits", "projection")),
+            reduction=r.choice("scoring.reduction", ScoringSettings.reduction, REDUCTIONS),
             projection_dim=r.positive("scoring.projection-dim", int, ScoringSettings.projection_dim),
         ),
         selection=SelectionSettings(
-            algorithm=r.choice("selection.algorithm", SelectionSettings.algorithm, selectors),
-            budget=parse_budget(config.get("selection.budget", "2")),
-            pick=r.choice("selection.pick", SelectionSettings.pick, ("knee", "tchebycheff", "weighted-sum")),
+            algorithm=(algorithm := r.choice("selection.algorithm", SelectionSettings.algorithm, selectors)),
+            budget=parse_budget(r.raw("selection.budget", "2")),
+            pick=r.choice("selection.pick", SelectionSettings.pick, PICK_RULES),
             exact_budget=r.get("selection.exact-budget", bool, SelectionSettings.exact_budget),
-            params=parse_selector_params(r.get("selection.params", str, "")),
+            params=parse_selector_params(r.get("selection.params", str, ""), algorithm),
         ),
         train=TrainSettings(
             epochs=r.positive("train.local-epochs", int, TrainSettings.epochs),
@@ -274,31 +352,13 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...], sel
             hide_participation=r.get("dp.hide-participation", bool, PrivacySettings.hide_participation),
         ),
     )
-    check_settings(settings.tracking)
-    check_privacy(settings)
-    try:
-        settings.device = check_device_name(settings.device)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if not settings.peft.target_modules:
-        raise ConfigError("peft.target-modules: give at least one module name, e.g. 'query,value'.")
-    if not settings.model.name:
-        raise ConfigError("model.name: empty; give a local folder, a hub id or builtin:tiny-vilt-easyvqa.")
-    if settings.model.pretrain_exclude and not settings.model.name.startswith("builtin:"):
-        raise ConfigError(f"model.pretrain-exclude: applies to the built-in bases only; {settings.model.name!r} "
-                          "is not one, so set model.pretrain-exclude='' or model.name='builtin:...'.")
-    if settings.control == "local-only" and settings.resume:
-        raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
-                          "so it cannot resume; start the run again, or set control=''.")
-    if not math.isfinite(settings.aggregation_max_update_norm):
-        raise ConfigError(f"aggregation.max-update-norm: a finite number >= 0 (0 = no bound), "
-                          f"got {settings.aggregation_max_update_norm}.")
-    if not settings.aggregation_max_client_share <= 1.0:
-        raise ConfigError(f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
-                          f"got {settings.aggregation_max_client_share}.")
-    if any(b < 1 for b in settings.selection.budget):
-        raise ConfigError(f"selection.budget: every budget must be >= 1, got {list(settings.selection.budget)}.")
-    return settings
+
+
+def _check_narrowed(key: str, given: tuple[str, ...], known: tuple[str, ...]) -> None:
+    """A caller's list of allowed ``key`` values must come from the core's own list ``known``."""
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise ValueError(f"{key}: {unknown} are not implemented; the core knows {list(known)}.")
 
 
 def check_privacy(settings: RunSettings) -> None:
@@ -336,9 +396,7 @@ def check_privacy(settings: RunSettings) -> None:
 
 
 def check_against_model(settings: RunSettings, num_layers: int) -> None:
-    """Checks that need the model: budgets within 1..L."""
-    too_big = [b for b in settings.selection.budget if b > num_layers]
-    if too_big:
-        raise ConfigError(
-            f"selection.budget: {too_big} exceed the model's {num_layers} layers; budgets must be 1..{num_layers}."
-        )
+    """Checks that need the model: budgets within 1..L (by the rule of
+    :func:`~f3ocus_core.selection.client_budgets`)."""
+    budget = settings.selection.budget
+    client_budgets(budget, range(len(budget)), num_layers=num_layers)

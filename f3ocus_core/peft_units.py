@@ -9,12 +9,15 @@ Methods (``peft.method``; one module each in :mod:`f3ocus_core.peft_modes`, docs
 prompt tuning), ``ia3``, and ``full`` (a layer's units are all of its own weights).
 
 The federated state is a flat ``{parameter name: array}`` dict of every layer's units;
-:class:`UnitMap` says which names belong to which layer.
+:class:`UnitMap` says which names belong to which layer. :func:`save_adapter` writes a run's result
+and :func:`load_adapter` reads it back onto its base model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,40 +25,16 @@ import torch
 from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes import PEFT_METHODS, check_method, peft_mode
 from f3ocus_core.peft_modes.targets import target_regex
+from f3ocus_core.peft_settings import PeftSettings
 
-__all__ = ["PEFT_METHODS", "PeftSettings", "UnitMap", "attach_units", "get_state", "head_names", "set_state",
-           "set_trainable", "target_regex", "unit_map"]
+__all__ = ["PEFT_METHODS", "PeftSettings", "UnitMap", "attach_units", "get_state", "head_names", "load_adapter",
+           "save_adapter", "set_state", "set_trainable", "target_regex", "unit_map"]
 
 #: Parameter-name prefixes of the personal answer head (ViLT's ``classifier``), PEFT-wrapped or not.
 HEAD_MARKERS = ("classifier.",)
-
-
-@dataclass(frozen=True)
-class PeftSettings:
-    """How layers are fine-tuned.
-
-    Parameters
-    ----------
-    method : str
-        One of :data:`PEFT_METHODS`.
-    rank, alpha, dropout : int, int, float
-        LoRA rank, scaling numerator and dropout.
-    target_modules : tuple[str, ...]
-        Names of the linear modules inside a layer that get LoRA or IA3 (ViLT: ``query``, ``key``,
-        ``value``, ``dense``).
-    adapter_reduction : int
-        Bottleneck adapter reduction factor (width / bottleneck width).
-    prompt_length : int
-        Deep prompt vectors per layer.
-    """
-
-    method: str = "lora"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value", "dense")
-    adapter_reduction: int = 16
-    prompt_length: int = 10
+#: Files of the project's own format (the modes not saved in ``peft``'s).
+SETTINGS_FILE = "f3ocus_peft.json"
+UNITS_FILE = "units.safetensors"
 
 
 def attach_units(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> torch.nn.Module:
@@ -160,3 +139,49 @@ def set_state(model: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
                     f"Received {name!r} with shape {tuple(value.shape)}, model has {tuple(params[name].shape)}."
                 )
             params[name].copy_(torch.from_numpy(np.asarray(value)))
+
+
+def save_adapter(model: torch.nn.Module, folder: str | Path, settings: PeftSettings, units: UnitMap) -> Path:
+    """Save the units of every layer to ``folder``: PEFT format (``save_pretrained`` of the PEFT
+    model) for ``lora``/``ia3``/``layernorm``, the whole model for ``full``, and for the others the
+    units by parameter name (``units.safetensors``) with the settings that re-create the modules
+    (``f3ocus_peft.json``). Load it back with :func:`load_adapter`."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import PreTrainedModel
+
+    folder = Path(folder)
+    mode = peft_mode(settings.method)
+    if mode.PEFT_FORMAT or settings.method == "full":
+        if not isinstance(model, PeftModel | PreTrainedModel):
+            raise TypeError(f"peft.method={settings.method!r} saves with save_pretrained, which a "
+                            f"{type(model).__name__} lacks: pass the PEFT or Hugging Face model.")
+        model.save_pretrained(str(folder))
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    params = dict(model.named_parameters())
+    save_file({name: params[name].detach().cpu().contiguous() for name in units.all_keys()}, str(folder / UNITS_FILE))
+    (folder / SETTINGS_FILE).write_text(json.dumps({"method": settings.method, "settings": asdict(settings)}, indent=2))
+    return folder
+
+
+def load_adapter(base: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """``base`` (the model the units were trained on) with the units saved in ``folder`` by
+    :func:`save_adapter`: ``peft.PeftModel.from_pretrained`` for PEFT format, else the mode's
+    modules attached and the saved tensors loaded. A ``full`` result loads with ``from_pretrained``."""
+    from safetensors.torch import load_file
+
+    from f3ocus_core.layers import layer_map_for
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(folder))
+    if not (folder / SETTINGS_FILE).exists():
+        raise ValueError(f"{folder} holds neither a PEFT adapter (adapter_config.json) nor {SETTINGS_FILE}.")
+    saved = json.loads((folder / SETTINGS_FILE).read_text())["settings"]
+    settings = PeftSettings(**{**saved, "target_modules": tuple(saved["target_modules"])})
+    model = peft_mode(settings.method).attach(base, layer_map_for(base), settings)
+    set_state(model, {name: value.float().numpy() for name, value in load_file(str(folder / UNITS_FILE)).items()})
+    return model.eval()

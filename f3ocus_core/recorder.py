@@ -14,7 +14,7 @@
 - ``accuracy.png``: the task metric (accuracy or F1) per round, overall and per client.
 - ``labels/<client>.json``: each client's answer vocabulary or label set.
 - ``adapter/``: the final global units (written by the server app with
-  :func:`f3ocus_core.peft_modes.save_adapter`; ``model/`` for ``peft.method=full``).
+  :func:`f3ocus_core.peft_units.save_adapter`; ``model/`` for ``peft.method=full``).
 - ``checkpoint/state.npz``: the state after the last complete round (:mod:`f3ocus_core.checkpoint`).
 
 A resumed run (:meth:`RunRecorder.import_state`) appends to the same files after cutting off what

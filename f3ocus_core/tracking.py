@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from f3ocus_core.errors import ConfigError
+from f3ocus_core.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,8 +71,8 @@ def parse_trackers(value: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
-        raise ConfigError(f"tracking.to: unknown tracker {unknown[0]!r}; choose '' (off), 'mlflow', 'tensorboard' "
-                          "or 'mlflow,tensorboard'.")
+        raise ConfigError(f"tracking.to: unknown tracker {unknown[0]!r}{did_you_mean(unknown[0], TRACKERS)}; choose "
+                          f"'' (off), one of {list(TRACKERS)} or several, comma-separated ({','.join(TRACKERS)!r}).")
     return tuple(name for name in TRACKERS if name in names)
 
 

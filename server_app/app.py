@@ -14,15 +14,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from f3ocus_core.checkpoint import Checkpoint, check_fingerprint, config_fingerprint, load_checkpoint, restore_rng
 from f3ocus_core.config import ConfigError, check_against_model, parse_run_config
-from f3ocus_core.importance import SCORERS
-from f3ocus_core.peft_modes import save_adapter
-from f3ocus_core.peft_units import get_state, set_state
+from f3ocus_core.peft_units import get_state, save_adapter, set_state
 from f3ocus_core.recorder import RunRecorder
-from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.tracking import final_artifacts, open_tracking, require_installed, run_params, tracked
-from f3ocus_flower.grid import prompt
 from f3ocus_flower.model_setup import model_path, set_up_model
 from f3ocus_flower.protocol import record_to_state, state_to_record
+from server_app.grid import prompt
 from server_app.strategy import F3ocusStrategy
 
 app = ServerApp()
@@ -41,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     with ``resume``, continue the run in that folder after its last complete round."""
     checkpoint: Checkpoint | None = None
     try:
-        settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
+        settings = parse_run_config(context.run_config)
         require_installed(settings.tracking.trackers)
         log(INFO, "Loading model %s", settings.model.name)
         setup = set_up_model(model_path(settings), settings.peft, settings.seed)

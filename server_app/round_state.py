@@ -20,7 +20,7 @@ from f3ocus_flower.protocol import ClientInfo, ScoresReply
 @dataclass(frozen=True)
 class ClientScores:
     """One client's scores for the next round: its reply as parsed, and the normalised scores as the
-    selector takes them (None when they failed :func:`~f3ocus_flower.replies.check_score_values`:
+    selector takes them (None when they failed :func:`~server_app.replies.check_score_values`:
     the client then trains its fall-back layers)."""
 
     reply: ScoresReply

@@ -14,7 +14,7 @@ One round r, as messages (docs/architecture.md draws it):
 A round-0 evaluation of the starting model (scoring for round 1) runs before round 1. A resumed run
 (:meth:`F3ocusStrategy.import_state`) has neither scores nor clients holding the global units, so its
 first round begins with one ``query`` exchange that gets both (:meth:`F3ocusStrategy.query_scores`).
-Every reply is checked by :mod:`f3ocus_flower.replies` before it is used; a reply that fails a
+Every reply is checked by :mod:`server_app.replies` before it is used; a reply that fails a
 check, or that does not come within ``round-timeout``, is logged with its client and the check and
 left out of that step, and the run goes on (docs/reliability.md). What passes between rounds is one
 :class:`~server_app.round_state.StrategyState`; the run config's ``control`` is one
@@ -64,7 +64,8 @@ from f3ocus_flower.protocol import (
     scalar,
     state_to_record,
 )
-from f3ocus_flower.replies import (
+from server_app.control import control_of
+from server_app.replies import (
     Rejected,
     Rejection,
     check_client_info,
@@ -76,9 +77,8 @@ from f3ocus_flower.replies import (
     printable,
     screen,
 )
-from f3ocus_flower.rounds import run_rounds
-from server_app.control import control_of
 from server_app.round_state import ClientScores, StrategyState
+from server_app.rounds import run_rounds
 
 #: CONFIG keys the strategy sets itself; a ``train_config``/``evaluate_config`` may not hold them.
 RESERVED_CONFIG_KEYS = (SERVER_ROUND, LAYERS, SCORE_ROUND, RUN_KEY)
@@ -431,8 +431,8 @@ class F3ocusStrategy(Strategy):
 
     def _keep_scores(self, server_round: int, phase: str, msg: Message) -> None:
         """Keep the scores of a screened ``evaluate`` (or ``query``) reply for the next round if they
-        parse (:func:`~f3ocus_flower.replies.parse_scores_reply`); if they also pass
-        :func:`~f3ocus_flower.replies.check_score_values` they are the client's last valid ones.
+        parse (:func:`~server_app.replies.parse_scores_reply`); if they also pass
+        :func:`~server_app.replies.check_score_values` they are the client's last valid ones.
         Each failed check is logged with the client: it then trains its fall-back layers."""
         node = msg.metadata.src_node_id
         try:
@@ -453,7 +453,7 @@ class F3ocusStrategy(Strategy):
         self.state.scores[node] = ClientScores(reply, values)
 
     def _accepted_update(self, server_round: int, msg: Message) -> PartialUpdate | None:
-        """The reply's update if it passes :func:`~f3ocus_flower.replies.check_train_reply`; else None,
+        """The reply's update if it passes :func:`~server_app.replies.check_train_reply`; else None,
         noted as rejected."""
         node = msg.metadata.src_node_id
         try:
@@ -526,7 +526,7 @@ class F3ocusStrategy(Strategy):
     def _screened(self, server_round: int, phase: str, replies: Iterable[Message],
                   sent: Iterable[int]) -> list[Message]:
         """The replies to ``phase``'s messages (sent to the nodes ``sent``) whose envelope and client
-        record pass :mod:`f3ocus_flower.replies`; every other reply, and every node that sent none
+        record pass :mod:`server_app.replies`; every other reply, and every node that sent none
         within the round timeout, is logged and noted in the round's record and left out of the step.
         A ``train`` reply may leave out its client record; the others must carry it."""
         accepted, rejected = screen(replies, phase, sent)
@@ -534,7 +534,6 @@ class F3ocusStrategy(Strategy):
             self._reject(server_round, phase, rejection)
         named: dict[str, int] = {}
         partitions: dict[int, int] = {}
-        budgets = len(self.settings.selection.budget)
         ok = []
         for msg in accepted:
             node = msg.metadata.src_node_id
@@ -543,7 +542,7 @@ class F3ocusStrategy(Strategy):
                 info = check_client_info(msg.content, node, self.state.clients, named,
                                          required=phase != MessageType.TRAIN,
                                          partitions_this_phase=partitions,
-                                         num_partitions=budgets if budgets > 1 else None)
+                                         num_partitions=self.settings.selection.budget_partitions)
             except Rejected as error:
                 self._reject(server_round, phase, Rejection(node, error.check, error.detail))
                 continue

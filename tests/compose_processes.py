@@ -242,7 +242,7 @@ _HANDLED = re.compile(r"f3ocus warm worker \d+: (\w+) (?:handled|failed) in")
 
 
 def messages_handled(started: Started) -> dict[str, list[str]]:
-    """Per service whose log shows a warm ClientApp worker (:mod:`f3ocus_flower.warm`), the message
+    """Per service whose log shows a warm ClientApp worker (:mod:`client_app.worker`), the message
     types it handled, in order: what each node was sent."""
     handled = {name: _HANDLED.findall(started.log(name)) for name in started.logs}
     return {name: kinds for name, kinds in handled.items() if kinds}

@@ -11,7 +11,8 @@ import pytest
 from flwr.app import MessageType
 
 from f3ocus_core.config import parse_run_config
-from f3ocus_core.evidence import (
+from f3ocus_evidence.compare import main
+from f3ocus_evidence.results import (
     METHODS,
     PEFT_ROWS,
     CellResult,
@@ -21,9 +22,8 @@ from f3ocus_core.evidence import (
     read_rows,
     upload_mbit_per_client,
 )
-from f3ocus_flower.compare import main
-from f3ocus_flower.inprocess import run_server_app
 from f3ocus_flower.protocol import ARRAYS, CONFIG, LAYERS
+from tests.inprocess_grid import run_server_app
 
 
 @pytest.fixture(autouse=True)

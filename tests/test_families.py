@@ -310,7 +310,7 @@ def round_config(shipped_run_config, tmp_path, path: str, **changes: object) -> 
 def test_one_federated_round_with_adapters_moves_the_adapters_of_the_assigned_layers_only(
     saved, shipped_run_config, tmp_path, no_figures, name
 ):
-    from f3ocus_core.peft_modes import load_adapter
+    from f3ocus_core.peft_units import load_adapter
 
     config = round_config(shipped_run_config, tmp_path, saved[name], **{"peft.method": "adapter"})
     _, rows_ = run_server_app(config, num_nodes=2)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from f3ocus_flower.grid import PromptGrid
+from server_app.grid import PromptGrid
 
 
 class SlowGrid:
@@ -57,7 +57,7 @@ def test_everything_else_is_the_wrapped_grids():
 def test_only_flower_grids_are_wrapped():
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    from f3ocus_flower.grid import prompt
+    from server_app.grid import prompt
 
     stand_in = SimpleNamespace(send_and_receive=lambda messages, timeout=None: [])
     assert prompt(stand_in) is stand_in

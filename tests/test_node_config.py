@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.app import MessageType
 
-from f3ocus_flower.node_config import NODE_CONFIG_KEYS, NodeSettings, parse_node_config
+from client_app.node_config import NODE_CONFIG_KEYS, NodeSettings, parse_node_config
 from tests.inprocess_grid import run_server_app
 
 

@@ -16,8 +16,16 @@ from f3ocus_core.importance.lntk import lntk_scores
 from f3ocus_core.importance.outputs import reduced_outputs
 from f3ocus_core.layers import LayerMap, layer_map_for
 from f3ocus_core.models import logits_of, random_batch, tiny_vilt
-from f3ocus_core.peft_modes import PEFT_METHODS, load_adapter, save_adapter
-from f3ocus_core.peft_units import PeftSettings, attach_units, head_names, set_trainable, unit_map
+from f3ocus_core.peft_modes import PEFT_METHODS
+from f3ocus_core.peft_units import (
+    PeftSettings,
+    attach_units,
+    head_names,
+    load_adapter,
+    save_adapter,
+    set_trainable,
+    unit_map,
+)
 from tests.inprocess_grid import run_server_app
 
 LAYER = 1

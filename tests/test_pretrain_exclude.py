@@ -83,7 +83,7 @@ def test_a_run_with_shifted_clients_trains_on_the_excluding_base(small_run_confi
 
     from flwr.app import MessageType
 
-    from f3ocus_flower.inprocess import run_server_app
+    from tests.inprocess_grid import run_server_app
 
     seen_questions = {}
 
@@ -91,7 +91,7 @@ def test_a_run_with_shifted_clients_trains_on_the_excluding_base(small_run_confi
         def wrapped(msg, context):
             from client_app import app as client
 
-            settings = client.parse_run_config(context.run_config, client.SCORERS, client.ALGORITHMS)
+            settings = client.parse_run_config(context.run_config)
             pid = int(context.node_config["partition-id"])
             data = client._data(settings.data, pid, int(context.node_config["num-partitions"]))
             seen_questions[pid] = {easy_vqa.question_family(q, a[0])

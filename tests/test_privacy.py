@@ -192,8 +192,8 @@ def test_a_checkpoint_carries_the_ledger_so_a_resumed_run_keeps_counting(tmp_pat
 
 
 def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_run_config, no_figures):
-    from f3ocus_flower.inprocess import run_server_app
     from f3ocus_flower.protocol import ARRAYS, SCORES, ScoresReply, record_to_state
+    from tests.inprocess_grid import run_server_app
 
     config = dict(small_run_config, **{**DP_ON, "dp.clip-norm": 0.05, "dp.noise-multiplier": 0.5,
                                        "dp.score-noise-multiplier": 1.0, "train.max-steps": 2})

@@ -44,7 +44,7 @@ from f3ocus_flower.protocol import (
     record_to_state,
     state_to_record,
 )
-from f3ocus_flower.replies import MAX_NUM_EXAMPLES
+from server_app.replies import MAX_NUM_EXAMPLES
 from server_app.round_state import ClientScores
 from server_app.strategy import F3ocusStrategy
 from tests.inprocess_grid import InProcessGrid

@@ -47,7 +47,7 @@ from f3ocus_flower.protocol import (
     TRAINABLE_PARAMS,
     ClientInfo,
 )
-from f3ocus_flower.replies import (
+from server_app.replies import (
     REPLY_RECORDS,
     Rejected,
     check_client_info,

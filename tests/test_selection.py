@@ -21,7 +21,7 @@ from f3ocus_core.selection import (
     validate_problem,
 )
 from f3ocus_core.selection.front import _upper_hull
-from f3ocus_core.selection.synthetic import lntk_like_scores
+from f3ocus_core.selection.synthetic import BUDGET_CASES, case_budgets, lntk_like_scores
 
 
 @pytest.fixture()
@@ -239,6 +239,37 @@ def test_select_rejects_unknown_names(scores):
         select(scores, 2, algorithm="aco", rho=1.5)
     with pytest.raises(ValueError, match="NaN or inf"):
         select(np.full((2, 3), np.nan), 1)
+
+
+def test_the_five_metaheuristics_share_one_base_of_settings(scores):
+    from dataclasses import fields
+
+    from f3ocus_core.selection import aco, annealing, bee_colony, mopso, nsga2
+    from f3ocus_core.selection.params import MetaheuristicParams
+
+    shared = {f.name for f in fields(MetaheuristicParams)}
+    assert shared == {"lagrangian_start", "polish", "local_search", "hull_walk"}
+    classes = (nsga2.NSGA2Params, mopso.MOPSOParams, aco.ACOParams, bee_colony.ABCParams, annealing.SAParams)
+    for cls in classes:
+        assert issubclass(cls, MetaheuristicParams) and shared <= {f.name for f in fields(cls)}
+        assert select(scores, 2, algorithm=cls.algorithm, seed=0).info["params"]["local_search"] == 16
+        # the base's check runs for every selector and names it
+        with pytest.raises(ValueError, match=f"'local_search' of selector '{cls.algorithm}' must be >= 0"):
+            select(scores, 2, algorithm=cls.algorithm, local_search=-1)
+
+
+def test_a_mistyped_parameter_gets_the_closest_name(scores):
+    with pytest.raises(ValueError, match="unknown parameter 'populaton' for selector 'nsga2'; did you mean "
+                                         "'population'\\?; known: .*generations"):
+        select(scores, 2, algorithm="nsga2", populaton=10)
+
+
+def test_the_benchmarks_budget_cases():
+    assert BUDGET_CASES == ("4", "mixed")
+    assert case_budgets("4", 3).tolist() == [4, 4, 4]
+    assert case_budgets("mixed", 7).tolist() == [2, 3, 4, 5, 6, 2, 3]
+    with pytest.raises(ValueError, match="unknown budget case 'even'"):
+        case_budgets("even", 3)
 
 
 def test_params_arrive_as_numbers_from_run_configs(scores):

@@ -93,3 +93,18 @@ def test_missing_data_stops_the_run_before_training(small_run_config, tmp_path):
         main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
     assert "nothing-here" in str(error.value) or "data.path" in str(error.value)
     assert all(kind != MessageType.TRAIN for _, kind in grid.calls)
+
+
+def test_a_typo_in_selection_params_stops_the_server_before_the_model_is_built(shipped_run_config, tmp_path,
+                                                                              monkeypatch):
+    import server_app.app as server
+    from f3ocus_core.config import ConfigError
+
+    built = []
+    monkeypatch.setattr(server, "set_up_model", lambda *args, **kwargs: built.append(args))
+    config = dict(shipped_run_config, **{"selection.params": "populaton=40", "output-dir": str(tmp_path)})
+    grid = InProcessGrid(config, client_handlers(), 2)
+    with pytest.raises(ConfigError, match=r"^selection.params: unknown parameter 'populaton'.*'population'"):
+        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    assert built == [] and grid.calls == []
+    assert not any(tmp_path.iterdir())

@@ -16,8 +16,8 @@ from f3ocus_core.errors import ConfigError
 from f3ocus_core.importance import SCORERS
 from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.tracking import MlflowTracker, TrackingSettings, open_tracking, round_scalars
-from f3ocus_flower.inprocess import run_server_app
 from f3ocus_flower.protocol import CONFIG, SERVER_ROUND
+from tests.inprocess_grid import run_server_app
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra is not installed: pip install -e '.[tracking]'")
 pytest.importorskip("tensorboard", reason="the tracking extra is not installed: pip install -e '.[tracking]'")
@@ -179,8 +179,8 @@ def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_pa
 
     import torch
 
-    from f3ocus_core.evidence import read_rows
-    from f3ocus_flower.compare import main
+    from f3ocus_evidence.compare import main
+    from f3ocus_evidence.results import read_rows
 
     overrides = (f"model.cache-dir='{model_cache}' model.pretrain-steps=30 data.max-train-per-client=24 "
                  "data.max-test-per-client=16 train.batch-size=8")

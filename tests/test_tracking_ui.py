@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from f3ocus_flower.inprocess import run_server_app
+from tests.inprocess_grid import run_server_app
 
 pytest.importorskip("mlflow", reason="the tracking extra is not installed: pip install -e '.[tracking]'")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from f3ocus_flower.warm import forward, socket_path
+from client_app.worker import forward, socket_path
 from tests.conftest import ROOT
 
 FAKE_APP = '''
@@ -46,7 +46,9 @@ def app_dir(tmp_path, monkeypatch):
     (tmp_path / "client_app").mkdir()
     (tmp_path / "client_app" / "__init__.py").write_text("")
     (tmp_path / "client_app" / "app.py").write_text(FAKE_APP)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the worker's f3ocus_flower: this checkout's
+    # The worker runs from the app folder (`python -m client_app.worker`), as from a FAB: this checkout's.
+    (tmp_path / "client_app" / "worker.py").write_text((ROOT / "client_app" / "worker.py").read_text())
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("F3OCUS_WARM_IDLE", "30")
     yield tmp_path
     pids = []

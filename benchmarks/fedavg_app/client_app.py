@@ -10,23 +10,21 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.node_config import parse_node_config
 from f3ocus_core.config import parse_run_config
 from f3ocus_core.data.cache import cached_client_data
-from f3ocus_core.importance import SCORERS
 from f3ocus_core.models import set_answer_head
 from f3ocus_core.peft_units import get_state, set_state, set_trainable
 from f3ocus_core.pretrain import default_cache_dir
-from f3ocus_core.selection import ALGORITHMS
 from f3ocus_core.training import evaluate, make_collate, train
 from f3ocus_flower.model_setup import model_path, set_up_model
-from f3ocus_flower.node_config import parse_node_config
 from f3ocus_flower.protocol import record_to_state, state_to_record
 
 app = ClientApp()
 
 
 def _load(msg: Message, context: Context):
-    settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
+    settings = parse_run_config(context.run_config)
     node = parse_node_config(context.node_config)
     data = cached_client_data(settings.data, node.partition_id, node.num_partitions, default_cache_dir() / "data")
     setup = set_up_model(model_path(settings), settings.peft)

@@ -17,9 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from f3ocus_core.config import parse_run_config
-from f3ocus_core.importance import SCORERS
 from f3ocus_core.peft_units import get_state
-from f3ocus_core.selection import ALGORITHMS
 from f3ocus_flower.model_setup import model_path, set_up_model
 from f3ocus_flower.protocol import state_to_record
 
@@ -59,7 +57,7 @@ class TimedFedAvg(FedAvg):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = parse_run_config(context.run_config, SCORERS, ALGORITHMS)
+    settings = parse_run_config(context.run_config)
     setup = set_up_model(model_path(settings), settings.peft, settings.seed)
     out = Path(settings.output_dir) / settings.run_name
     out.mkdir(parents=True, exist_ok=True)

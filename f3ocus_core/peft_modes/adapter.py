@@ -7,7 +7,7 @@ feed-forward output is found by shape, so it holds for any family: every ``nn.Li
 layer whose input is wider than its output (ViLT's ``output.dense``, CLIP's ``fc2``, LLaMA's
 ``down_proj``). The original linear becomes the wrapper's ``base_layer`` (as with LoRA), whose
 own weights LNTK scores unchanged. ``peft`` has no bottleneck adapter, so the result is saved in
-this package's own format (:func:`f3ocus_core.peft_modes.save_adapter`).
+this package's own format (:func:`f3ocus_core.peft_units.save_adapter`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import layer_modules
 
 if TYPE_CHECKING:
-    from f3ocus_core.peft_units import PeftSettings
+    from f3ocus_core.peft_settings import PeftSettings
 
 PEFT_FORMAT = False
 

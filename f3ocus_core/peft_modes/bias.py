@@ -1,7 +1,7 @@
 """``bias``: BitFit (Ben Zaken et al., 2022), tuning only the bias terms; a layer's units are the
 biases of its own modules (linear and normalisation). No module is added, so nothing changes in
 the forward pass; ``peft`` has no BitFit, so the result is saved in this package's own format
-(:func:`f3ocus_core.peft_modes.save_adapter`)."""
+(:func:`f3ocus_core.peft_units.save_adapter`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from f3ocus_core.layers import LayerMap, is_peft_parameter
 
 if TYPE_CHECKING:
-    from f3ocus_core.peft_units import PeftSettings
+    from f3ocus_core.peft_settings import PeftSettings
 
 PEFT_FORMAT = False
 

@@ -10,7 +10,7 @@ import torch
 from f3ocus_core.layers import LayerMap, is_peft_parameter
 
 if TYPE_CHECKING:
-    from f3ocus_core.peft_units import PeftSettings
+    from f3ocus_core.peft_settings import PeftSettings
 
 PEFT_FORMAT = False
 

@@ -11,7 +11,7 @@ from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import check_targets, target_regex
 
 if TYPE_CHECKING:
-    from f3ocus_core.peft_units import PeftSettings
+    from f3ocus_core.peft_settings import PeftSettings
 
 PEFT_FORMAT = True
 

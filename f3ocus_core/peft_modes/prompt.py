@@ -25,7 +25,7 @@ from f3ocus_core.layers import LayerMap
 from f3ocus_core.peft_modes.targets import block_of, layer_modules
 
 if TYPE_CHECKING:
-    from f3ocus_core.peft_units import PeftSettings
+    from f3ocus_core.peft_settings import PeftSettings
 
 PEFT_FORMAT = False
 PARAMETER = "prompt_tokens"

@@ -12,13 +12,14 @@ returns a :class:`SelectionResult` with the chosen assignment and the whole non-
     result.chosen       # index into result.front
 
 Around the selector, the server strategy uses :func:`client_budgets`, :func:`check_scores` and
-:func:`fallback_assignment` (per-client budgets, usable scores, layers for a client without them).
+:func:`fallback_assignment` (per-client budgets, usable scores, layers for a client without them);
+:func:`parse_budget` and :func:`client_budgets` are the one reading of ``selection.budget``.
 
 See ``docs/selection.md`` for the problem, the selectors and how to choose one.
 """
 
 from f3ocus_core.selection.api import ALGORITHMS, select
-from f3ocus_core.selection.clients import check_scores, client_budgets, fallback_assignment
+from f3ocus_core.selection.clients import check_scores, client_budgets, fallback_assignment, parse_budget
 from f3ocus_core.selection.front import (
     PICK_RULES,
     fair_reference,
@@ -43,6 +44,7 @@ __all__ = [
     "hypervolume",
     "nondominated",
     "pareto_optimal",
+    "parse_budget",
     "pick_point",
     "select",
     "top_b_masks",

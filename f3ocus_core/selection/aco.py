@@ -28,18 +28,19 @@ first trails.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
 from f3ocus_core.selection.moves import lagrangian_assignments
-from f3ocus_core.selection.params import at_least, positive, unit
+from f3ocus_core.selection.params import MetaheuristicParams, at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
 
 @dataclass(frozen=True)
-class ACOParams:
+class ACOParams(MetaheuristicParams):
     """Hyperparameters of :func:`run`.
 
     ants : int
@@ -62,19 +63,9 @@ class ACOParams:
     stages : int
         Construction stages: an ant's clients (in its random order) choose in this many groups, each
         group seeing the coverage built by the earlier ones (``stages >= N``: one client at a time).
-    lagrangian_start : int
-        Lagrangian coverage-balancing variants of the clients' top-b that fill the archive and lay the
-        first trails; 0 starts from uniform trails and an empty archive.
-    polish : bool
-        Replace every assignment evaluated by the most important one with its coverage counts, and
-        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
-        budget-keeping swaps.
-    local_search : int
-        Archive members whose coverage-move neighbourhood is explored per colony (Pareto local
-        search); 0 disables.
-    hull_walk : bool
-        At the first local-search step, walk the front's convex hull from the clients' own top-b to
-        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    The shared settings (``lagrangian_start``, ``polish``, ``local_search``, ``hull_walk``) are
+    those of :class:`~f3ocus_core.selection.params.MetaheuristicParams`; here the Lagrangian variants
+    also lay the first trails (0: uniform trails and an empty archive).
     """
 
     ants: int = 8
@@ -86,14 +77,10 @@ class ACOParams:
     tau_max: float = 5.0
     daemon: int = 8
     stages: int = 10
-    lagrangian_start: int = 0
-    polish: bool = True
-    local_search: int = 16
-    hull_walk: bool = True
+    algorithm: ClassVar[str] = "aco"
 
     def check(self) -> None:
-        positive("lagrangian_start", self.lagrangian_start, "aco", allow_zero=True)
-        positive("local_search", self.local_search, "aco", allow_zero=True)
+        super().check()
         at_least("ants", self.ants, 2, "aco")
         positive("iterations", self.iterations, "aco", allow_zero=True)
         positive("alpha", self.alpha, "aco", allow_zero=True)

@@ -20,19 +20,20 @@ archive member picked by a crowding tournament, which sends chains to sparse par
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if
 from f3ocus_core.selection.moves import lagrangian_assignments
-from f3ocus_core.selection.params import at_least, positive, unit
+from f3ocus_core.selection.params import MetaheuristicParams, at_least, positive, unit
 from f3ocus_core.selection.problem import Problem, coverage_variance
 from f3ocus_core.selection.transport import polish
 
 
 @dataclass(frozen=True)
-class SAParams:
+class SAParams(MetaheuristicParams):
     """Hyperparameters of :func:`run`.
 
     chains : int
@@ -48,19 +49,11 @@ class SAParams:
     restart : int
         Every ``restart`` steps each chain returns to base: it restarts from an archive member chosen
         by a crowding tournament (Suppapitnarm, Seffen, Parks and Clarkson, 2000). 0 disables.
-    lagrangian_start : int
-        Lagrangian coverage-balancing variants of the clients' top-b the chains start from, spread
-        over the chains in order of balance (the most balanced to the chain that weighs variance
-        most); 0 starts every chain at a random assignment.
-    polish : bool
-        Polish the starting states and every proposal that enters the archive (the most important
-        assignment with its coverage counts, see :mod:`f3ocus_core.selection.memetic`).
-    local_search : int
-        Archive members whose coverage-move neighbourhood is explored at every return to base (Pareto
-        local search); 0 disables.
-    hull_walk : bool
-        At the first local-search step, walk the front's convex hull from the clients' own top-b to
-        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    The shared settings (``lagrangian_start``, ``polish``, ``local_search``, ``hull_walk``) are
+    those of :class:`~f3ocus_core.selection.params.MetaheuristicParams`; here the Lagrangian variants
+    are spread over the chains in order of balance (the most balanced to the chain that weighs
+    variance most), ``polish`` applies to the starting states and every proposal that enters the
+    archive, and local search runs at every return to base.
     """
 
     chains: int = 16
@@ -69,14 +62,10 @@ class SAParams:
     restart: int = 10
     t_start: float = 0.05
     t_end: float = 0.0005
-    lagrangian_start: int = 0
-    polish: bool = True
-    local_search: int = 16
-    hull_walk: bool = True
+    algorithm: ClassVar[str] = "sa"
 
     def check(self) -> None:
-        positive("lagrangian_start", self.lagrangian_start, "sa", allow_zero=True)
-        positive("local_search", self.local_search, "sa", allow_zero=True)
+        super().check()
         at_least("chains", self.chains, 2, "sa")
         positive("steps", self.steps, "sa", allow_zero=True)
         positive("t_start", self.t_start, "sa")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
+from f3ocus_core.errors import did_you_mean
 from f3ocus_core.selection import aco, annealing, bee_colony, exact, mopso, nsga2
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.front import PICK_RULES, nondominated, pick_point
@@ -34,6 +36,26 @@ _SELECTORS: dict[str, tuple[Callable, Any]] = {
 
 #: Names accepted by :func:`select`.
 ALGORITHMS: tuple[str, ...] = tuple(_SELECTORS)
+
+
+def selector_params(algorithm: str, params: Mapping[str, Any]) -> Any:
+    """The hyperparameters ``algorithm`` runs with: its defaults with ``params`` applied, checked.
+
+    The one check of ``selection.params``: the run config calls it at parse time (so a typo stops the
+    run before round 0) and :func:`select` again on every call. Returns the selector's ``*Params``
+    object, or None for ``local``, which takes none. Raises ``ValueError`` naming an unknown
+    algorithm or parameter (with the closest known name) or a value out of range.
+    """
+    if algorithm not in _SELECTORS:
+        raise ValueError(f"unknown selection algorithm {algorithm!r}{did_you_mean(algorithm, ALGORITHMS)}; "
+                         f"choose one of {', '.join(ALGORITHMS)}.")
+    defaults = _SELECTORS[algorithm][1]
+    if defaults is None:
+        if params:
+            raise ValueError(f"unknown parameter {next(iter(params))!r} for selector {algorithm!r}; "
+                             "it takes no parameters.")
+        return None
+    return resolve_params(defaults, algorithm, dict(params))
 
 
 def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "nsga2", seed: int = 0,
@@ -68,16 +90,11 @@ def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "n
         The chosen masks, the whole non-dominated set found, and the index of the chosen point.
     """
     started = time.perf_counter()
-    if algorithm not in _SELECTORS:
-        raise ValueError(f"unknown selection algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}.")
     if pick not in PICK_RULES:
         raise ValueError(f"unknown pick rule {pick!r}; choose one of {', '.join(PICK_RULES)}.")
+    settings = selector_params(algorithm, params)
     problem = Problem.create(scores, budgets, exact_budget)
-    runner, defaults = _SELECTORS[algorithm]
-    if defaults is None and params:
-        raise ValueError(f"unknown parameter {next(iter(params))!r} for selector {algorithm!r}; "
-                         "it takes no parameters.")
-    settings = None if defaults is None else resolve_params(defaults, algorithm, params)
+    runner = _SELECTORS[algorithm][0]
     rng = np.random.default_rng(seed)
     found, info = runner(problem, rng, settings)
     masks = found.masks() if isinstance(found, Archive) else found
@@ -86,7 +103,7 @@ def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "n
     front = np.column_stack([importance[keep], variance[keep]])
     front_masks = masks[keep]
     chosen = pick_point(front, pick)
-    if defaults is not None:
-        info = {**info, "params": {k: getattr(settings, k) for k in defaults.__dataclass_fields__}}
+    if settings is not None:
+        info = {**info, "params": {f.name: getattr(settings, f.name) for f in fields(settings)}}
     return SelectionResult(masks=front_masks[chosen].copy(), front=front, front_masks=front_masks, chosen=chosen,
                            algorithm=algorithm, seconds=time.perf_counter() - started, pick=pick, info=info)

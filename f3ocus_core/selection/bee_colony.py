@@ -26,18 +26,19 @@ All non-dominated assignments seen are kept in the archive, which is the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
 from f3ocus_core.selection.moves import first_population, mutate
-from f3ocus_core.selection.params import at_least, positive, unit
+from f3ocus_core.selection.params import MetaheuristicParams, at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
 
 @dataclass(frozen=True)
-class ABCParams:
+class ABCParams(MetaheuristicParams):
     """Hyperparameters of :func:`run`.
 
     sources : int
@@ -53,19 +54,8 @@ class ABCParams:
     mutation : float
         Share of neighbours made by a random budget-keeping move of ``moves.mutate`` (swap, exchange
         between two clients, or drop/add) instead of the partner rule.
-    lagrangian_start : int
-        Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
-        archive, as many as fit are the first food sources); 0 starts from random assignments.
-    polish : bool
-        Replace every assignment evaluated by the most important one with its coverage counts, and
-        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
-        budget-keeping swaps.
-    local_search : int
-        Archive members whose coverage-move neighbourhood is explored per cycle (Pareto local
-        search); 0 disables.
-    hull_walk : bool
-        At the first local-search step, walk the front's convex hull from the clients' own top-b to
-        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    The shared settings (``lagrangian_start``, ``polish``, ``local_search``, ``hull_walk``) are
+    those of :class:`~f3ocus_core.selection.params.MetaheuristicParams`.
     """
 
     sources: int = 12
@@ -74,14 +64,10 @@ class ABCParams:
     limit: int = 5
     scout_moves: float = 3.0
     mutation: float = 0.5
-    lagrangian_start: int = 0
-    polish: bool = True
-    local_search: int = 16
-    hull_walk: bool = True
+    algorithm: ClassVar[str] = "abc"
 
     def check(self) -> None:
-        positive("lagrangian_start", self.lagrangian_start, "abc", allow_zero=True)
-        positive("local_search", self.local_search, "abc", allow_zero=True)
+        super().check()
         at_least("sources", self.sources, 2, "abc")
         positive("onlookers", self.onlookers, "abc", allow_zero=True)
         positive("cycles", self.cycles, "abc", allow_zero=True)

@@ -2,7 +2,9 @@
 used, and what it trains when they cannot.
 
 Pure functions on arrays, so the round logic of the server strategy can be tested without Flower:
-:func:`client_budgets` reads ``selection.budget`` for the clients that answered,
+:func:`parse_budget` reads ``selection.budget`` from the run config and :func:`client_budgets`
+expands it, the one rule every user of a budget goes through (the config's checks, the strategy's
+rounds, the reply checks),
 :func:`check_scores` says why a client's score vector cannot enter the optimisation, and
 :func:`fallback_assignment` gives such a client its layers all the same.
 """
@@ -13,18 +15,61 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from f3ocus_core.per_client import values_of
+from f3ocus_core.errors import ConfigError
+from f3ocus_core.per_client import split_values, values_for, values_of
 from f3ocus_core.selection.problem import top_b_masks
 
+#: The run-config key every budget error names.
+BUDGET_KEY = "selection.budget"
 
-def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int]) -> list[int]:
-    """The layer budget of each client, in the order of ``partition_ids``.
 
-    ``budget_setting`` is the parsed ``selection.budget``: one number for every client, or one per
-    client indexed by partition id (``"4,2,2,4"``: partition 1 trains 2 layers). Raises
-    ``ValueError`` naming ``selection.budget`` when a per-client list has no entry for a partition id.
+def parse_budget(value: object) -> tuple[int, ...]:
+    """``4``, ``"4"`` or ``"4,2,3"`` -> a tuple of budgets, each at least 1.
+
+    Raises :class:`ConfigError` naming ``selection.budget`` for a value that is not a number or a
+    comma-separated list of numbers, or a budget below 1.
     """
-    return values_of([int(b) for b in budget_setting], partition_ids, "selection.budget", "budgets", "number")
+    if isinstance(value, bool):
+        raise ConfigError(f"{BUDGET_KEY}: expected a number or a comma-separated list of numbers.")
+    if isinstance(value, int):
+        budgets: tuple[int, ...] = (value,)
+    else:
+        try:
+            budgets = tuple(int(part) for part in split_values(value, BUDGET_KEY))
+        except ValueError:
+            raise ConfigError(
+                f"{BUDGET_KEY}: {value!r} is not a number or a comma-separated list of numbers."
+            ) from None
+    if any(b < 1 for b in budgets):
+        raise ConfigError(f"{BUDGET_KEY}: every budget must be >= 1, got {list(budgets)}.")
+    return budgets
+
+
+def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int], num_partitions: int | None = None,
+                   num_layers: int | None = None) -> list[int]:
+    """The layer budget of each client, in the order of ``partition_ids``: the rule of ``selection.budget``.
+
+    ``budget_setting`` is the parsed ``selection.budget`` (:func:`parse_budget`): one number for every
+    client, or one per client indexed by partition id (``"4,2,2,4"``: partition 1 trains 2 layers).
+    ``num_partitions``, when known, is the number of clients: a list must then have exactly one
+    entry per client. ``num_layers``, when known, bounds every budget.
+
+    Raises :class:`ConfigError` (a ``ValueError``) naming ``selection.budget`` when the setting is
+    empty, a budget is below 1 or above ``num_layers``, a list's length is not ``num_partitions``, or
+    a list has no entry for one of ``partition_ids``.
+    """
+    budgets = [int(b) for b in budget_setting]
+    if not budgets:
+        raise ConfigError(f"{BUDGET_KEY}: empty; give one number, or one per client.")
+    if any(b < 1 for b in budgets):
+        raise ConfigError(f"{BUDGET_KEY}: every budget must be >= 1, got {budgets}.")
+    too_big = [b for b in budgets if num_layers is not None and b > num_layers]
+    if too_big:
+        raise ConfigError(f"{BUDGET_KEY}: {too_big} exceed the model's {num_layers} layers; budgets must be "
+                          f"1..{num_layers}.")
+    if num_partitions is not None:
+        values_for(budgets, num_partitions, BUDGET_KEY, "budgets", "number")
+    return values_of(budgets, partition_ids, BUDGET_KEY, "budgets", "number")
 
 
 def check_scores(scores: np.ndarray | Sequence[float], num_layers: int, budget: int) -> np.ndarray:

@@ -17,18 +17,19 @@ resample every bit each step and need a repair; on budgeted rows it degenerates 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.memetic import ParetoLocalSearch, polish_if, vary
 from f3ocus_core.selection.moves import first_population
-from f3ocus_core.selection.params import positive, unit
+from f3ocus_core.selection.params import MetaheuristicParams, positive, unit
 from f3ocus_core.selection.problem import Problem
 
 
 @dataclass(frozen=True)
-class MOPSOParams:
+class MOPSOParams(MetaheuristicParams):
     """Hyperparameters of :func:`run`.
 
     particles : int
@@ -45,19 +46,8 @@ class MOPSOParams:
         Share of particles mutated in the first iteration, falling linearly to ``turbulence / 4``.
     moves : float
         Mean number of budget-keeping moves a turbulent particle gets.
-    lagrangian_start : int
-        Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
-        archive, as many as fit start the swarm); 0 starts from random assignments.
-    polish : bool
-        Replace every assignment evaluated by the most important one with its coverage counts, and
-        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
-        budget-keeping swaps.
-    local_search : int
-        Archive members whose coverage-move neighbourhood is explored per iteration (Pareto local
-        search); 0 disables.
-    hull_walk : bool
-        At the first local-search step, walk the front's convex hull from the clients' own top-b to
-        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    The shared settings (``lagrangian_start``, ``polish``, ``local_search``, ``hull_walk``) are
+    those of :class:`~f3ocus_core.selection.params.MetaheuristicParams`.
     """
 
     particles: int = 10
@@ -67,14 +57,10 @@ class MOPSOParams:
     social: float = 0.8
     turbulence: float = 1.0
     moves: float = 1.5
-    lagrangian_start: int = 0
-    polish: bool = True
-    local_search: int = 16
-    hull_walk: bool = True
+    algorithm: ClassVar[str] = "mopso"
 
     def check(self) -> None:
-        positive("lagrangian_start", self.lagrangian_start, "mopso", allow_zero=True)
-        positive("local_search", self.local_search, "mopso", allow_zero=True)
+        super().check()
         positive("particles", self.particles, "mopso")
         positive("iterations", self.iterations, "mopso", allow_zero=True)
         for name in ("inertia", "cognitive", "social"):

@@ -11,6 +11,7 @@ repair is needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from deap import tools
@@ -19,12 +20,12 @@ from f3ocus_core.selection.archive import Archive
 from f3ocus_core.selection.individuals import make_individuals
 from f3ocus_core.selection.memetic import ParetoLocalSearch, vary
 from f3ocus_core.selection.moves import first_population
-from f3ocus_core.selection.params import at_least, positive, unit
+from f3ocus_core.selection.params import MetaheuristicParams, at_least, positive, unit
 from f3ocus_core.selection.problem import Problem
 
 
 @dataclass(frozen=True)
-class NSGA2Params:
+class NSGA2Params(MetaheuristicParams):
     """Hyperparameters of :func:`run`.
 
     population : int
@@ -37,19 +38,8 @@ class NSGA2Params:
         Mean number of single-client moves per offspring (at least one).
     guided : float
         Share of moves that balance coverage rather than being uniform (see ``mutate``).
-    lagrangian_start : int
-        Lagrangian coverage-balancing variants of the clients' top-b to start from (all enter the
-        archive, as many as fit into the first population); 0 starts from random assignments.
-    polish : bool
-        Replace every assignment evaluated by the most important one with its coverage counts, and
-        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
-        budget-keeping swaps.
-    local_search : int
-        Archive members whose coverage-move neighbourhood is explored per generation (Pareto local
-        search); 0 disables.
-    hull_walk : bool
-        At the first local-search step, walk the front's convex hull from the clients' own top-b to
-        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    The shared settings (``lagrangian_start``, ``polish``, ``local_search``, ``hull_walk``) are
+    those of :class:`~f3ocus_core.selection.params.MetaheuristicParams`.
     """
 
     population: int = 12
@@ -57,14 +47,10 @@ class NSGA2Params:
     crossover: float = 0.9
     mutation: float = 1.5
     guided: float = 0.5
-    lagrangian_start: int = 0
-    polish: bool = True
-    local_search: int = 16
-    hull_walk: bool = True
+    algorithm: ClassVar[str] = "nsga2"
 
     def check(self) -> None:
-        positive("lagrangian_start", self.lagrangian_start, "nsga2", allow_zero=True)
-        positive("local_search", self.local_search, "nsga2", allow_zero=True)
+        super().check()
         at_least("population", self.population, 4, "nsga2")
         positive("generations", self.generations, "nsga2", allow_zero=True)
         unit("crossover", self.crossover, "nsga2")

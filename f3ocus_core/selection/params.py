@@ -1,14 +1,57 @@
-"""Hyperparameters of the selectors: defaults in one frozen dataclass per selector, checked by name."""
+"""Hyperparameters of the selectors: defaults in one frozen dataclass per selector, checked by name.
+
+The five metaheuristics (``nsga2``, ``mopso``, ``aco``, ``abc``, ``sa``) share the memetic machinery
+of :mod:`f3ocus_core.selection.memetic`, so their parameter classes extend :class:`MetaheuristicParams`,
+which holds the four settings of that machinery once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from f3ocus_core.errors import did_you_mean
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 T = TypeVar("T", bound="DataclassInstance")
+
+
+@dataclass(frozen=True)
+class MetaheuristicParams:
+    """The settings every metaheuristic shares (each selector's own class adds its search settings).
+
+    lagrangian_start : int
+        Lagrangian coverage-balancing variants of the clients' top-b to start from
+        (:func:`f3ocus_core.selection.moves.lagrangian_assignments`): all enter the archive, and as
+        many as fit seed the search (the first population, swarm, food sources, trails or chains);
+        0 starts from random assignments.
+    polish : bool
+        Replace every assignment evaluated by the most important one with its coverage counts, and
+        mutate by exact coverage moves (see :mod:`f3ocus_core.selection.memetic`); 0 uses plain
+        budget-keeping swaps.
+    local_search : int
+        Archive members whose coverage-move neighbourhood is explored per step of the search (a
+        generation, iteration, colony, cycle, or a return to base of annealing): Pareto local search;
+        0 disables.
+    hull_walk : bool
+        At the first local-search step, walk the front's convex hull from the clients' own top-b to
+        its balanced end (:class:`f3ocus_core.selection.memetic.HullWalk`); 0 disables.
+    """
+
+    #: The selector's name in :data:`f3ocus_core.selection.ALGORITHMS`, for error messages.
+    algorithm: ClassVar[str] = ""
+
+    lagrangian_start: int = 0
+    polish: bool = True
+    local_search: int = 16
+    hull_walk: bool = True
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the parameter if a shared setting cannot work."""
+        positive("lagrangian_start", self.lagrangian_start, self.algorithm, allow_zero=True)
+        positive("local_search", self.local_search, self.algorithm, allow_zero=True)
 
 
 def resolve_params(defaults: T, algorithm: str, params: dict[str, Any]) -> T:
@@ -21,7 +64,7 @@ def resolve_params(defaults: T, algorithm: str, params: dict[str, Any]) -> T:
     changes = {}
     for key, value in params.items():
         if key not in known:
-            raise ValueError(f"unknown parameter {key!r} for selector {algorithm!r}; "
+            raise ValueError(f"unknown parameter {key!r} for selector {algorithm!r}{did_you_mean(key, known)}; "
                              f"known: {', '.join(sorted(known)) or 'none'}.")
         current = getattr(defaults, key)
         changes[key] = _coerce(algorithm, key, value, current)

@@ -1,4 +1,10 @@
-"""Score matrices shaped like normalised LNTK scores, for tests, benchmarks and demos.
+"""Score matrices shaped like normalised LNTK scores: the public generator of selection instances.
+
+Public API (:func:`lntk_like_scores`), kept in the library on purpose: it makes the instances of
+``benchmarks/bench_selection.py`` and ``benchmarks/bench_score_privacy.py``, whose figures
+docs/selection.md and docs/privacy.md publish, so a new selector can be measured on the same
+instances by seed without running a model; the tests use it for the same reason. No run of the apps
+calls it.
 
 Layer-wise NTK principal eigenvalues are heavy-tailed and span orders of magnitude
 (Saha et al., "F3OCUS", CVPR 2025, arXiv 2411.11912): a few
@@ -27,3 +33,15 @@ def lntk_like_scores(n_clients: int, n_layers: int, seed: int | np.random.Genera
     log_eig = shared[None, :] + client + heavy
     eig = np.exp(log_eig - log_eig.max(axis=1, keepdims=True))
     return eig / eig.sum(axis=1, keepdims=True)
+
+
+#: The budget cases of the selection benchmarks: ``"4"`` (every client 4 layers) and ``"mixed"``.
+BUDGET_CASES: tuple[str, ...] = ("4", "mixed")
+
+
+def case_budgets(case: str, n_clients: int) -> np.ndarray:
+    """The budgets of a benchmark case: ``"4"``, every client 4 layers; ``"mixed"``, 2, 3, 4, 5, 6, 2, ...
+    (``b_i = 2 + i mod 5``, mean 4)."""
+    if case not in BUDGET_CASES:
+        raise ValueError(f"unknown budget case {case!r}; choose one of {list(BUDGET_CASES)}.")
+    return np.full(n_clients, 4) if case == "4" else 2 + np.arange(n_clients) % 5

@@ -2,13 +2,13 @@
 table and figures.
 
 Every cell of the grid is one complete run of the project's ServerApp and ClientApp: by default in
-this process (:mod:`f3ocus_flower.inprocess`: ``server_app.app.main`` driving ``client_app.app``'s
+this process (:mod:`f3ocus_evidence.inprocess`: ``server_app.app.main`` driving ``client_app.app``'s
 handlers, no SuperLink, so no 30-60 s start-up per cell), or with ``--runner simulation`` through
 ``flwr run`` in Flower's simulation with a Flower home of the grid's own. A cell lives in
 ``<output>/<name>/cells/<method>-seed<k>/`` (the run's usual outputs); it counts as finished when its
 ``config.json`` holds the run config the grid asks for and its ``metrics.jsonl`` reaches the last
 round, so a second call redoes only the unfinished cells. The table and figures are written by
-:mod:`f3ocus_core.evidence`; docs/results.md explains the default setting.
+:mod:`f3ocus_evidence.results`; docs/results.md explains the default setting.
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from f3ocus_core.evidence import METHODS, build_table, cell_result, plot_curves, plot_tradeoff, read_rows, write_table
 from f3ocus_core.progress import progress_bar
+from f3ocus_evidence.results import (
+    METHODS,
+    build_table,
+    cell_result,
+    plot_curves,
+    plot_tradeoff,
+    read_rows,
+    write_table,
+)
 
 if TYPE_CHECKING:
     from f3ocus_core.tracking import GridTracking
@@ -123,8 +131,8 @@ def num_layers(config: dict) -> int:
 
 
 def run_inprocess(config: dict, clients: int, folder: Path) -> None:
-    """One cell through :func:`f3ocus_flower.inprocess.run_server_app`; client state under the cell."""
-    from f3ocus_flower.inprocess import run_server_app
+    """One cell through :func:`f3ocus_evidence.inprocess.run_server_app`; client state under the cell."""
+    from f3ocus_evidence.inprocess import run_server_app
 
     run_server_app(config, clients, state_dir=str(folder / "client-state"))
 

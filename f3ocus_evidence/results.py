@@ -1,6 +1,6 @@
 """The comparison the paper makes, as data: named methods (each a set of run-config overrides), what a
 finished run's ``metrics.jsonl`` says about it, paired statistics over seeds, and the table and
-figures of a grid of runs (``f3ocus-compare`` runs the grid; :mod:`f3ocus_flower.compare`).
+figures of a grid of runs (``f3ocus-compare`` runs the grid; :mod:`f3ocus_evidence.compare`).
 
 The paper's claim is a difference: F3OCUS against LNTK alone (each client its own top-b by LNTK) and
 against the best other layer selector. With a handful of seeds that difference is only worth its

@@ -7,7 +7,7 @@ data again (seconds each on a CPU), where the simulation pays once per client. T
 process instead forwards the message to a worker that keeps all of that in memory between
 messages, and returns the worker's reply to Flower as its own.
 
-- The worker is started by the first message of a node (``python -m f3ocus_flower.warm``), in its
+- The worker is started by the first message of a node (``python -P -m client_app.worker``), in its
   own session, with the app folder Flower installed (the run's FAB) first on ``sys.path``; it
   imports :data:`APP_MODULE` and calls its ``app`` (the real ClientApp) for each message.
 - One worker per (app folder, node id, interpreter): a new FAB (changed code) gets a new worker.
@@ -186,8 +186,9 @@ def _start_worker(path: Path, app_dir: str) -> socket.socket:
         path.unlink()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (app_dir, env.get("PYTHONPATH", "")) if p)
+    # -P: the working directory is not put first on sys.path, so the app folder's client_app is the one run.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "f3ocus_flower.warm", "--socket", str(path), "--app-dir", app_dir,
+        [sys.executable, "-P", "-m", "client_app.worker", "--socket", str(path), "--app-dir", app_dir,
          "--watch-pid", str(os.getppid())],
         env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
