@@ -20,6 +20,10 @@ removed through its seed shares, and its change counts. Each step needs at least
 nothing and the global model stays as it was. Every reply is checked (:mod:`f3ocus_flower.replies`
 for its envelope and records, here for its SECAGG content) and a failing one is logged and left out
 as in the clear round.
+
+Flower's round loop hands ``aggregate_train`` no grid, so the strategy keeps the one of
+``configure_train`` and :meth:`SecureAggregation._aggregate_secure` runs the three stages from
+``aggregate_train``; to the loop (and to ``Strategy.start``) the round is still train then evaluate.
 """
 
 from __future__ import annotations

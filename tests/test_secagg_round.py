@@ -5,6 +5,7 @@ is uniform, and a client that drops after sharing or after its masked input is r
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
     masked = next(reply for stage, reply in replies if stage == MASKED_INPUT and reply.metadata.src_node_id == 1)
     values = np.concatenate([array.numpy().ravel() for array in masked.content.array_records[ARRAYS].values()])
     counts, _ = np.histogram(values, bins=8, range=(0, params.mod_range))
+    print(f"one masked reply: {values.size} values, chi-square p = {chisquare(counts).pvalue:.3f}")
     assert values.size > 10_000 and chisquare(counts).pvalue > 1e-3
     plain = np.concatenate([q.ravel() for q in quantize(list(changes[1].values()), CLIP, params.target_range)])
     plain_counts, _ = np.histogram(plain, bins=8, range=(0, params.target_range))
@@ -139,3 +141,23 @@ def test_secagg_refuses_what_needs_a_clients_units(overrides, key):
 def test_secagg_is_off_by_default():
     assert make_settings().secagg is False
     assert make_settings(**{"secagg": True, "dp.clip-norm": 1.0, "aggregation.lora": "separate"}).secagg
+
+
+@pytest.mark.slow
+def test_flwr_run_simulation_with_secagg(tmp_path, small_run_config):
+    """The stages through Flower's own runtime (messages serialised, each client's ``context.state``
+    kept by the simulation between messages), 2 clients."""
+    from tests.test_e2e_flwr import run_flwr
+
+    config = {key: small_run_config[key] for key in (
+        "num-server-rounds", "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps",
+        "data.max-train-per-client", "data.max-test-per-client", "train.batch-size")}
+    config.update({"secagg": True, "dp.clip-norm": CLIP, "aggregation.lora": "separate"})
+    result = run_flwr(tmp_path, config)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    out = Path(config["output-dir"]) / config["run-name"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert all(not row["failed"] and sum(row["coverage"]) == 4 for row in rows[1:])
+    assert "Secure aggregation: the server learns each layer's sum only" in log
