@@ -11,19 +11,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MessageType
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.secure_aggregation.quantization import quantize
 from scipy.stats import chisquare
 
+from client_app.secagg import answer_stage, keep_change
 from f3ocus_core.checkpoint import load_checkpoint
 from f3ocus_core.config import ConfigError
-from f3ocus_flower.protocol import ARRAYS, CONFIG, MASKED_INPUT, SECAGG_STAGE, UNMASK, record_to_state
-from f3ocus_flower.secure_sum import SecureSumParams
+from f3ocus_flower.protocol import (
+    ARRAYS,
+    CIPHERTEXTS,
+    CONFIG,
+    LAYOUT,
+    MASKED_INPUT,
+    NODES,
+    PUBLIC_KEYS,
+    SECAGG,
+    SECAGG_STAGE,
+    SERVER_ROUND,
+    SHARE_KEYS,
+    SHARES,
+    SURVIVORS,
+    UNMASK,
+    record_to_state,
+    state_to_record,
+)
+from f3ocus_flower.replies import Rejected
+from f3ocus_flower.secure_sum import SecureSumClient, SecureSumParams, threshold_for
 from tests.inprocess_grid import run_server_app
 from tests.test_robustness import make_settings
 
 CLIP = 0.05
-NODES = 4
+NUM_NODES = 4
 
 
 def _config(small_run_config: dict, secagg: bool, name: str, rounds: int) -> dict:
@@ -63,8 +82,8 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
 
     clear = _config(small_run_config, False, "clear", 2)
     secure = _config(small_run_config, True, "secure", 2)
-    _, clear_rows = run_server_app(clear, NODES)
-    grid, rows = run_server_app(secure, NODES, wrap={MessageType.TRAIN: spy})
+    _, clear_rows = run_server_app(clear, NUM_NODES)
+    grid, rows = run_server_app(secure, NUM_NODES, wrap={MessageType.TRAIN: spy})
 
     assert [row.get("assignment") for row in rows] == [row.get("assignment") for row in clear_rows]
     assert all(not row["failed"] for row in rows)
@@ -75,8 +94,8 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
     moved = max(float(np.max(np.abs(value))) for key, value in _units(clear).items() if ".lora_B." in key)
     assert moved > 1e-3  # LoRA's B starts at zero: the rounds moved the units far more than the tolerance
     # Four train exchanges per client per round, and not one float unit leaves a client.
-    assert Counter(kind for _, kind in grid.calls) == {MessageType.TRAIN: 4 * NODES * 2,
-                                                       MessageType.EVALUATE: NODES * 3}
+    assert Counter(kind for _, kind in grid.calls) == {MessageType.TRAIN: 4 * NUM_NODES * 2,
+                                                       MessageType.EVALUATE: NUM_NODES * 3}
     assert Counter(stage for stage, _ in replies) == {"train": 8, "share-keys": 8, MASKED_INPUT: 8, UNMASK: 8}
     for stage, reply in replies:
         arrays = reply.content.array_records.get(ARRAYS)
@@ -115,8 +134,8 @@ def test_a_client_that_drops_after_sharing_or_after_its_masked_input_is_recovere
 
     secure = _config(small_run_config, True, f"secure-{stage}", 1)
     clear = _config(small_run_config, False, f"clear-{stage}", 1)
-    _, rows = run_server_app(secure, NODES, wrap={MessageType.TRAIN: drop})
-    _, clear_rows = run_server_app(clear, NODES, fail=None if counted else
+    _, rows = run_server_app(secure, NUM_NODES, wrap={MessageType.TRAIN: drop})
+    _, clear_rows = run_server_app(clear, NUM_NODES, fail=None if counted else
                                    (lambda node, kind, _: node == 2 and kind == MessageType.TRAIN))
 
     assert rows[-1]["coverage"] == clear_rows[-1]["coverage"]
@@ -161,3 +180,85 @@ def test_flwr_run_simulation_with_secagg(tmp_path, small_run_config):
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert all(not row["failed"] and sum(row["coverage"]) == 4 for row in rows[1:])
     assert "Secure aggregation: the server learns each layer's sum only" in log
+
+
+def test_too_many_drops_stop_the_rounds_aggregation_with_a_reason_and_keep_the_model(small_run_config, no_figures,
+                                                                                     caplog):
+    def drop(train):
+        def wrapped(msg, context):
+            if msg.metadata.dst_node_id in (2, 3) and _stage(msg) == MASKED_INPUT:
+                raise RuntimeError("lost")
+            return train(msg, context)
+        return wrapped
+
+    secure = _config(small_run_config, True, "secure-stopped", 1)
+    _, rows = run_server_app(secure, NUM_NODES, wrap={MessageType.TRAIN: drop})
+
+    assert rows[-1]["coverage"] == [0, 0, 0, 0]
+    assert "secure aggregation stopped (2 of 4 clients sent a masked input, 3 needed)" in caplog.text
+    assert all(not np.any(value) for key, value in _units(secure).items() if ".lora_B." in key)  # B starts at 0
+
+
+def _stage_content(stage: str, server_round: int, **record) -> RecordDict:
+    return RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round, SECAGG_STAGE: stage}),
+                       SECAGG: ConfigRecord(record)})
+
+
+def test_a_client_answers_each_stage_once_in_order_and_checks_what_the_server_relays():
+    state = RecordDict()
+    shapes = {"a": (3,), "b": (2,)}
+    sent = {"a": np.zeros(3, np.float32)}
+    keys = keep_change(state, 1, 5, {"a": np.full(3, 0.1, np.float32)}, sent)
+    other = SecureSumClient(2)
+    publics = {1: (keys[PUBLIC_KEYS[0]], keys[PUBLIC_KEYS[1]]), 2: other.public}
+    relay = {NODES: [1, 2], PUBLIC_KEYS[0]: [publics[1][0], publics[2][0]],
+             PUBLIC_KEYS[1]: [publics[1][1], publics[2][1]]}
+
+    with pytest.raises(RuntimeError, match="last step was train"):
+        answer_stage(_stage_content(MASKED_INPUT, 5), state, CLIP, shapes)
+    with pytest.raises(RuntimeError, match="round 4"):
+        answer_stage(_stage_content(SHARE_KEYS, 4, **relay), state, CLIP, shapes)
+    forged = dict(relay, **{PUBLIC_KEYS[0]: [publics[2][0], publics[2][0]]})
+    with pytest.raises(RuntimeError, match="own public keys"):
+        answer_stage(_stage_content(SHARE_KEYS, 5, **forged), state, CLIP, shapes)
+
+    shared = answer_stage(_stage_content(SHARE_KEYS, 5, **relay), state, CLIP, shapes)[SECAGG]
+    mine = dict(zip(shared[NODES], shared[CIPHERTEXTS]))
+    theirs = other.share(publics, threshold_for(2))
+    with pytest.raises(RuntimeError, match="layout leaves out"):  # refused before anything leaves: may be retried
+        answer_stage(_stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]],
+                                                        LAYOUT: ["b"]}), state, CLIP, shapes)
+    masked = answer_stage(_stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]],
+                                                             LAYOUT: ["a", "b"]}), state, CLIP, shapes)
+    assert {key: array.numpy().dtype for key, array in masked[ARRAYS].items()} == {"a": np.int64, "b": np.int64}
+    with pytest.raises(RuntimeError, match="number at least 2"):
+        answer_stage(_stage_content(UNMASK, 5, **{SURVIVORS: [1]}), state, CLIP, shapes)
+    revealed = answer_stage(_stage_content(UNMASK, 5, **{SURVIVORS: [1, 2]}), state, CLIP, shapes)[SECAGG]
+    assert revealed[NODES] == [1, 2] and len(state) == 0  # secrets gone: no second reveal
+    with pytest.raises(RuntimeError, match="holds no secrets"):
+        answer_stage(_stage_content(UNMASK, 5, **{SURVIVORS: [1, 2]}), state, CLIP, shapes)
+
+
+def test_the_server_rejects_malformed_secagg_replies_by_name():
+    from server_app.secagg import check_masked_input, check_public_keys, check_shares
+
+    good = SecureSumClient(1).public
+    with pytest.raises(Rejected, match="secagg-keys"):
+        check_public_keys(RecordDict({SECAGG: ConfigRecord({PUBLIC_KEYS[0]: b"junk", PUBLIC_KEYS[1]: good[1]})}), [])
+    with pytest.raises(Rejected, match="secagg-keys"):
+        check_public_keys(RecordDict({SECAGG: ConfigRecord(dict(zip(PUBLIC_KEYS, good)))}), [good])
+    assert check_public_keys(RecordDict({SECAGG: ConfigRecord(dict(zip(PUBLIC_KEYS, good)))}), []) == good
+    with pytest.raises(Rejected, match="secagg-shares"):
+        check_shares(RecordDict({SECAGG: ConfigRecord({NODES: [1, 2], CIPHERTEXTS: [b"x"]})}), [1, 2], CIPHERTEXTS)
+    with pytest.raises(Rejected, match="secagg-shares"):
+        check_shares(RecordDict({SECAGG: ConfigRecord({NODES: [1], CIPHERTEXTS: [b"x"]})}), [1, 2], CIPHERTEXTS)
+    with pytest.raises(Rejected, match="secagg-shares"):
+        check_shares(RecordDict({SECAGG: ConfigRecord({NODES: [3], SHARES: [b"x"]})}), [1, 2], SHARES)
+    layout = [("a", (3,))]
+    for arrays, check in (({"a": np.zeros(3, np.float64)}, "masked-shape"), ({"a": np.zeros(1000, np.int64)}, "size"),
+                          ({"b": np.zeros(3, np.int64)}, "masked-keys"), ({"a": np.full(3, -1, np.int64)},
+                                                                          "masked-range")):
+        with pytest.raises(Rejected, match=check):
+            check_masked_input(RecordDict({ARRAYS: state_to_record(arrays)}), layout, 1 << 40)
+    ok = check_masked_input(RecordDict({ARRAYS: state_to_record({"a": np.arange(3, dtype=np.int64)})}), layout, 1 << 40)
+    assert ok[0].tolist() == [0, 1, 2]
