@@ -248,6 +248,8 @@ class SecureAggregation:
             content = RecordDict({CONFIG: config, SECAGG: request})
             record.count_down(MessageType.TRAIN, node, _content_bytes(content))
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        if self._grid is None:
+            raise RuntimeError("secagg: the stages need the grid of configure_train; call it before aggregate_train.")
         replies = self._grid.send_and_receive(messages, timeout=self.timeout)
         checked = {}
         for msg in self._screened(server_round, MessageType.TRAIN, replies, list(requests)):
