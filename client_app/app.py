@@ -4,6 +4,8 @@
 - ``evaluate``: load the global units, evaluate on the local test part and, unless it is the last
   round, score every layer on a local batch for the next round's selection; reply with both.
 - ``query`` (the first round of a resumed run only): load the global units, score every layer.
+- with ``secagg=true``: ``train`` keeps the clipped change and replies with public keys; the
+  secure-aggregation stages that follow are ``train`` messages too (:mod:`client_app.secagg`).
 
 The client keeps two things in ``context.state`` between messages: the global units of the next
 round (received with ``evaluate``, or ``query``) and its personal answer head. The head is also saved on the node's
@@ -24,6 +26,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app import secagg
 from client_app.node_config import parse_node_config
 from f3ocus_core.accounting import trainable_parameters, training_step_gflop
 from f3ocus_core.client_state import ClientStateStore, state_dir
@@ -50,6 +53,7 @@ from f3ocus_flower.protocol import (
     RUN_KEY,
     SCORE_ROUND,
     SCORES,
+    SECAGG,
     SECONDS,
     SERVER_ROUND,
     STEPS,
@@ -170,7 +174,11 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
-    """Train only the assigned layers' units and the personal head; send back only those units."""
+    """Train only the assigned layers' units and the personal head; send back only those units (with
+    ``secagg=true``: keep them and send public keys; a secure-aggregation stage goes to
+    :func:`secure_stage`)."""
+    if secagg.uses_secagg(msg.content):
+        return secure_stage(msg, context)
     config = msg.content.config_records[CONFIG]
     server_round = int(scalar(config[SERVER_ROUND]))
     store = _store(msg, context)
@@ -198,11 +206,27 @@ def train_fn(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
                             SECONDS: seconds, TRAINABLE_PARAMS: trainable_parameters(setup.model), TRAIN_GFLOP: gflop})
     trained = get_state(setup.model, setup.units.keys_of(layers))
+    sent = record_to_state(msg.content.array_records[ARRAYS])
     if settings.dp.updates:  # the whole update's change clipped to dp.clip-norm (f3ocus_core.privacy)
-        trained = clip_update(trained, record_to_state(msg.content.array_records[ARRAYS]), settings.dp.clip_norm)[0]
-    trained = state_to_record(trained)
-    return Message(RecordDict({ARRAYS: trained, METRICS: metrics,
-                               CLIENT: _client_info(context, data, False).to_record()}), reply_to=msg)
+        trained = clip_update(trained, sent, settings.dp.clip_norm)[0]
+    if settings.secagg:  # the change stays here; only its masked sum with the others' leaves
+        payload = {SECAGG: secagg.keep_change(context.state, msg.metadata.dst_node_id, server_round, trained, sent)}
+    else:
+        payload = {ARRAYS: state_to_record(trained)}
+    return Message(RecordDict({**payload, METRICS: metrics, CLIENT: _client_info(context, data, False).to_record()}),
+                   reply_to=msg)
+
+
+def secure_stage(msg: Message, context: Context) -> Message:
+    """One secure-aggregation stage after ``train`` (:func:`client_app.secagg.answer_stage`); the
+    shapes of the units come from the global units the client holds."""
+    settings = parse_run_config(context.run_config)
+    if not settings.secagg:
+        raise RuntimeError("A secure-aggregation stage, but this client's run config has secagg=false.")
+    if GLOBAL_UNITS not in context.state.array_records:
+        raise RuntimeError("secagg: no global units (the client restarted); it takes part again from the next round.")
+    shapes = {key: tuple(array.shape) for key, array in context.state.array_records[GLOBAL_UNITS].items()}
+    return Message(secagg.answer_stage(msg.content, context.state, settings.dp.clip_norm, shapes), reply_to=msg)
 
 
 @app.evaluate()

@@ -115,6 +115,7 @@ class RunSettings:
     clients_per_round: int = 0
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     dp: PrivacySettings = field(default_factory=PrivacySettings)
+    secagg: bool = False
 
     def as_dict(self) -> dict:
         """A JSON-ready view (written to the run's ``config.json``)."""
@@ -221,6 +222,7 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SC
                           "docs/config.md lists them all.")
     settings = _read(_Reader(config), scorers, selectors)
     check_settings(settings.tracking)
+    check_secagg(settings)
     check_privacy(settings)
     try:
         settings.device = check_device_name(settings.device)
@@ -351,6 +353,7 @@ def _read(r: _Reader, scorers: tuple[str, ...], selectors: tuple[str, ...]) -> R
                                               PrivacySettings.score_noise_multiplier, allow_zero=True),
             hide_participation=r.get("dp.hide-participation", bool, PrivacySettings.hide_participation),
         ),
+        secagg=r.get("secagg", bool, defaults.secagg),
     )
 
 
@@ -393,6 +396,27 @@ def check_privacy(settings: RunSettings) -> None:
     if dp.updates and settings.peft.method == "lora" and settings.aggregation_lora != "separate":
         raise ConfigError("aggregation.lora: the product mean is not linear in the clients' factors, so "
                           "differential privacy (dp.clip-norm > 0) needs aggregation.lora='separate'.")
+
+
+def check_secagg(settings: RunSettings) -> None:
+    """``secagg=true``: the server learns only each layer's sum, so the clients must clip (the bound is
+    also the quantisation range) and every step that needs one client's units is refused here
+    (docs/privacy.md says which checks are skipped instead)."""
+    if not settings.secagg:
+        return
+    if not settings.dp.updates:
+        raise ConfigError("secagg: each client must clip its change, and the bound is the range its masked vector "
+                          "is quantised to; set dp.clip-norm > 0 (e.g. 1.0).")
+    if settings.control:
+        raise ConfigError(f"secagg: control={settings.control!r} releases no layer average to protect; set "
+                          "control='' or secagg=false.")
+    if settings.aggregation_robust:
+        raise ConfigError(f"aggregation.robust: {settings.aggregation_robust!r} needs every client's units, and "
+                          "secagg=true shows the server only each layer's sum; set aggregation.robust='' or "
+                          "secagg=false.")
+    if settings.peft.method == "lora" and settings.aggregation_lora != "separate":
+        raise ConfigError("aggregation.lora: the product mean needs every client's factors, and secagg=true shows "
+                          "the server only each layer's sum; set aggregation.lora='separate'.")
 
 
 def check_against_model(settings: RunSettings, num_layers: int) -> None:

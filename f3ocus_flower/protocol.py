@@ -18,6 +18,20 @@ state on disk (:mod:`f3ocus_core.client_state`), and any key of the ``train_conf
 - ``query`` (only the first round of a resumed run, whose fresh clients hold no units and whose
   server holds no scores): server -> client ``{ARRAYS: global units, CONFIG: {SERVER_ROUND}}``;
   client -> server ``{SCORES: ScoresReply, CLIENT: ClientInfo}``, the scores for SERVER_ROUND.
+
+With ``secagg=true`` the train exchange becomes four, all ``train`` messages (as Flower's SecAgg+
+sends its stages), each later one with SECAGG_STAGE in its CONFIG and a SECAGG record
+(:mod:`server_app.secagg` and :mod:`client_app.secagg` name the keys inside):
+
+- ``train``: as above, but the client keeps its clipped change and replies ``{SECAGG: its two
+  public keys, METRICS, CLIENT}``, no units.
+- ``share-keys``: server -> client every key holder's public keys; client -> server ``{SECAGG: one
+  encrypted share pair per key holder}``.
+- ``masked-input``: server -> client the share pairs addressed to it and the union layout (the
+  units of every layer assigned that round); client -> server ``{ARRAYS: its masked int64 vector
+  over the layout}``.
+- ``unmask``: server -> client the clients whose masked vectors came; client -> server
+  ``{SECAGG: the shares that rebuild their masks and the dropped clients' keys}``.
 """
 
 from __future__ import annotations
@@ -39,6 +53,21 @@ SERVER_ROUND = "server-round"
 LAYERS = "layers"
 RUN_KEY = "run-key"
 SCORE_ROUND = "score-round"
+SECAGG_STAGE = "secagg-stage"
+
+# The record of the secure-aggregation stages (both ways) and its stages after ``train``.
+SECAGG = "secagg"
+SHARE_KEYS = "share-keys"
+MASKED_INPUT = "masked-input"
+UNMASK = "unmask"
+# Keys inside a SECAGG record: node ids (ints), public keys, encrypted share pairs and revealed
+# shares (bytes, in the order of NODES), the layout's unit keys, the clients to unmask.
+NODES = "nodes"
+PUBLIC_KEYS = ("public-mask-key", "public-share-key")
+CIPHERTEXTS = "ciphertexts"
+LAYOUT = "layout"
+SURVIVORS = "survivors"
+SHARES = "shares"
 
 # Keys of the METRICS and SCORES records the clients send.
 NUM_EXAMPLES = "num-examples"
@@ -56,6 +85,7 @@ RAW = "raw"
 QUERY_REPLY_RECORDS = (SCORES, CLIENT)
 TRAIN_REPLY_RECORDS = (ARRAYS, METRICS, CLIENT)
 EVALUATE_REPLY_RECORDS = (METRICS, CLIENT, SCORES)
+SECAGG_REPLY_RECORDS = (SECAGG, ARRAYS, METRICS, CLIENT)
 
 
 def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:

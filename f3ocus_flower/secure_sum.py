@@ -1,5 +1,6 @@
-"""Secure summation of partial updates built from Flower's SecAgg+ primitives: a prototype of the
-protocol's arithmetic, not yet wired into the round (docs/privacy.md says why and what remains).
+"""Secure summation of partial updates built from Flower's SecAgg+ primitives: the protocol's
+arithmetic, which ``secagg=true`` runs as extra exchanges of the round (:mod:`server_app.secagg`,
+:mod:`client_app.secagg`; docs/privacy.md says why Flower's own workflow cannot serve here).
 
 Flower's ``SecAggPlusWorkflow`` drives a legacy ``flwr.server.strategy.Strategy`` through a
 ``LegacyContext`` and masks vectors of the shape of each client's own reply, so it cannot sum
@@ -50,6 +51,13 @@ class SecureSumParams:
     threshold: int = 2
 
 
+def threshold_for(clients: int) -> int:
+    """Shares needed to rebuild a secret among ``clients`` (those that sent keys): a majority, at
+    least 2. The unmasking then survives ``clients - threshold`` drops, and no minority of clients
+    colluding with the server can rebuild anyone's secrets."""
+    return max(2, clients // 2 + 1)
+
+
 Layout = list[tuple[str, tuple[int, ...]]]
 
 
@@ -62,16 +70,24 @@ def union_layout(layer_keys: Sequence[Sequence[str]], assignment: Mapping[int, S
 
 @dataclass
 class SecureSumClient:
-    """One client's side: its key pairs, its private-mask seed, and the shares it holds for others."""
+    """One client's side: its key pairs, its private-mask seed, and the shares it holds for others.
+
+    ``secret_keys`` (the two private keys as bytes, :attr:`secret_keys`) restores a client kept
+    between messages; None draws new key pairs."""
 
     node: int
     seed: bytes = field(default_factory=lambda: os.urandom(32))
     held: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    secret_keys: tuple[bytes, bytes] | None = None
 
     def __post_init__(self) -> None:
-        self._sk1, pk1 = generate_key_pairs()  # pairwise masks
-        self._sk2, pk2 = generate_key_pairs()  # encrypting shares to peers
-        self.public = (public_key_to_bytes(pk1), public_key_to_bytes(pk2))
+        if self.secret_keys is None:
+            self._sk1 = generate_key_pairs()[0]  # pairwise masks
+            self._sk2 = generate_key_pairs()[0]  # encrypting shares to peers
+            self.secret_keys = (private_key_to_bytes(self._sk1), private_key_to_bytes(self._sk2))
+        else:
+            self._sk1, self._sk2 = (bytes_to_private_key(key) for key in self.secret_keys)
+        self.public = (public_key_to_bytes(self._sk1.public_key()), public_key_to_bytes(self._sk2.public_key()))
 
     def share(self, publics: Mapping[int, tuple[bytes, bytes]], threshold: int) -> dict[int, bytes]:
         """Shamir shares of the seed and of the pairwise secret key, one per peer, each encrypted

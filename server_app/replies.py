@@ -41,6 +41,7 @@ from f3ocus_flower.protocol import (
     QUERY_REPLY_RECORDS,
     RAW,
     SCORES,
+    SECAGG_REPLY_RECORDS,
     SECONDS,
     TRAIN_GFLOP,
     TRAIN_LOSS,
@@ -75,8 +76,10 @@ MAX_TRAINABLE_PARAMS = 10**13
 MAX_TRAIN_GFLOP = 1e15
 
 #: The records each phase's reply may carry; any other record is rejected (``records``), so no
-#: payload escapes the ``size`` check and ``bytes_up``.
-REPLY_RECORDS = {"query": QUERY_REPLY_RECORDS, "train": TRAIN_REPLY_RECORDS, "evaluate": EVALUATE_REPLY_RECORDS}
+#: payload escapes the ``size`` check and ``bytes_up``. With ``secagg=true`` every ``train`` reply
+#: is checked as ``"secagg"`` (:mod:`server_app.secagg`).
+REPLY_RECORDS = {"query": QUERY_REPLY_RECORDS, "train": TRAIN_REPLY_RECORDS, "evaluate": EVALUATE_REPLY_RECORDS,
+                 "secagg": SECAGG_REPLY_RECORDS}
 
 #: Characters of a client's error reason kept in the log and the round's record.
 MAX_REASON_LENGTH = 500
@@ -314,13 +317,7 @@ def check_train_reply(content: RecordDict, client: str, assigned_keys: list[str]
         right kind in range).
     """
     arrays = _record(content, ARRAYS, ArrayRecord, "arrays-record")
-    metrics = _record(content, METRICS, MetricRecord, "metrics-record")
-    num_examples = _num_examples(metrics)
-    if reported_examples is not None and num_examples != reported_examples:
-        raise Rejected("num-examples", f"{num_examples} in the train reply, {reported_examples} in its query reply")
-    if abs(_number(metrics, TRAIN_LOSS, "train-loss")) > MAX_LOSS:
-        raise Rejected("train-loss", f"{metrics[TRAIN_LOSS]} is beyond +-{MAX_LOSS:g}")
-    _check_train_metrics(metrics)
+    num_examples = check_train_metrics(content, reported_examples)
     limit = sum(global_state[key].nbytes + NPY_HEADER_ALLOWANCE for key in assigned_keys)
     size = sum(len(array.data) for array in arrays.values())
     if size > limit:
@@ -354,6 +351,20 @@ def check_train_reply(content: RecordDict, client: str, assigned_keys: list[str]
     except ValueError as error:
         raise Rejected("update", str(error)) from None
     return update
+
+
+def check_train_metrics(content: RecordDict, reported_examples: int | None) -> int:
+    """The example count of a ``train`` reply's METRICS record after its checks (those of
+    :func:`check_train_reply` from ``metrics-record`` to ``train-metrics``; a ``secagg`` train
+    reply, which carries no units, passes only these)."""
+    metrics = _record(content, METRICS, MetricRecord, "metrics-record")
+    num_examples = _num_examples(metrics)
+    if reported_examples is not None and num_examples != reported_examples:
+        raise Rejected("num-examples", f"{num_examples} in the train reply, {reported_examples} in its query reply")
+    if abs(_number(metrics, TRAIN_LOSS, "train-loss")) > MAX_LOSS:
+        raise Rejected("train-loss", f"{metrics[TRAIN_LOSS]} is beyond +-{MAX_LOSS:g}")
+    _check_train_metrics(metrics)
+    return num_examples
 
 
 def _check_train_metrics(metrics: MetricRecord) -> None:

@@ -79,13 +79,15 @@ from server_app.replies import (
 )
 from server_app.round_state import ClientScores, StrategyState
 from server_app.rounds import run_rounds
+from server_app.secagg import STAGES, SecureAggregation
 
 #: CONFIG keys the strategy sets itself; a ``train_config``/``evaluate_config`` may not hold them.
 RESERVED_CONFIG_KEYS = (SERVER_ROUND, LAYERS, SCORE_ROUND, RUN_KEY)
 
 
-class F3ocusStrategy(Strategy):
-    """Server side of F3OCUS on Flower's Message API.
+class F3ocusStrategy(SecureAggregation, Strategy):
+    """Server side of F3OCUS on Flower's Message API (with ``secagg=true``, the train phase of
+    :class:`~server_app.secagg.SecureAggregation`).
 
     Parameters
     ----------
@@ -112,6 +114,7 @@ class F3ocusStrategy(Strategy):
         self.timeout = settings.round_timeout
         self._train_sent_at = 0.0
         self._eval_sent_at = 0.0
+        self._grid: Grid | None = None  # the round's grid, for the secure-aggregation stages
         self.fingerprint = fingerprint
         self.run_key = run_key(recorder.out_dir)
         self.resumed_round: int | None = None
@@ -156,6 +159,9 @@ class F3ocusStrategy(Strategy):
         if self.settings.dp.updates or self.settings.dp.scores:
             rounds = num_rounds - (self.resumed_round or 0)
             log(INFO, "Differential privacy: %s", self.ledger.describe(rounds, self._sample_size()))
+        if self.settings.secagg:
+            log(INFO, "Secure aggregation: the server learns each layer's sum only (%d more exchanges per round: %s); "
+                "equal weights, no aggregation.max-update-norm or max-client-share.", len(STAGES), ", ".join(STAGES))
         loop: dict[str, Any] = dict(train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn,
                     after_round=self._round_done)
         if self.resumed_round is not None:
@@ -188,6 +194,7 @@ class F3ocusStrategy(Strategy):
         if self.state.record.server_round != server_round:  # a resumed run's query already opened it
             self.state.record = RoundRecord(server_round)
         self.state.global_units = record_to_state(arrays)
+        self._grid = grid
         started = time.perf_counter()
         self.state.record.assignment = self.assign(server_round, self._clients_of_round(server_round, grid))
         self.state.record.seconds_select = time.perf_counter() - started
@@ -231,7 +238,8 @@ class F3ocusStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each partial update against its assignment and average layer-wise (under
-        ``control='local-only'``: put it into its client's own model instead)."""
+        ``control='local-only'``: put it into its client's own model instead; under ``secagg=true``:
+        run the secure-aggregation stages, :meth:`_aggregate_secure`)."""
         record = self.state.record
         record.seconds_train = time.perf_counter() - self._train_sent_at
         self._account(server_round)
@@ -240,6 +248,8 @@ class F3ocusStrategy(Strategy):
         # client answers first (a resumed run repeats the uninterrupted one exactly).
         screened = sorted(self._screened(server_round, MessageType.TRAIN, replies, record.assignment),
                           key=lambda m: self._partition_order(m.metadata.src_node_id))
+        if self.settings.secagg:
+            return self._aggregate_secure(server_round, screened)
         for msg in screened:
             update = self._accepted_update(server_round, msg)
             if update is not None:
@@ -538,7 +548,7 @@ class F3ocusStrategy(Strategy):
         for msg in accepted:
             node = msg.metadata.src_node_id
             try:
-                check_records(msg.content, phase)
+                check_records(msg.content, "secagg" if self.settings.secagg and phase == MessageType.TRAIN else phase)
                 info = check_client_info(msg.content, node, self.state.clients, named,
                                          required=phase != MessageType.TRAIN,
                                          partitions_this_phase=partitions,

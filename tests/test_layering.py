@@ -27,9 +27,6 @@ FORBIDDEN = {
     "server_app": ("client_app", EVIDENCE),
     "client_app": ("server_app", EVIDENCE),
 }
-#: Shared modules not yet used by both apps: the secure-sum prototype, until it is wired into the
-#: round (docs/privacy.md).
-NOT_YET_SHARED = {"f3ocus_flower.secure_sum"}
 
 
 def _module_name(path: Path, root: Path = ROOT) -> str:
@@ -94,7 +91,7 @@ def test_every_shared_module_is_used_by_both_apps():
     shared = {_module_name(path) for path in _files("f3ocus_flower") if path.name != "__init__.py"}
     used = {app: {module for path in _files(app) for _, module in _imports(path)} for app in APPS}
     one_app_only = sorted(f"{module}: used by {[app for app in APPS if module in used[app]] or 'neither app'}"
-                          for module in shared - NOT_YET_SHARED
+                          for module in shared
                           if not all(module in used[app] for app in APPS))
     assert not one_app_only, "f3ocus_flower must hold only what both apps use:\n" + "\n".join(one_app_only)
 
