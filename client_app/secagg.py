@@ -31,7 +31,11 @@ from f3ocus_flower.protocol import (
     SHARES,
     SURVIVORS,
     UNMASK,
+    bytes_list,
+    bytes_of,
     record_to_state,
+    scalar,
+    scalar_list,
     state_to_record,
 )
 from f3ocus_flower.secure_sum import SecureSumClient, SecureSumParams, threshold_for
@@ -49,6 +53,7 @@ def keep_change(state: RecordDict, node: int, server_round: int, trained: Mappin
     """After ``train``: keep the change ``trained - sent`` (already clipped) and fresh secrets in
     ``state``; return the reply's SECAGG record, the client's two public keys."""
     client = SecureSumClient(node)
+    assert client.secret_keys is not None, "a new SecureSumClient draws its key pairs"
     state[CHANGE] = state_to_record({key: value.astype(np.float64) - sent[key].astype(np.float64)
                                      for key, value in trained.items()})
     state[SECRETS] = ConfigRecord({SERVER_ROUND: server_round, SECAGG_STAGE: "train", "node": node,
@@ -69,16 +74,17 @@ def answer_stage(content: RecordDict, state: RecordDict, clip_norm: float,
         that is not this client's, fewer clients than the threshold, a layout without its units).
     """
     config = content.config_records[CONFIG]
-    stage, server_round = str(config[SECAGG_STAGE]), int(config[SERVER_ROUND])
+    stage, server_round = str(config[SECAGG_STAGE]), int(scalar(config[SERVER_ROUND]))
     if SECRETS not in state.config_records:
         raise RuntimeError(f"secagg {stage}: this client holds no secrets of round {server_round} (it restarted "
                            "since its train reply); it takes part again from the next round.")
     kept = state.config_records[SECRETS]
-    if stage not in _AFTER or int(kept[SERVER_ROUND]) != server_round or kept[SECAGG_STAGE] != _AFTER[stage]:
+    last_stage, last_round = str(kept[SECAGG_STAGE]), int(scalar(kept[SERVER_ROUND]))
+    if stage not in _AFTER or last_round != server_round or last_stage != _AFTER[stage]:
         raise RuntimeError(f"secagg {stage} of round {server_round}: this client's last step was "
-                           f"{kept[SECAGG_STAGE]} of round {kept[SERVER_ROUND]}; stages run in order, once.")
-    client = SecureSumClient(int(kept["node"]), bytes(kept["seed"]), _held(kept),
-                             tuple(bytes(key) for key in kept["keys"]))
+                           f"{last_stage} of round {last_round}; stages run in order, once.")
+    mask_key, share_key = bytes_list(kept["keys"])
+    client = SecureSumClient(int(scalar(kept["node"])), bytes_of(kept["seed"]), _held(kept), (mask_key, share_key))
     request = content.config_records[SECAGG]
     if stage == SHARE_KEYS:
         reply = _share_keys(client, request, kept)
@@ -96,8 +102,8 @@ def answer_stage(content: RecordDict, state: RecordDict, clip_norm: float,
 def _share_keys(client: SecureSumClient, request: ConfigRecord, kept: ConfigRecord) -> RecordDict:
     """Shamir shares of the seed and of the pairwise private key for every key holder, each encrypted
     to it; the key holders and their public keys are kept for the masking."""
-    nodes = [int(node) for node in request[NODES]]
-    publics = _publics(nodes, request[PUBLIC_KEYS[0]], request[PUBLIC_KEYS[1]])
+    nodes = [int(node) for node in scalar_list(request[NODES])]
+    publics = _publics(nodes, bytes_list(request[PUBLIC_KEYS[0]]), bytes_list(request[PUBLIC_KEYS[1]]))
     if publics.get(client.node) != client.public:
         raise RuntimeError("secagg share-keys: the server did not relay this client's own public keys.")
     if len(publics) < 2:
@@ -114,16 +120,16 @@ def _masked_input(client: SecureSumClient, request: ConfigRecord, kept: ConfigRe
                   shapes: Mapping[str, tuple[int, ...]]) -> RecordDict:
     """Decrypt the shares the other clients made for this one, then mask the change over the layout
     with the private mask and a pairwise mask per client that shared (SecAgg's U2)."""
-    holders = [int(node) for node in kept[NODES]]
-    publics = _publics(holders, kept[PUBLIC_KEYS[0]], kept[PUBLIC_KEYS[1]])
-    senders = [int(node) for node in request[NODES]]
+    holders = [int(node) for node in scalar_list(kept[NODES])]
+    publics = _publics(holders, bytes_list(kept[PUBLIC_KEYS[0]]), bytes_list(kept[PUBLIC_KEYS[1]]))
+    senders = [int(node) for node in scalar_list(request[NODES])]
     threshold = threshold_for(len(holders))
     if not set(senders) <= set(holders) or client.node not in senders or len(set(senders)) < threshold:
         raise RuntimeError(f"secagg masked-input: the clients that shared ({len(set(senders))}) must include this "
                            f"one, be key holders and number at least {threshold}.")
-    for sender, ciphertext in zip(senders, request[CIPHERTEXTS], strict=True):
-        client.receive(sender, bytes(ciphertext), publics)
-    layout_keys = [str(key) for key in request[LAYOUT]]
+    for sender, ciphertext in zip(senders, bytes_list(request[CIPHERTEXTS]), strict=True):
+        client.receive(sender, ciphertext, publics)
+    layout_keys = [str(key) for key in scalar_list(request[LAYOUT])]
     missing = sorted(set(change) - set(layout_keys))
     if missing or any(key not in shapes for key in layout_keys):
         raise RuntimeError(f"secagg masked-input: the layout leaves out units this client trained ({missing[:2]}) "
@@ -140,8 +146,8 @@ def _masked_input(client: SecureSumClient, request: ConfigRecord, kept: ConfigRe
 def _unmask(client: SecureSumClient, request: ConfigRecord, kept: ConfigRecord) -> RecordDict:
     """The seed share of every client whose masked vector came (``survivors``) and the key share of
     every other client that shared: never both for one client."""
-    survivors = [int(node) for node in request[SURVIVORS]]
-    threshold = threshold_for(len(kept[NODES]))
+    survivors = [int(node) for node in scalar_list(request[SURVIVORS])]
+    threshold = threshold_for(len(scalar_list(kept[NODES])))
     if not set(survivors) <= set(client.held) or len(set(survivors)) < threshold:
         raise RuntimeError(f"secagg unmask: the survivors ({len(set(survivors))}) must have shared with this client "
                            f"and number at least {threshold}.")
@@ -162,8 +168,9 @@ def _held(kept: ConfigRecord) -> dict[int, tuple[bytes, bytes]]:
     """The shares kept from the masked-input stage (none before it)."""
     if "held-nodes" not in kept:
         return {}
-    return {int(node): (bytes(seed), bytes(key))
-            for node, seed, key in zip(kept["held-nodes"], kept["held-seeds"], kept["held-keys"], strict=True)}
+    nodes = [int(node) for node in scalar_list(kept["held-nodes"])]
+    seeds, keys = bytes_list(kept["held-seeds"]), bytes_list(kept["held-keys"])
+    return {node: (seed, key) for node, seed, key in zip(nodes, seeds, keys, strict=True)}
 
 
 def uses_secagg(content: RecordDict) -> bool:

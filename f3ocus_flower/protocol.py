@@ -118,6 +118,21 @@ def scalar_list(value: ConfigRecordValues) -> ConfigScalarList:
     return value
 
 
+def bytes_of(value: ConfigRecordValues) -> bytes:
+    """A config record value that must be bytes (a key, a seed, a share); ``TypeError`` if not."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes in the record, got a {type(value).__name__}.")
+    return value
+
+
+def bytes_list(value: ConfigRecordValues) -> list[bytes]:
+    """A config record value that must be a list of bytes; ``TypeError`` if not."""
+    items = scalar_list(value)
+    if not all(isinstance(item, bytes) for item in items):
+        raise TypeError("expected a list of bytes in the record.")
+    return [item for item in items if isinstance(item, bytes)]
+
+
 def round_config(server_round: int, layers: list[int] | None = None, score_round: int | None = None) -> ConfigRecord:
     """The CONFIG record of a message: the round, for ``train`` the layer ids to train, for an
     ``evaluate`` the round its scores are for (none: score nothing)."""

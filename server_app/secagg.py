@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -59,10 +59,18 @@ from f3ocus_flower.protocol import (
     TRAIN_LOSS,
     TRAINABLE_PARAMS,
     UNMASK,
+    scalar,
     state_to_record,
 )
 from f3ocus_flower.secure_sum import Layout, SecureSumParams, threshold_for, union_layout, unmask_sum
 from server_app.replies import NPY_HEADER_ALLOWANCE, Rejected, Rejection, check_train_metrics
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from f3ocus_core.config import RunSettings
+    from f3ocus_core.peft_units import UnitMap
+    from server_app.round_state import StrategyState
 
 #: The train phase's extra exchanges per round under ``secagg=true``.
 STAGES = (SHARE_KEYS, MASKED_INPUT, UNMASK)
@@ -113,7 +121,7 @@ def check_shares(content: RecordDict, expected: list[int], key: str) -> dict[int
     if len(set(nodes)) != len(nodes) or not set(nodes) <= set(expected) or \
             (key == CIPHERTEXTS and set(nodes) != set(expected)):
         raise Rejected("secagg-shares", f"nodes {sorted(nodes)[:4]} are not the expected {sorted(expected)[:4]}")
-    return dict(zip(nodes, values))
+    return {node: value for node, value in zip(nodes, values) if isinstance(node, int) and isinstance(value, bytes)}
 
 
 def check_masked_input(content: RecordDict, layout: Layout, mod_range: int) -> list[np.ndarray]:
@@ -153,6 +161,25 @@ class SecureAggregation:
     """The ``secagg=true`` train phase of :class:`~server_app.strategy.F3ocusStrategy` (a mixin: it
     uses the strategy's settings, state, grid, screening and rejection log)."""
 
+    if TYPE_CHECKING:  # what F3ocusStrategy, which this mixes into, provides
+        settings: RunSettings
+        units: UnitMap
+        num_layers: int
+        state: StrategyState
+        timeout: float
+        run_key: str
+        _grid: Grid | None
+        _train_sent_at: float
+
+        def _reject(self, server_round: int, phase: str, rejection: Rejection, outcome: str = "") -> None: ...
+
+        def _noised(self, before: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+        def _partition_order(self, node_id: int) -> tuple[int, int]: ...
+
+        def _screened(self, server_round: int, phase: str, replies: Iterable[Message],
+                      sent: Iterable[int]) -> list[Message]: ...
+
     def _aggregate_secure(self, server_round: int,
                           screened: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The screened ``train`` replies' public keys, then the three stages; the new global units are
@@ -171,10 +198,10 @@ class SecureAggregation:
                 self._reject(server_round, MessageType.TRAIN, Rejection(node, error.check, error.detail))
                 continue
             metrics = msg.content.metric_records[METRICS]
-            losses[node] = float(metrics[TRAIN_LOSS])
+            losses[node] = float(scalar(metrics[TRAIN_LOSS]))
             if TRAINABLE_PARAMS in metrics and TRAIN_GFLOP in metrics:
-                record.trainable_params[node] = int(metrics[TRAINABLE_PARAMS])
-                record.train_gflop[node] = float(metrics[TRAIN_GFLOP])
+                record.trainable_params[node] = int(scalar(metrics[TRAINABLE_PARAMS]))
+                record.train_gflop[node] = float(scalar(metrics[TRAIN_GFLOP]))
             record.bytes_up[node] = _content_bytes(msg.content)
         try:
             sums, survivors = self._secure_sum(server_round, publics)
