@@ -32,6 +32,8 @@ from f3ocus_evidence.results import (
     METHODS,
     build_table,
     cell_result,
+    is_method,
+    method_named,
     plot_curves,
     plot_tradeoff,
     read_rows,
@@ -199,9 +201,10 @@ def grid_plan(args: argparse.Namespace) -> tuple[str, dict, list[str], list[int]
     quick = args.quick
     name = args.name or ("quick" if quick else "default")
     methods = [m for m in args.methods.split(",") if m] or list(QUICK["methods"] if quick else METHOD_NAMES)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not is_method(m)]
     if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}.")
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)} or fixed-<i>+<j> (every "
+                         "client the same layers).")
     seeds = [int(s) for s in args.seeds.split(",") if s] or list(QUICK["seeds"] if quick else SEEDS)
     rounds = args.rounds or (QUICK["rounds"] if quick else ROUNDS)
     config = shipped_run_config()
@@ -271,8 +274,8 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    layers = num_layers(base) if any("all" in METHODS[m].overrides.values() for m in methods) else 0
-    plan = {m: METHODS[m].run_config(layers) for m in methods}
+    layers = num_layers(base) if any("all" in method_named(m).overrides.values() for m in methods) else 0
+    plan = {m: method_named(m).run_config(layers) for m in methods}
     grid = {"model": args.model, "base_run_config": base, "methods": plan, "seeds": seeds, "rounds": rounds,
             "clients": args.clients, "runner": args.runner}
     (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")

@@ -18,6 +18,8 @@ from f3ocus_evidence.results import (
     CellResult,
     bootstrap_ci,
     build_table,
+    is_method,
+    method_named,
     paired_difference,
     read_rows,
     upload_mbit_per_client,
@@ -144,6 +146,22 @@ def test_every_method_row_is_a_valid_run_config(name, shipped_run_config):
     if METHODS[name].kind == "peft":
         assert settings.peft.method == name.removeprefix("peft-") and settings.selection.budget == (8,)
     assert {f"peft-{mode}" for mode in PEFT_ROWS} <= set(METHODS)
+
+
+def test_fixed_rows_are_named_by_their_layers_and_parse(shipped_run_config):
+    method = method_named("fixed-0+2")
+    settings = parse_run_config({**shipped_run_config, **method.run_config(4)})
+    assert (settings.selection.algorithm, settings.selection.budget) == ("fixed", (2,))
+    assert settings.selection.params == {"layers": (0, 2)}
+    assert is_method("fixed-3") and not is_method("fixed-") and not is_method("fixed-0+x")
+    with pytest.raises(KeyError):
+        method_named("no-such-row")
+
+
+def test_a_fixed_row_trains_its_layers_on_every_client(small_run_config):
+    config = dict(small_run_config, **{"num-server-rounds": 1}, **method_named("fixed-1+2").run_config(4))
+    _, rows = run_server_app(config, num_nodes=2)
+    assert all(layers == [1, 2] for layers in rows[1]["assignment"].values())
 
 
 def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
