@@ -171,6 +171,8 @@ def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
     assert all(layers == [] for layers in rows[1]["assignment"].values())
     assert all(list(msg.content[CONFIG][LAYERS]) == [] and len(reply.content[ARRAYS]) == 0
                for _, msg, reply in seen)
+    assert rows[1]["failed"] == [] and all(not reply.has_error() for _, _, reply in seen), \
+        "every client trains its head (it holds the units of the last evaluate, which asked for no scores)"
 
 
 def test_local_only_evaluates_each_client_on_its_own_updates(small_run_config):
