@@ -231,9 +231,9 @@ def secure_stage(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    """Evaluate the received global units with the personal head on the local test part; if the
-    config names a ``score-round``, also score every layer on the same units for that round and keep
-    the units for its ``train`` message."""
+    """Evaluate the received global units with the personal head on the local test part and keep them
+    for the next ``train`` message (which sends only the assigned layers' units); if the config names a
+    ``score-round``, also score every layer on the same units for that round."""
     config = msg.content.config_records[CONFIG]
     _restore_head(context, _store(msg, context), int(scalar(config[SERVER_ROUND])))
     settings, data, setup, device = _setup(context)
@@ -244,7 +244,7 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
                        answer_mode=settings.eval_answer_mode)
     metrics[NUM_EXAMPLES] = len(data.test)
     content = RecordDict({METRICS: MetricRecord({**metrics}), CLIENT: _client_info(context, data, True).to_record()})
+    context.state[GLOBAL_UNITS] = arrays
     if SCORE_ROUND in config:
-        context.state[GLOBAL_UNITS] = arrays
         content[SCORES] = _score(setup, data, settings, device, context, int(scalar(config[SCORE_ROUND]))).to_record()
     return Message(content, reply_to=msg)

@@ -68,7 +68,7 @@ class SelectionSettings:
     budget: tuple[int, ...] = (2,)
     pick: str = "knee"
     exact_budget: bool = True
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, float | tuple[float, ...]] = field(default_factory=dict)
 
     def budgets_for(self, num_clients: int) -> list[int]:
         """One budget per client of ``num_clients``: the single value repeated, or the list as given
@@ -137,14 +137,15 @@ def parse_pretrain_exclude(value: str) -> tuple[str, ...]:
     return names
 
 
-def parse_selector_params(value: str, algorithm: str | None = None) -> dict[str, float]:
-    """``"population=60,generations=80"`` -> ``{"population": 60, "generations": 80}``.
+def parse_selector_params(value: str, algorithm: str | None = None) -> dict[str, float | tuple[float, ...]]:
+    """``"population=60,generations=80"`` -> ``{"population": 60, "generations": 80}``; a list of
+    numbers is joined by ``+`` (``"layers=0+1"`` -> ``{"layers": (0, 1)}``).
 
     With ``algorithm``, the parameters are also checked against that selector's
     (:func:`f3ocus_core.selection.api.selector_params`): an unknown name (with the closest known
     one), a wrong type or a value out of range raises :class:`ConfigError` naming ``selection.params``.
     """
-    params: dict[str, float] = {}
+    params: dict[str, float | tuple[float, ...]] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         key, sep, raw = item.partition("=")
         if not sep:
@@ -153,10 +154,11 @@ def parse_selector_params(value: str, algorithm: str | None = None) -> dict[str,
         if key in params:
             raise ConfigError(f"selection.params: {key!r} is given twice.")
         try:
-            number = float(raw)
+            numbers = [float(part) for part in raw.split("+")]
         except ValueError:
             raise ConfigError(f"selection.params: value of {key!r} is not a number: {raw!r}.") from None
-        params[key] = int(number) if number.is_integer() else number
+        values = [int(number) if number.is_integer() else number for number in numbers]
+        params[key] = tuple(values) if len(values) > 1 else values[0]
     if algorithm is not None:
         try:
             selector_params(algorithm, params)
@@ -424,3 +426,8 @@ def check_against_model(settings: RunSettings, num_layers: int) -> None:
     :func:`~f3ocus_core.selection.client_budgets`)."""
     budget = settings.selection.budget
     client_budgets(budget, range(len(budget)), num_layers=num_layers)
+    given = settings.selection.params.get("layers", ()) if settings.selection.algorithm == "fixed" else ()
+    layers = given if isinstance(given, tuple) else (given,)
+    if layers and max(layers) >= num_layers:
+        raise ConfigError(f"selection.params: layer {int(max(layers))} does not exist; the model has layers "
+                          f"0..{num_layers - 1}.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ class Method:
     kind : str
         ``f3ocus`` (LNTK scores + a server-side selector), ``reference`` (LNTK alone), ``selector``
         (another scorer, each client its own top-b), ``all`` (every layer), ``peft`` (one PEFT mode
-        in every layer) or ``control``.
+        in every layer), ``fixed`` (every client the same given layers) or ``control``.
     overrides : dict
         Run-config keys the row sets; ``selection.budget = "all"`` stands for the model's layer count.
     about : str
@@ -82,6 +83,35 @@ def _methods() -> dict[str, Method]:
 
 #: Every method by name, in table order.
 METHODS: dict[str, Method] = _methods()
+
+#: ``fixed-<layers>`` (``fixed-0+1``): every client trains the same given layers; not in
+#: :data:`METHODS` (one row per layer set), named by :func:`method_named`.
+FIXED_PREFIX = "fixed-"
+
+
+def method_named(name: str) -> Method:
+    """The method called ``name``: one of :data:`METHODS`, or ``fixed-<i>+<j>...`` (every client trains
+    layers i, j, ...; the rows that show how much the choice of layers matters in a setting).
+    Raises ``KeyError`` for any other name."""
+    if name in METHODS:
+        return METHODS[name]
+    found = re.fullmatch(r"fixed-(\d+(?:\+\d+)*)", name)
+    if found is None:
+        raise KeyError(name)
+    layers = found.group(1)
+    return Method(name, "fixed", {"scoring.method": "last", "selection.algorithm": "fixed",
+                                  "selection.params": f"layers={layers}",
+                                  "selection.budget": str(layers.count("+") + 1)},
+                  f"every client trains layers {layers.replace('+', ', ')}")
+
+
+def is_method(name: str) -> bool:
+    """Whether :func:`method_named` knows ``name``."""
+    try:
+        method_named(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass
@@ -210,7 +240,7 @@ def build_table(cells: Sequence[CellResult], order: Sequence[str]) -> list[Table
         others = [s for s in selectors if s != name]
         best = max(others, key=lambda s: means[s]) if others else ""
         rows.append(TableRow(
-            method=name, about=METHODS[name].about if name in METHODS else "", metric_name=group[0].metric_name,
+            method=name, about=method_named(name).about if is_method(name) else "", metric_name=group[0].metric_name,
             finals=finals[name], mean=float(np.mean(values)),
             std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             loss=float(np.mean([c.final_loss for c in group])),

@@ -18,6 +18,8 @@ from f3ocus_evidence.results import (
     CellResult,
     bootstrap_ci,
     build_table,
+    is_method,
+    method_named,
     paired_difference,
     read_rows,
     upload_mbit_per_client,
@@ -146,6 +148,22 @@ def test_every_method_row_is_a_valid_run_config(name, shipped_run_config):
     assert {f"peft-{mode}" for mode in PEFT_ROWS} <= set(METHODS)
 
 
+def test_fixed_rows_are_named_by_their_layers_and_parse(shipped_run_config):
+    method = method_named("fixed-0+2")
+    settings = parse_run_config({**shipped_run_config, **method.run_config(4)})
+    assert (settings.selection.algorithm, settings.selection.budget) == ("fixed", (2,))
+    assert settings.selection.params == {"layers": (0, 2)}
+    assert is_method("fixed-3") and not is_method("fixed-") and not is_method("fixed-0+x")
+    with pytest.raises(KeyError):
+        method_named("no-such-row")
+
+
+def test_a_fixed_row_trains_its_layers_on_every_client(small_run_config):
+    config = dict(small_run_config, **{"num-server-rounds": 1}, **method_named("fixed-1+2").run_config(4))
+    _, rows = run_server_app(config, num_nodes=2)
+    assert all(layers == [1, 2] for layers in rows[1]["assignment"].values())
+
+
 def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
     config = dict(small_run_config, **{"num-server-rounds": 1, "control": "heads-only"})
     seen = []
@@ -153,6 +171,8 @@ def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
     assert all(layers == [] for layers in rows[1]["assignment"].values())
     assert all(list(msg.content[CONFIG][LAYERS]) == [] and len(reply.content[ARRAYS]) == 0
                for _, msg, reply in seen)
+    assert rows[1]["failed"] == [] and all(not reply.has_error() for _, _, reply in seen), \
+        "every client trains its head (it holds the units of the last evaluate, which asked for no scores)"
 
 
 def test_local_only_evaluates_each_client_on_its_own_updates(small_run_config):

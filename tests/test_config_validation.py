@@ -150,7 +150,7 @@ def test_a_selector_parameter_of_the_wrong_type_or_range_names_the_key(params, m
         _parse(**{"selection.params": params})
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", [name for name in ALGORITHMS if name != "fixed"])
 def test_every_selector_accepts_each_of_its_own_parameters_at_its_default(algorithm):
     defaults = selector_params(algorithm, {})
     names = [] if defaults is None else [f.name for f in fields(defaults)]
@@ -159,6 +159,14 @@ def test_every_selector_accepts_each_of_its_own_parameters_at_its_default(algori
     text = ",".join(f"{name}={float(getattr(defaults, name))}" for name in names)
     parsed = _parse(**{"selection.algorithm": algorithm, "selection.params": text}).selection.params
     assert selector_params(algorithm, parsed) == defaults
+
+
+def test_fixed_needs_its_layers_at_parse_time_and_takes_them_joined_by_plus():
+    with pytest.raises(ConfigError, match="^selection.params: selector 'fixed' needs its layers"):
+        _parse(**{"selection.algorithm": "fixed"})
+    parsed = _parse(**{"selection.algorithm": "fixed", "selection.params": "layers=1+3"})
+    assert selector_params("fixed", parsed.selection.params).layers == (1, 3)
+    assert selector_params("fixed", {"layers": 2}).layers == (2,)
 
 
 @settings(max_examples=100, deadline=None)

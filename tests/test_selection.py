@@ -289,4 +289,20 @@ def test_as_dict_is_json_and_consistent(scores):
 
 
 def test_algorithm_names():
-    assert ALGORITHMS == ("nsga2", "mopso", "aco", "abc", "sa", "exact", "local")
+    assert ALGORITHMS == ("nsga2", "mopso", "aco", "abc", "sa", "exact", "local", "fixed")
+
+
+def test_fixed_gives_every_client_the_given_layers_whatever_the_scores(scores):
+    result = select(scores, 2, algorithm="fixed", layers=(1, 3))
+    expected = np.zeros_like(result.masks)
+    expected[:, [1, 3]] = True
+    assert np.array_equal(result.masks, expected)
+    assert np.array_equal(select(scores[::-1], 2, algorithm="fixed", layers=(1, 3)).masks, expected)
+
+
+@pytest.mark.parametrize(("layers", "budget", "message"), [
+    ((), 2, "needs its layers"), ((1, 1), 2, "distinct"), ((0, 99), 2, "does not exist"),
+    ((0, 1), 1, "selection.budget='2'")])
+def test_fixed_refuses_sets_it_cannot_give(scores, layers, budget, message):
+    with pytest.raises(ValueError, match=message):
+        select(scores, budget, algorithm="fixed", layers=layers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,38 @@ def _local(problem: Problem, rng: np.random.Generator, params: None) -> tuple[np
     return problem.top_b()[None], {}
 
 
+@dataclass(frozen=True)
+class FixedParams:
+    """``fixed``: the layers every client trains (``selection.params='layers=0+1'``)."""
+
+    layers: tuple[int, ...] = ()
+
+    def check(self) -> None:
+        """At least one layer, none negative, none twice."""
+        if not self.layers:
+            raise ValueError("selector 'fixed' needs its layers, e.g. selection.params='layers=0+1'.")
+        if min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"parameter 'layers' of selector 'fixed' must be distinct layer ids >= 0; "
+                             f"got {'+'.join(map(str, self.layers))}.")
+
+
+def _fixed(problem: Problem, rng: np.random.Generator, params: FixedParams) -> tuple[np.ndarray, dict]:
+    """Every client trains the same given layers: a comparison's fixed-set row (no scores used), the
+    reference that shows how much the choice of layers matters in a setting."""
+    del rng
+    layers = list(params.layers)
+    if max(layers) >= problem.n_layers:
+        raise ValueError(f"selector 'fixed': layer {max(layers)} does not exist; the model has layers "
+                         f"0..{problem.n_layers - 1}.")
+    short = [int(b) for b in problem.budgets if (len(layers) != b if problem.exact_budget else len(layers) > b)]
+    if short:
+        raise ValueError(f"selector 'fixed': {len(layers)} layers, but the budgets are {short}; set "
+                         f"selection.budget='{len(layers)}'.")
+    masks = np.zeros((problem.n_clients, problem.n_layers), dtype=bool)
+    masks[:, layers] = True
+    return masks[None], {}
+
+
 _SELECTORS: dict[str, tuple[Callable, Any]] = {
     "nsga2": (nsga2.run, nsga2.NSGA2Params()),
     "mopso": (mopso.run, mopso.MOPSOParams()),
@@ -32,6 +64,7 @@ _SELECTORS: dict[str, tuple[Callable, Any]] = {
     "sa": (annealing.run, annealing.SAParams()),
     "exact": (exact.run, exact.ExactParams()),
     "local": (_local, None),
+    "fixed": (_fixed, FixedParams()),
 }
 
 #: Names accepted by :func:`select`.

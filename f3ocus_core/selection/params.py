@@ -77,6 +77,11 @@ def resolve_params(defaults: T, algorithm: str, params: dict[str, Any]) -> T:
 
 def _coerce(algorithm: str, key: str, value: Any, current: Any) -> Any:
     where = f"parameter {key!r} of selector {algorithm!r}"
+    if isinstance(current, tuple):
+        items = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or float(v) != int(v) for v in items):
+            raise ValueError(f"{where} must be whole numbers joined by '+' (e.g. 0+1); got {value!r}.")
+        return tuple(int(v) for v in items)
     if isinstance(current, bool):
         if value in (0, 1, True, False):
             return bool(value)
