@@ -118,19 +118,25 @@ def main() -> None:
     print("1. random factors, 768 x 768, r = 8 (unrelated clients): relative error against M")
     for k in (2, 4, 8):
         cases = [random_case(k, 768, 8, seed) for seed in range(3)]
-        print(f"   k={k}: product {max(c['product/M'] for c in cases):.3f}, "
-              f"separate {max(c['separate/M'] for c in cases):.3f}")
+        print(
+            f"   k={k}: product {max(c['product/M'] for c in cases):.3f}, "
+            f"separate {max(c['separate/M'] for c in cases):.3f}"
+        )
 
-    print("2. real LoRA updates (tiny ViLT base, easy-vqa Dirichlet 0.5, default recipe"
-          f"{'' if not steps else f', {steps} steps'}); median / max over modules")
+    print(
+        "2. real LoRA updates (tiny ViLT base, easy-vqa Dirichlet 0.5, default recipe"
+        f"{'' if not steps else f', {steps} steps'}); median / max over modules"
+    )
     worst = {"product": 0.0, "separate": 0.0}
     with tempfile.TemporaryDirectory() as cache:
         base = str(ensure_base_checkpoint(cache, steps=args.pretrain_steps, seed=0))
         for k in clients:
             for scheme in ("product", "separate"):
                 for row in real_updates(k, rounds, steps, scheme, base):
-                    cells = "  ".join(f"{name} {med:.4f}/{top:.4f}" for name, (med, top) in
-                                      ((n, v) for n, v in row.items() if isinstance(v, tuple)))
+                    cells = "  ".join(
+                        f"{name} {med:.4f}/{top:.4f}"
+                        for name, (med, top) in ((n, v) for n, v in row.items() if isinstance(v, tuple))
+                    )
                     print(f"   k={k} following {scheme:8s} round {row['round']}: loss {row['loss']:.3f}  {cells}")
                     worst["product"] = max(worst["product"], row["product/M"][1])
                     worst["separate"] = max(worst["separate"], row["separate/M"][1])

@@ -90,11 +90,19 @@ def read_rows(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
-def flwr_run(args: argparse.Namespace, work: Path, env: dict, config: str, connection: str | None,
-             label: str, app: Path = ROOT) -> None:
+def flwr_run(
+    args: argparse.Namespace, work: Path, env: dict, config: str, connection: str | None, label: str, app: Path = ROOT
+) -> None:
     """``flwr run APP [connection] --stream``, its output kept in ``work/flwr-run.log``; raises on failure."""
-    command = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream",
-               "--run-config", config]
+    command = [
+        str(BIN / "flwr"),
+        "run",
+        str(app),
+        *([connection] if connection else []),
+        "--stream",
+        "--run-config",
+        config,
+    ]
     result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
     (work / "flwr-run.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -108,7 +116,8 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path, app: Path = 
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
         f"options.num-supernodes = {args.clients}\n"
-        f"options.backend.client-resources.num-cpus = {args.sim_cpus}\n")
+        f"options.backend.client-resources.num-cpus = {args.sim_cpus}\n"
+    )
     env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "PYTHONPATH": str(ROOT)}
     out = work / "outputs"
     try:
@@ -124,8 +133,12 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
     home = work / "flwr-cli"
     link_port = free_port()
     write_connection(home, "bench", f"127.0.0.1:{link_port}")
-    env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache"), "F3OCUS_WARM": "1" if warm else "0",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **flower_env(home),
+        "F3OCUS_CACHE": str(work / "f3ocus-cache"),
+        "F3OCUS_WARM": "1" if warm else "0",
+        "PYTHONPATH": str(ROOT),
+    }
     # Each node gets its share of the cores, as the simulation gives each client --sim-cpus (Ray sets
     # OMP_NUM_THREADS per client): two nodes on one host must not both compute with every core.
     env["OMP_NUM_THREADS"] = str(max(1, int(args.sim_cpus)))
@@ -139,22 +152,46 @@ def deploy(args: argparse.Namespace, work: Path, cache_dir: Path, warm: bool = T
         cwd = work / name
         cwd.mkdir()
         with open(logs / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(command, cwd=cwd, env={**env, "FLWR_HOME": str(cwd / ".flwr")},
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env={**env, "FLWR_HOME": str(cwd / ".flwr")},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         processes.append(process)
         return process
 
     out = work / "outputs"
     try:
-        link = start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(link_port),
-                                   "--database", str(work / "state.db")])
+        link = start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--port",
+                str(link_port),
+                "--database",
+                str(work / "state.db"),
+            ],
+        )
         if not wait_for_log(logs / "superlink.log", "Starting the SuperLink Fleet HTTP API", 60, link):
             raise RuntimeError((logs / "superlink.log").read_text())
         for node in range(args.clients):
-            start(f"supernode-{node}", [
-                str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--port", str(free_port()),
-                "--node-config", f"partition-id={node} num-partitions={args.clients}"])
+            start(
+                f"supernode-{node}",
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    f"partition-id={node} num-partitions={args.clients}",
+                ],
+            )
         flwr_run(args, work, env, run_config(args, out, cache_dir), "bench", "deployment", app)
     finally:
         stop([process.pid for process in processes[1:]])
@@ -204,15 +241,23 @@ def profile_message(args: argparse.Namespace, work: Path, cache_dir: Path) -> di
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    overrides = {"model.cache-dir": str(cache_dir), "model.pretrain-steps": args.pretrain_steps,
-                 "data.max-train-per-client": args.max_train, "data.max-test-per-client": args.max_test}
+    overrides = {
+        "model.cache-dir": str(cache_dir),
+        "model.pretrain-steps": args.pretrain_steps,
+        "data.max-train-per-client": args.max_train,
+        "data.max-test-per-client": args.max_test,
+    }
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     interpreter = time.perf_counter() - started
-    result = subprocess.run([sys.executable, "-c", PROFILE, json.dumps({**config, **overrides}),
-                             str(work / "profile-data-cache")],
-                            check=True, capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", PROFILE, json.dumps({**config, **overrides}), str(work / "profile-data-cache")],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return {"start the interpreter": interpreter, **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
@@ -247,11 +292,18 @@ def show_overhead(rows: list[dict], handled: dict[tuple[int, str], float]) -> No
                 work = handled[(row["round"], key)]
                 cells.append(f"{kind} {row[key]:6.2f} = {work:6.2f} + {row[key] - work:5.2f}")
         print(f"round {row['round']}: " + " | ".join(cells))
-    later = [row[key] - handled[(row["round"], key)] for row in rows if row["round"] >= 1
-             for key in _PHASE_KEY.values() if (row["round"], key) in handled]
+    later = [
+        row[key] - handled[(row["round"], key)]
+        for row in rows
+        if row["round"] >= 1
+        for key in _PHASE_KEY.values()
+        if (row["round"], key) in handled
+    ]
     if later:
-        print(f"transport per phase, rounds >= 1: mean {sum(later) / len(later):.2f} s, "
-              f"min {min(later):.2f} s, max {max(later):.2f} s")
+        print(
+            f"transport per phase, rounds >= 1: mean {sum(later) / len(later):.2f} s, "
+            f"min {min(later):.2f} s, max {max(later):.2f} s"
+        )
 
 
 def mean_round(rows: list[dict], key: str = "seconds_round") -> float:
@@ -264,8 +316,11 @@ def show(name: str, rows: list[dict]) -> None:
     print("round " + " ".join(f"{key.removeprefix('seconds_'):>9s}" for key in PHASES) + "  accuracy")
     for row in rows:
         accuracy = row.get("accuracy")
-        print(f"{row['round']:5d} " + " ".join(f"{row.get(key, 0.0):9.2f}" for key in PHASES)
-              + (f"  {accuracy:.3f}" if accuracy is not None else ""))
+        print(
+            f"{row['round']:5d} "
+            + " ".join(f"{row.get(key, 0.0):9.2f}" for key in PHASES)
+            + (f"  {accuracy:.3f}" if accuracy is not None else "")
+        )
     print(" mean " + " ".join(f"{mean_round(rows, key):9.2f}" for key in PHASES) + "  (rounds >= 1)")
 
 
@@ -280,12 +335,19 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=30, help="model.pretrain-steps of the base checkpoint")
     parser.add_argument("--sim-cpus", type=float, default=1, help="simulation: CPUs per client (1: both at once)")
     parser.add_argument("--run-config", default="", help="further run-config overrides, TOML 'key=value ...'")
-    parser.add_argument("--modes", default="deployment,simulation,fedavg-deployment,fedavg-simulation",
-                        help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0), "
-                             "fedavg-deployment, fedavg-simulation")
+    parser.add_argument(
+        "--modes",
+        default="deployment,simulation,fedavg-deployment,fedavg-simulation",
+        help="which runs, in order: deployment, simulation, deployment-cold (F3OCUS_WARM=0), "
+        "fedavg-deployment, fedavg-simulation",
+    )
     parser.add_argument("--work-dir", default="", help="keep logs and outputs here (default: a temporary folder)")
-    parser.add_argument("--superexec-poll", type=float, default=0.0,
-                        help="deployment: FLWR_SUPEREXEC_TASK_POLL_INTERVAL of the nodes (0: Flower's default, 1 s)")
+    parser.add_argument(
+        "--superexec-poll",
+        type=float,
+        default=0.0,
+        help="deployment: FLWR_SUPEREXEC_TASK_POLL_INTERVAL of the nodes (0: Flower's default, 1 s)",
+    )
     parser.add_argument("--profile", action="store_true", help="first time the steps of one cold message")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per run")
     args = parser.parse_args()
@@ -295,9 +357,18 @@ def main() -> None:
     print(f"work folder: {work}")
     cache_dir = work / "model-cache"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys; from f3ocus_core.pretrain import ensure_base_checkpoint; "
-                    f"ensure_base_checkpoint(sys.argv[1], steps={args.pretrain_steps}, seed=0)", str(cache_dir)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from f3ocus_core.pretrain import ensure_base_checkpoint; "
+            f"ensure_base_checkpoint(sys.argv[1], steps={args.pretrain_steps}, seed=0)",
+            str(cache_dir),
+        ],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+    )
     print(f"base checkpoint ready ({time.perf_counter() - started:.1f} s)")
 
     if args.profile:
@@ -308,10 +379,13 @@ def main() -> None:
     from benchmarks.fedavg_app.server_app import write_app
 
     fedavg = write_app(work / "fedavg-app", ROOT)
-    runs = {"simulation": simulate, "deployment": deploy,
-            "deployment-cold": lambda *a: deploy(*a, warm=False),
-            "fedavg-simulation": lambda *a: simulate(*a, app=fedavg),
-            "fedavg-deployment": lambda *a: deploy(*a, app=fedavg)}
+    runs = {
+        "simulation": simulate,
+        "deployment": deploy,
+        "deployment-cold": lambda *a: deploy(*a, warm=False),
+        "fedavg-simulation": lambda *a: simulate(*a, app=fedavg),
+        "fedavg-deployment": lambda *a: deploy(*a, app=fedavg),
+    }
     rows: dict[str, list[dict]] = {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         started = time.perf_counter()
@@ -326,8 +400,10 @@ def main() -> None:
     if all(mode in rows for mode in ("simulation", "deployment", "fedavg-simulation", "fedavg-deployment")):
         ours = mean_round(rows["deployment"]) - mean_round(rows["simulation"])
         floor = mean_round(rows["fedavg-deployment"]) - mean_round(rows["fedavg-simulation"])
-        print(f"\ndeployed minus simulated round (s): F3OCUS {ours:.2f}, Flower FedAvg {floor:.2f} "
-              f"(F3OCUS/FedAvg: {ours / floor:.2f}; within 10% of the floor: {abs(ours - floor) <= 0.1 * floor})")
+        print(
+            f"\ndeployed minus simulated round (s): F3OCUS {ours:.2f}, Flower FedAvg {floor:.2f} "
+            f"(F3OCUS/FedAvg: {ours / floor:.2f}; within 10% of the floor: {abs(ours - floor) <= 0.1 * floor})"
+        )
     if "simulation" in rows and "deployment" in rows:
         ratio = mean_round(rows["deployment"]) / mean_round(rows["simulation"])
         print(f"\ndeployment/simulation round-time ratio: {ratio:.2f}")

@@ -39,18 +39,32 @@ def capture(clients: int, train: int, out: Path) -> tuple[list[tuple[list[int], 
     """One round of the default run: every client's (layers, units sent, units returned), and the
     unit keys of each layer."""
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"num-server-rounds": 1, "run-name": "dp-bench", "output-dir": str(out / "outputs"),
-                   "model.cache-dir": str(out / "cache"), "model.pretrain-steps": 100,
-                   "data.max-train-per-client": train, "data.max-test-per-client": 16, "min-clients": clients})
+    config.update(
+        {
+            "num-server-rounds": 1,
+            "run-name": "dp-bench",
+            "output-dir": str(out / "outputs"),
+            "model.cache-dir": str(out / "cache"),
+            "model.pretrain-steps": 100,
+            "data.max-train-per-client": train,
+            "data.max-test-per-client": 16,
+            "min-clients": clients,
+        }
+    )
     seen = []
 
     def spy(handler):
         def wrapped(msg, context):
             reply = handler(msg, context)
-            seen.append(([int(v) for v in msg.content.config_records[CONFIG][LAYERS]],
-                         record_to_state(msg.content.array_records[ARRAYS]),
-                         record_to_state(reply.content.array_records[ARRAYS])))
+            seen.append(
+                (
+                    [int(v) for v in msg.content.config_records[CONFIG][LAYERS]],
+                    record_to_state(msg.content.array_records[ARRAYS]),
+                    record_to_state(reply.content.array_records[ARRAYS]),
+                )
+            )
             return reply
+
         return wrapped
 
     handlers = client_handlers()
@@ -94,13 +108,21 @@ def main() -> None:
         return float(np.mean(errors)), float(np.mean(cosines))
 
     counts = [sum(layer in chosen for chosen, _, _ in replies) for layer in layers]
-    sizes = [sum(replies[0][1][key].size for key in units[layer]) if all(key in replies[0][1] for key in units[layer])
-             else None for layer in layers]
-    print(f"{len(replies)} real client updates (tiny ViLT, LoRA r8, budget 2, {args.train} examples each); "
-          f"update norms {', '.join(f'{n:.3g}' for n in sorted(norms))}; C = median = {clip:.3g}")
-    print(f"layers trained {layers} by {counts} clients; parameters of a layer: "
-          f"{next(size for size in sizes if size)}; epsilon over {args.rounds} rounds, every client each round, "
-          "delta 1e-5")
+    sizes = [
+        sum(replies[0][1][key].size for key in units[layer])
+        if all(key in replies[0][1] for key in units[layer])
+        else None
+        for layer in layers
+    ]
+    print(
+        f"{len(replies)} real client updates (tiny ViLT, LoRA r8, budget 2, {args.train} examples each); "
+        f"update norms {', '.join(f'{n:.3g}' for n in sorted(norms))}; C = median = {clip:.3g}"
+    )
+    print(
+        f"layers trained {layers} by {counts} clients; parameters of a layer: "
+        f"{next(size for size in sizes if size)}; epsilon over {args.rounds} rounds, every client each round, "
+        "delta 1e-5"
+    )
     print("| target epsilon | sigma | relative error of the layer average | cosine to the plain average |")
     print("|---|---|---|---|")
     error, cosine = compare(0.0)

@@ -28,9 +28,11 @@ from f3ocus_core.pretrain import BUILTIN_MODELS, HELD_OUT_QUESTIONS, build_base_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--bases", default=",".join(name.removeprefix("builtin:").removesuffix("-easyvqa")
-                                                     for name in BUILTIN_MODELS),
-                        help="comma-separated, e.g. tiny-vilt,small-vilt,tiny-llava")
+    parser.add_argument(
+        "--bases",
+        default=",".join(name.removeprefix("builtin:").removesuffix("-easyvqa") for name in BUILTIN_MODELS),
+        help="comma-separated, e.g. tiny-vilt,small-vilt,tiny-llava",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,18 +47,25 @@ def main() -> None:
         (by_question[q].most_common(1)[0][0] if q in by_question else fallback) in answers
         for q, answers in zip(held_out["question"], held_out["answers"], strict=True)
     ) / len(held_out)
-    print(f"held-out {len(held_out)} client questions; majority-answer accuracy {majority:.3f}; "
-          f"question-only prior {prior:.3f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'base':<11} {'steps':>5} {'real':>6} {'shuffled':>8} {'gap':>6} {'colour':>6} {'shape':>6} "
-          f"{'yes/no':>6} {'build s':>7}")
+    print(
+        f"held-out {len(held_out)} client questions; majority-answer accuracy {majority:.3f}; "
+        f"question-only prior {prior:.3f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"{'base':<11} {'steps':>5} {'real':>6} {'shuffled':>8} {'gap':>6} {'colour':>6} {'shape':>6} "
+        f"{'yes/no':>6} {'build s':>7}"
+    )
     for short in args.bases.split(","):
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
             m = build_base_checkpoint(folder, args.steps, 0, f"builtin:{short}-easyvqa")
             seconds = time.perf_counter() - started
-        print(f"{short:<11} {args.steps:>5} {m['heldout.real']:>6.3f} {m['heldout.shuffled']:>8.3f} "
-              f"{m['heldout.gap']:>6.3f} {m['heldout.colour.real']:>6.3f} {m['heldout.shape.real']:>6.3f} "
-              f"{m['heldout.yes/no.real']:>6.3f} {seconds:>7.1f}   (load {os.getloadavg()[0]:.1f})", flush=True)
+        print(
+            f"{short:<11} {args.steps:>5} {m['heldout.real']:>6.3f} {m['heldout.shuffled']:>8.3f} "
+            f"{m['heldout.gap']:>6.3f} {m['heldout.colour.real']:>6.3f} {m['heldout.shape.real']:>6.3f} "
+            f"{m['heldout.yes/no.real']:>6.3f} {seconds:>7.1f}   (load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

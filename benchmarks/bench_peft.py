@@ -38,9 +38,15 @@ from f3ocus_core.models import random_batch, tiny_vilt
 from f3ocus_core.peft_units import PeftSettings, attach_units, set_trainable, unit_map
 from f3ocus_core.training import make_collate
 
-MODES = (("full fine-tuning", "full"), ("adapters, all layers", "adapter"), ("LoRA", "lora"),
-         ("LayerNorm tuning", "layernorm"), ("bias tuning (BitFit)", "bias"), ("deep prompts", "prompt"),
-         ("IA3", "ia3"))
+MODES = (
+    ("full fine-tuning", "full"),
+    ("adapters, all layers", "adapter"),
+    ("LoRA", "lora"),
+    ("LayerNorm tuning", "layernorm"),
+    ("bias tuning (BitFit)", "bias"),
+    ("deep prompts", "prompt"),
+    ("IA3", "ia3"),
+)
 F3OCUS_ROWS = (("adapter", "adapter layers"), ("lora", "LoRA layers"))
 SAMPLES = 8
 #: A fresh model and a one-example batch for it.
@@ -70,7 +76,8 @@ def tiny_generative(name: str) -> Build:
 MODELS: dict[str, Build] = {
     "tiny ViLT (the built-in base: 4 layers, hidden 64, 64 px images)": vilt(),
     "small ViLT (12 layers, hidden 256, 4 heads, FFN 1024, 128 px images in 16 px patches)": vilt(
-        hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, image_size=128),
+        hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, image_size=128
+    ),
     "tiny LLaVA (the built-in base: CLIP 2 + Llama 2 layers, hidden 32, 32 px images)": tiny_generative("llava"),
 }
 
@@ -108,8 +115,9 @@ def table(name: str, build: Build) -> list[str]:
         rows.append(f"| {label} | {count * 32 / 1e6:.4f} | {gflop:.4f} | {count / 1e6:.4f} |")
     for method, label in F3OCUS_ROWS:
         gflop, count = measure(build, method, chosen)
-        rows.append(f"| F3OCUS, {budget} of {num_layers} {label} | {count * 32 / 1e6:.4f} | {gflop:.4f} | "
-                    f"{count / 1e6:.4f} |")
+        rows.append(
+            f"| F3OCUS, {budget} of {num_layers} {label} | {count * 32 / 1e6:.4f} | {gflop:.4f} | {count / 1e6:.4f} |"
+        )
     return rows
 
 

@@ -43,8 +43,11 @@ DEFENCES = {
     "norm": {"aggregation.max-client-share": 1.0},
     "share": {"aggregation.max-update-norm": 0.0},
     "median": {"aggregation.max-update-norm": 0.0, "aggregation.max-client-share": 1.0, "aggregation.robust": "median"},
-    "trimmed": {"aggregation.max-update-norm": 0.0, "aggregation.max-client-share": 1.0,
-                "aggregation.robust": "trimmed-mean"},
+    "trimmed": {
+        "aggregation.max-update-norm": 0.0,
+        "aggregation.max-client-share": 1.0,
+        "aggregation.robust": "trimmed-mean",
+    },
     "default": {},
 }
 
@@ -68,8 +71,11 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
                     return reply
                 server_round = int(msg.content.config_records[CONFIG]["server-round"])
                 # From round 1 on; the scores for round 1 come with round 0's evaluate reply.
-                attacking = msg.metadata.dst_node_id == node and kind != "honest" and (
-                    server_round >= 1 or SCORES in reply.content)
+                attacking = (
+                    msg.metadata.dst_node_id == node
+                    and kind != "honest"
+                    and (server_round >= 1 or SCORES in reply.content)
+                )
                 if phase == MessageType.TRAIN:
                     examples[msg.metadata.dst_node_id] = int(reply.content[METRICS][NUM_EXAMPLES])
                     sent = {k: a.numpy() for k, a in msg.content[ARRAYS].items()}
@@ -98,7 +104,9 @@ def attacker(kind: str, node: int, layers_of: dict, ratios: list[float], example
                     poisoned = {k: Array((sent[k] + factor * (got[k] - sent[k])).astype(sent[k].dtype)) for k in got}
                     return Message(_records(reply, **{ARRAYS: ArrayRecord(poisoned)}), reply_to=msg)
                 return reply
+
             return wrapped
+
         return decorate
 
     return {phase: wrap(phase) for phase in (MessageType.TRAIN, MessageType.EVALUATE)}
@@ -112,17 +120,23 @@ def run_one(config: dict, attack: str, defence: str, clients: int, folder: Path,
     examples: dict[int, int] = {}
     started = time.perf_counter()
     attack_of = attacker(attack, clients, layers_of, ratios, examples)
-    handlers = {kind: attack_of[kind](handler) if kind in attack_of else handler
-                for kind, handler in client_handlers().items()}
-    _, rows = run_server_app(config, clients, handlers=handlers,
-                             state_dir=str(folder / f"state-{attack}-{defence}"))
+    handlers = {
+        kind: attack_of[kind](handler) if kind in attack_of else handler for kind, handler in client_handlers().items()
+    }
+    _, rows = run_server_app(config, clients, handlers=handlers, state_dir=str(folder / f"state-{attack}-{defence}"))
     last = rows[-1]
     attacker_name = f"{config['task']}/{clients - 1}"
     honest = {name: value for name, value in last["metric_per_client"].items() if name != attacker_name}
-    return {"attack": attack, "defence": defence, "metric": last["metric"],
-            "honest": float(np.mean(list(honest.values()))), "max_ratio": max(ratios) if ratios else None,
-            "p90_ratio": float(np.percentile(ratios, 90)) if ratios else None,
-            "examples": [examples[node] for node in sorted(examples)], "seconds": time.perf_counter() - started}
+    return {
+        "attack": attack,
+        "defence": defence,
+        "metric": last["metric"],
+        "honest": float(np.mean(list(honest.values()))),
+        "max_ratio": max(ratios) if ratios else None,
+        "p90_ratio": float(np.percentile(ratios, 90)) if ratios else None,
+        "examples": [examples[node] for node in sorted(examples)],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -135,17 +149,29 @@ def main() -> None:
     parser.add_argument("--defences", nargs="*", default=list(DEFENCES), choices=list(DEFENCES))
     parser.add_argument("--cache-dir", default="", help="model.cache-dir (the base checkpoint is built once)")
     parser.add_argument("--json", default="", help="also write the results here")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="run-config overrides (TOML values) before each defence's own, e.g. "
-                        "aggregation.max-update-norm=2.0 (then the bound of 'norm' and 'default')")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config overrides (TOML values) before each defence's own, e.g. "
+        "aggregation.max-update-norm=2.0 (then the bound of 'norm' and 'default')",
+    )
     args = parser.parse_args()
 
     from f3ocus_core.config import parse_run_config
     from f3ocus_flower.model_setup import model_path, set_up_model
 
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"num-server-rounds": args.rounds, "min-clients": args.clients, "model.cache-dir": args.cache_dir,
-                   "data.max-train-per-client": args.train, "data.max-test-per-client": args.test})
+    config.update(
+        {
+            "num-server-rounds": args.rounds,
+            "min-clients": args.clients,
+            "model.cache-dir": args.cache_dir,
+            "data.max-train-per-client": args.train,
+            "data.max-test-per-client": args.test,
+        }
+    )
     for item in args.set:
         key, _, value = item.partition("=")
         config[key] = tomllib.loads(f"v = {value}")["v"]
@@ -160,9 +186,11 @@ def main() -> None:
                 result = run_one(config, attack, defence, args.clients, Path(folder), layers_of)
                 results.append(result)
                 print(json.dumps(result), flush=True)
-    print(f"\n{args.clients} clients, {args.rounds} rounds, at most {args.train} train / {args.test} test examples "
-          f"per client (train examples {results[0]['examples']}); client {args.clients - 1} attacks from round 1. "
-          f"Round {args.rounds}:")
+    print(
+        f"\n{args.clients} clients, {args.rounds} rounds, at most {args.train} train / {args.test} test examples "
+        f"per client (train examples {results[0]['examples']}); client {args.clients - 1} attacks from round 1. "
+        f"Round {args.rounds}:"
+    )
     print("| attack | defence | federated metric (recorded) | honest clients' accuracy | max honest update ratio |")
     print("|---|---|---|---|---|")
     for r in results:

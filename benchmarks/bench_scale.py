@@ -92,7 +92,8 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path, clients: int
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
         f"options.num-supernodes = {clients}\n"
         f"options.backend.client-resources.num-cpus = {args.sim_cpus}\n"
-        "options.backend.client-resources.num-gpus = 0\n")
+        "options.backend.client-resources.num-gpus = 0\n"
+    )
     env = {**flower_env(home), "F3OCUS_CACHE": str(work / "f3ocus-cache")}
     out = work / "outputs"
     memory = TreeMemory(str(home), args.sample_every)
@@ -100,9 +101,20 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path, clients: int
     started = time.perf_counter()
     try:
         result = subprocess.run(
-            [str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config",
-             run_config(args, out, cache_dir, per_round)],
-            env=env, cwd=work, capture_output=True, text=True, timeout=args.timeout)
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(ROOT),
+                "--stream",
+                "--run-config",
+                run_config(args, out, cache_dir, per_round),
+            ],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
         wall = time.perf_counter() - started
     finally:
         memory.done.set()
@@ -114,10 +126,17 @@ def simulate(args: argparse.Namespace, work: Path, cache_dir: Path, clients: int
         raise RuntimeError(f"{clients} clients failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     later = [row["seconds_round"] for row in rows if row["round"] >= 1]
-    return {"clients": clients, "per_round": per_round or clients, "round0": rows[0]["seconds_round"],
-            "round": sum(later) / len(later), "wall": wall, "peak_gib": memory.peak / 2**30,
-            "processes": memory.processes, "accuracy": rows[-1]["accuracy"],
-            "evaluated": len(rows[-1]["accuracy_per_client"])}
+    return {
+        "clients": clients,
+        "per_round": per_round or clients,
+        "round0": rows[0]["seconds_round"],
+        "round": sum(later) / len(later),
+        "wall": wall,
+        "peak_gib": memory.peak / 2**30,
+        "processes": memory.processes,
+        "accuracy": rows[-1]["accuracy"],
+        "evaluated": len(rows[-1]["accuracy_per_client"]),
+    }
 
 
 def prebuild(args: argparse.Namespace, cache_dir: Path) -> None:
@@ -130,8 +149,12 @@ def prebuild(args: argparse.Namespace, cache_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="4,16,64", help="comma-separated client counts")
-    parser.add_argument("--clients-per-round", type=int, default=0,
-                        help="also run each count with this sample per round (0: no extra runs)")
+    parser.add_argument(
+        "--clients-per-round",
+        type=int,
+        default=0,
+        help="also run each count with this sample per round (0: no extra runs)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sim-cpus", type=int, default=1, help="client-resources.num-cpus per client")
     parser.add_argument("--max-train", type=int, default=32, help="data.max-train-per-client")
@@ -148,16 +171,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         cache_dir = Path(tmp) / "model-cache"
         prebuild(args, cache_dir)
-        print(f"{args.rounds} rounds, caps {args.max_train}/{args.max_test} per client, "
-              f"{args.sim_cpus} CPU per client (Ray)")
-        print("| clients | trained per round | round 1..R mean s | round 0 s | flwr run s | peak GiB (PSS) "
-              "| processes | final accuracy |")
+        print(
+            f"{args.rounds} rounds, caps {args.max_train}/{args.max_test} per client, "
+            f"{args.sim_cpus} CPU per client (Ray)"
+        )
+        print(
+            "| clients | trained per round | round 1..R mean s | round 0 s | flwr run s | peak GiB (PSS) "
+            "| processes | final accuracy |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for clients, per_round in runs:
             r = simulate(args, Path(tmp) / f"n{clients}-k{per_round}", cache_dir, clients, per_round)
-            print(f"| {r['clients']} | {r['per_round']} | {r['round']:.1f} | {r['round0']:.1f} | {r['wall']:.0f} "
-                  f"| {r['peak_gib']:.2f} | {r['processes']} | {r['accuracy']:.4f} ({r['evaluated']} evaluated) |",
-                  flush=True)
+            print(
+                f"| {r['clients']} | {r['per_round']} | {r['round']:.1f} | {r['round0']:.1f} | {r['wall']:.0f} "
+                f"| {r['peak_gib']:.2f} | {r['processes']} | {r['accuracy']:.4f} ({r['evaluated']} evaluated) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--layers", type=int, default=32)
     args = parser.parse_args()
-    results: dict[float, dict[str, list[float]]] = {tau: {"hv": [], "unchanged": [], "importance": []}
-                                                    for tau in LEVELS}
+    results: dict[float, dict[str, list[float]]] = {
+        tau: {"hv": [], "unchanged": [], "importance": []} for tau in LEVELS
+    }
     random_importance = []
     for case in BUDGET_CASES:
         budgets = case_budgets(case, args.clients)
@@ -73,18 +74,23 @@ def main() -> None:
             for tau in LEVELS:
                 rng = np.random.default_rng(1000 * seed + 7)
                 for _ in range(args.draws if tau > 0 else 1):
-                    noised = (np.stack([privatize_scores(row, tau, rng) for row in scores]) if tau > 0 else scores)
+                    noised = np.stack([privatize_scores(row, tau, rng) for row in scores]) if tau > 0 else scores
                     result = select(noised, budgets, seed=seed)
                     front = true_front(problem, result.front_masks)
                     results[tau]["hv"].append(hypervolume(front, reference) / best)
                     results[tau]["unchanged"].append(float(np.mean(np.all(result.masks == clean.masks, axis=1))))
-                    results[tau]["importance"].append(float(problem.evaluate(result.masks[None])[0][0])
-                                                      / clean_importance)
+                    results[tau]["importance"].append(
+                        float(problem.evaluate(result.masks[None])[0][0]) / clean_importance
+                    )
     instances = len(BUDGET_CASES) * args.seeds
-    print(f"{args.clients} clients x {args.layers} layers, budgets 4 and mixed, {args.seeds} seeds each "
-          f"({instances} instances), {args.draws} noise draws per instance; selector nsga2, pick knee")
-    print("| tau | noise std per score | epsilon, 1 round | epsilon, 10 rounds | fair HV ratio (mean, min) "
-          "| clients unchanged | true importance of the choice |")
+    print(
+        f"{args.clients} clients x {args.layers} layers, budgets 4 and mixed, {args.seeds} seeds each "
+        f"({instances} instances), {args.draws} noise draws per instance; selector nsga2, pick knee"
+    )
+    print(
+        "| tau | noise std per score | epsilon, 1 round | epsilon, 10 rounds | fair HV ratio (mean, min) "
+        "| clients unchanged | true importance of the choice |"
+    )
     print("|---|---|---|---|---|---|---|")
     for tau in LEVELS:
         row = results[tau]
@@ -96,10 +102,14 @@ def main() -> None:
             eps = f"{one:.3g} | {ten:.3g}"
         else:
             eps = "inf | inf"
-        print(f"| {tau:g} | {tau * np.sqrt(2):.3g} | {eps} | {np.mean(row['hv']):.4f}, {np.min(row['hv']):.4f} "
-              f"| {np.mean(row['unchanged']):.1%} | {np.mean(row['importance']):.4f} |")
-    print(f"a random assignment within the budgets: true importance {np.mean(random_importance):.4f} of the "
-          f"noise-free choice's; mean score of a layer: {1 / args.layers:.3g} (rows sum to 1)")
+        print(
+            f"| {tau:g} | {tau * np.sqrt(2):.3g} | {eps} | {np.mean(row['hv']):.4f}, {np.min(row['hv']):.4f} "
+            f"| {np.mean(row['unchanged']):.1%} | {np.mean(row['importance']):.4f} |"
+        )
+    print(
+        f"a random assignment within the budgets: true importance {np.mean(random_importance):.4f} of the "
+        f"noise-free choice's; mean score of a layer: {1 / args.layers:.3g} (rows sum to 1)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,12 @@ from f3ocus_core.training import TrainSettings, first_batch, make_collate
 
 #: The reductions compared: (reduction, k). ``k`` is ``projection_dim``; exact "logits" has none.
 SETTINGS: tuple[tuple[str, int], ...] = (
-    ("head", 1), ("head", 2), ("head", 4), ("projection", 1), ("projection", 4), ("logits", 0),
+    ("head", 1),
+    ("head", 2),
+    ("head", 4),
+    ("projection", 1),
+    ("projection", 4),
+    ("logits", 0),
 )
 
 
@@ -73,9 +78,7 @@ def pretrained_deep_vilt(layers: int, cache: Path, steps: int, seed: int = 0) ->
     fit, check = pool.select(range(len(pool) - held_out)), pool.select(range(len(pool) - held_out, len(pool)))
     processor = build_processor(pool["question"])
     labels = easy_vqa.ANSWERS
-    config = tiny_vilt_config(
-        num_labels=len(labels), vocab_size=len(processor.tokenizer), num_hidden_layers=layers
-    )
+    config = tiny_vilt_config(num_labels=len(labels), vocab_size=len(processor.tokenizer), num_hidden_layers=layers)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
     torch.manual_seed(seed)
@@ -90,9 +93,7 @@ def pretrained_deep_vilt(layers: int, cache: Path, steps: int, seed: int = 0) ->
     return target
 
 
-def paired_times(
-    first: Callable[[], object], second: Callable[[], object], repeats: int
-) -> tuple[float, float]:
+def paired_times(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median wall times of ``first`` and ``second``, called alternately ``repeats`` times each after
     one warm-up call, so that load from other processes affects both alike."""
     first()
@@ -112,9 +113,7 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage)
-        for event in prof.events()
-        if event.self_cpu_memory_usage
+        (event.time_range.start, event.self_cpu_memory_usage) for event in prof.events() if event.self_cpu_memory_usage
     )
     level = peak = 0
     for _, change in events:
@@ -153,8 +152,9 @@ def agreement(got: list[np.ndarray], exact: list[np.ndarray], budget: int) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["base", "8-layer", "12-layer"],
-                        choices=["base", "8-layer", "12-layer"])
+    parser.add_argument(
+        "--models", nargs="+", default=["base", "8-layer", "12-layer"], choices=["base", "8-layer", "12-layer"]
+    )
     parser.add_argument("--random-init", action="store_true", help="add untrained 4- and 8-layer rows")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--batches", type=int, default=5, help="scoring batches for the agreement")
@@ -171,9 +171,7 @@ def main() -> None:
             models[name] = lambda: load_vqa_model(resolve_model_path(BUILTIN_MODEL, args.cache, steps, 0))
         else:
             layers = int(name.split("-")[0])
-            models[name] = lambda layers=layers: load_vqa_model(
-                str(pretrained_deep_vilt(layers, args.cache, steps))
-            )
+            models[name] = lambda layers=layers: load_vqa_model(str(pretrained_deep_vilt(layers, args.cache, steps)))
     if args.random_init:
         base_processor = models["base"]()[1] if "base" in models else None
         for layers in (4, 8):
@@ -187,8 +185,10 @@ def main() -> None:
         f"{'score MiB':>9} {'LoRA MiB':>8} {'mem x':>6} {'rho':>6} {f'top-{budget}':>6} "
         f"{'rel.err':>8} {'uniform':>8}"
     )
-    print(f"scoring batch {n_score}, LoRA step batch {n_train} (last {budget} layers + head), "
-          f"agreement over {args.batches} batches")
+    print(
+        f"scoring batch {n_score}, LoRA step batch {n_train} (last {budget} layers + head), "
+        f"agreement over {args.batches} batches"
+    )
     print(header)
     print("-" * len(header))
     default_ratio: dict[str, float] = {}
@@ -210,8 +210,9 @@ def main() -> None:
         for reduction, k in SETTINGS:
             dim = max(k, 1)
 
-            def score(batch: dict = batches[0], reduction: str = reduction, dim: int = dim, model=model,
-                      layer_map=layer_map) -> None:
+            def score(
+                batch: dict = batches[0], reduction: str = reduction, dim: int = dim, model=model, layer_map=layer_map
+            ) -> None:
                 score_layers(model, batch, layer_map, reduction=reduction, projection_dim=dim, seed=0)
 
             train_time, score_time = paired_times(step, score, args.repeats)
@@ -233,8 +234,10 @@ def main() -> None:
                 flush=True,
             )
     worst = max(default_ratio, key=default_ratio.get)
-    print(f"default: reduction={DEFAULT_REDUCTION}, projection_dim={DEFAULT_PROJECTION_DIM}, "
-          f"largest ratio on model {worst}")
+    print(
+        f"default: reduction={DEFAULT_REDUCTION}, projection_dim={DEFAULT_PROJECTION_DIM}, "
+        f"largest ratio on model {worst}"
+    )
     print(f"scoring/train-step ratio: {default_ratio[worst]:.2f}")
 
 

@@ -42,11 +42,22 @@ def measure(secagg: bool, args: argparse.Namespace, out: Path) -> dict[str, floa
     times (means over rounds)."""
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
     name = "secagg" if secagg else "clear"
-    config.update({"num-server-rounds": args.rounds, "run-name": name, "output-dir": str(out / "outputs"),
-                   "model.cache-dir": str(out / "cache"), "model.pretrain-steps": 100,
-                   "data.max-train-per-client": args.train, "data.max-test-per-client": 32,
-                   "min-clients": args.clients, "dp.clip-norm": 1.0, "aggregation.lora": "separate",
-                   "aggregation.max-update-norm": 0.0, "secagg": secagg})
+    config.update(
+        {
+            "num-server-rounds": args.rounds,
+            "run-name": name,
+            "output-dir": str(out / "outputs"),
+            "model.cache-dir": str(out / "cache"),
+            "model.pretrain-steps": 100,
+            "data.max-train-per-client": args.train,
+            "data.max-test-per-client": 32,
+            "min-clients": args.clients,
+            "dp.clip-norm": 1.0,
+            "aggregation.lora": "separate",
+            "aggregation.max-update-norm": 0.0,
+            "secagg": secagg,
+        }
+    )
     traffic: dict[tuple[str, str], int] = defaultdict(int)
     exchanges: dict[str, int] = defaultdict(int)
     client_seconds: dict[tuple[int, bool], float] = defaultdict(float)
@@ -66,6 +77,7 @@ def measure(secagg: bool, args: argparse.Namespace, out: Path) -> dict[str, floa
             traffic[(phase, "up")] += recorddict_to_proto(reply.content).ByteSize()
             exchanges[str(msg.content.config_records[CONFIG].get(SECAGG_STAGE, msg.metadata.message_type))] += 1
             return reply
+
         return wrapped
 
     handlers = client_handlers()
@@ -79,8 +91,9 @@ def measure(secagg: bool, args: argparse.Namespace, out: Path) -> dict[str, floa
     result["train s"] = float(np.mean([row["seconds_train"] for row in rounds]))
     result["clients' training s"] = float(np.mean([client_seconds[(row["round"], False)] for row in rounds]))
     result["clients' secagg stages s"] = float(np.mean([client_seconds[(row["round"], True)] for row in rounds]))
-    result["server's train phase s"] = (result["train s"] - result["clients' training s"]
-                                        - result["clients' secagg stages s"])
+    result["server's train phase s"] = (
+        result["train s"] - result["clients' training s"] - result["clients' secagg stages s"]
+    )
     result["accuracy"] = rounds[-1]["accuracy"]
     return result
 
@@ -94,13 +107,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         clear = measure(False, args, Path(folder))
         secure = measure(True, args, Path(folder))
-    print(f"{args.clients} clients, {args.train} training examples each, {args.rounds} rounds; per client and "
-          "round (mean over rounds 1..R)")
+    print(
+        f"{args.clients} clients, {args.train} training examples each, {args.rounds} rounds; per client and "
+        "round (mean over rounds 1..R)"
+    )
     print("| | clear | secagg | secagg / clear |")
     print("|---|---|---|---|")
     for key, unit in (("train up", "kB"), ("train down", "kB"), ("evaluate up", "kB"), ("evaluate down", "kB")):
-        print(f"| bytes {key} per client | {clear[key] / 1e3:.1f} {unit} | {secure[key] / 1e3:.1f} {unit} | "
-              f"{secure[key] / clear[key]:.2f} |")
+        print(
+            f"| bytes {key} per client | {clear[key] / 1e3:.1f} {unit} | {secure[key] / 1e3:.1f} {unit} | "
+            f"{secure[key] / clear[key]:.2f} |"
+        )
     print(f"| exchanges per round | {clear['exchanges']} | {secure['exchanges']} | |")
     for key in ("round s", "train s", "clients' training s", "clients' secagg stages s", "server's train phase s"):
         ratio = f"{secure[key] / clear[key]:.2f}" if clear[key] > 0 else "-"

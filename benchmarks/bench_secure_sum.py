@@ -39,10 +39,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     layers = tuple((f"layer.{i}",) for i in range(args.layers))
     shapes = {f"layer.{i}": (args.params,) for i in range(args.layers)}
-    assignment = {node: sorted(rng.choice(args.layers, args.budget, replace=False).tolist())
-                  for node in range(1, args.clients + 1)}
-    changes = {node: {f"layer.{i}": rng.uniform(-0.1, 0.1, args.params).astype(np.float32) for i in chosen}
-               for node, chosen in assignment.items()}
+    assignment = {
+        node: sorted(rng.choice(args.layers, args.budget, replace=False).tolist())
+        for node in range(1, args.clients + 1)
+    }
+    changes = {
+        node: {f"layer.{i}": rng.uniform(-0.1, 0.1, args.params).astype(np.float32) for i in chosen}
+        for node, chosen in assignment.items()
+    }
     params = SecureSumParams(clipping_range=1.0, threshold=max(2, args.clients // 2))
     clients = {node: SecureSumClient(node) for node in assignment}
     publics = {node: client.public for node, client in clients.items()}
@@ -52,7 +56,7 @@ def main() -> None:
             shared_bytes[node] += len(ciphertext)
             clients[peer].receive(node, ciphertext, publics)
     layout = union_layout(layers, assignment, shapes)
-    survivors = sorted(clients)[args.drop:]
+    survivors = sorted(clients)[args.drop :]
     masked, mask_seconds = {}, []
     for node in survivors:
         started = time.process_time()
@@ -63,18 +67,27 @@ def main() -> None:
     sums = unmask_sum(masked, revealed, publics, layout, params)
     unmask_seconds = time.process_time() - started
     clear = np.mean([sum(v.nbytes for v in changes[node].values()) for node in survivors])
-    secured = np.mean([sum(len(k) for k in publics[node]) + shared_bytes[node]
-                       + sum(v.nbytes for v in masked[node]) for node in survivors])
+    secured = np.mean(
+        [
+            sum(len(k) for k in publics[node]) + shared_bytes[node] + sum(v.nbytes for v in masked[node])
+            for node in survivors
+        ]
+    )
     reveal_bytes = np.mean([sum(len(s) for s in r.values()) for r in revealed])
-    error = max(float(np.max(np.abs(sums[key] - sum(changes[n][key] for n in survivors if key in changes[n]))))
-                for key in sums)
-    print(f"{args.clients} clients, {args.layers} layers x {args.params} params, budget {args.budget}, "
-          f"{args.drop} dropped; union of assigned layers: {len(layout)} of {args.layers}")
+    error = max(
+        float(np.max(np.abs(sums[key] - sum(changes[n][key] for n in survivors if key in changes[n])))) for key in sums
+    )
+    print(
+        f"{args.clients} clients, {args.layers} layers x {args.params} params, budget {args.budget}, "
+        f"{args.drop} dropped; union of assigned layers: {len(layout)} of {args.layers}"
+    )
     print("| | bytes up per client | client CPU s | server CPU s |")
     print("|---|---|---|---|")
     print(f"| in the clear (float32, own layers) | {clear / 1e6:.3f} MB | - | - |")
-    print(f"| secure sum (int64 over the union, keys, shares, reveal) | {(secured + reveal_bytes) / 1e6:.3f} MB "
-          f"({(secured + reveal_bytes) / clear:.1f}x) | {np.mean(mask_seconds):.3f} | {unmask_seconds:.3f} |")
+    print(
+        f"| secure sum (int64 over the union, keys, shares, reveal) | {(secured + reveal_bytes) / 1e6:.3f} MB "
+        f"({(secured + reveal_bytes) / clear:.1f}x) | {np.mean(mask_seconds):.3f} | {unmask_seconds:.3f} |"
+    )
     print(f"largest error of a recovered layer sum: {error:.2e} (quantisation step {2 / params.target_range:.2e})")
 
 

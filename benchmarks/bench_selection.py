@@ -42,8 +42,14 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_selection.py`` (about 12 m
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
@@ -106,13 +112,16 @@ def timed(scores: np.ndarray, budgets: np.ndarray, algorithm: str, seed: int, **
 
 def measure(front: np.ndarray, truth: np.ndarray, reference: tuple[float, float], best: float) -> dict:
     """Fair HV ratio and whether the knee and Tchebycheff choices are Pareto-optimal w.r.t. ``truth``."""
-    return {"hv": hypervolume(front, reference) / best,
-            "knee": bool(pareto_optimal(front[pick_point(front, "knee")], truth)[0]),
-            "tcheb": bool(pareto_optimal(front[pick_point(front, "tchebycheff")], truth)[0])}
+    return {
+        "hv": hypervolume(front, reference) / best,
+        "knee": bool(pareto_optimal(front[pick_point(front, "knee")], truth)[0]),
+        "tcheb": bool(pareto_optimal(front[pick_point(front, "tchebycheff")], truth)[0]),
+    }
 
 
-def run_instance(n_clients: int, n_layers: int, case: str, seed: int, modes: tuple[str, ...],
-                 exact: bool) -> tuple[dict, float]:
+def run_instance(
+    n_clients: int, n_layers: int, case: str, seed: int, modes: tuple[str, ...], exact: bool
+) -> tuple[dict, float]:
     """Every metaheuristic in every mode on one instance; returns rows and the exact sweep's CPU time."""
     scores = lntk_like_scores(n_clients, n_layers, seed=1000 * n_clients + seed)
     budgets = case_budgets(case, n_clients)
@@ -131,8 +140,10 @@ def run_instance(n_clients: int, n_layers: int, case: str, seed: int, modes: tup
         truth = stacked[nondominated(stacked[:, 0], stacked[:, 1])]
     reference = fair_reference(truth)
     best = hypervolume(truth, reference)
-    rows = {key: {**measure(front, truth, reference, best), "cpu": cpu, "points": len(front)}
-            for key, (front, cpu) in runs.items()}
+    rows = {
+        key: {**measure(front, truth, reference, best), "cpu": cpu, "points": len(front)}
+        for key, (front, cpu) in runs.items()
+    }
     return rows, exact_cpu
 
 
@@ -146,8 +157,10 @@ def table(n_clients: int, n_layers: int, seeds: int, modes: tuple[str, ...], exa
             exact_cpu.append(cpu)
     reference = "exact front" if exact else "union of all fronts computed (lower bound on the true front)"
     print(f"\n{n_clients} x {n_layers}, budgets 4 and mixed, {seeds} instances each; reference: {reference}")
-    header = (f"{'selector':>8} {'mode':>7} {'HV mean':>8} {'HV min':>8} {'cpu mean':>8} {'cpu max':>8} "
-              f"{'points':>6} {'opt knee':>8} {'opt tcheb':>9}")
+    header = (
+        f"{'selector':>8} {'mode':>7} {'HV mean':>8} {'HV min':>8} {'cpu mean':>8} {'cpu max':>8} "
+        f"{'points':>6} {'opt knee':>8} {'opt tcheb':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, mode in [(name, mode) for name in METAHEURISTICS for mode in modes] + [("walk", "")]:
@@ -156,8 +169,10 @@ def table(n_clients: int, n_layers: int, seeds: int, modes: tuple[str, ...], exa
         points = np.mean([r[name, mode]["points"] for r in instances])
         knee = np.mean([r[name, mode]["knee"] for r in instances])
         tcheb = np.mean([r[name, mode]["tcheb"] for r in instances])
-        print(f"{name:>8} {mode:>7} {hv.mean():>8.4f} {hv.min():>8.4f} {cpu.mean():>8.3f} {cpu.max():>8.3f} "
-              f"{points:>6.0f} {knee:>8.2f} {tcheb:>9.2f}")
+        print(
+            f"{name:>8} {mode:>7} {hv.mean():>8.4f} {hv.min():>8.4f} {cpu.mean():>8.3f} {cpu.max():>8.3f} "
+            f"{points:>6.0f} {knee:>8.2f} {tcheb:>9.2f}"
+        )
     if exact:
         print(f"{'exact':>8} {'':>7} {1.0:>8.4f} {1.0:>8.4f} {np.mean(exact_cpu):>8.3f} {np.max(exact_cpu):>8.3f}")
     sys.stdout.flush()

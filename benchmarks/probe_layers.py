@@ -65,15 +65,22 @@ def probe(args: argparse.Namespace) -> dict:
     """Train and test every (client, layer set, seed); return the settings, layer names and cells."""
     torch.set_num_threads(args.threads)
     exclude = parse_pretrain_exclude(args.pretrain_exclude)
-    path = resolve_model_path(args.model, args.cache_dir or default_cache_dir(), args.pretrain_steps,
-                              args.base_seed, exclude)
+    path = resolve_model_path(
+        args.model, args.cache_dir or default_cache_dir(), args.pretrain_steps, args.base_seed, exclude
+    )
     setup = set_up_model(path, PeftSettings(method=args.peft), args.base_seed)
     names = list(setup.layer_map.names)
     sets = layer_sets(len(names), args.sets)
     seeds = [int(s) for s in args.seeds.split(",")]
-    data_settings = DataSettings(partitioning=args.partitioning, alpha=args.alpha, seed=args.data_seed,
-                                 max_train=args.max_train, max_test=args.max_test, shift=args.shift,
-                                 questions=args.questions)
+    data_settings = DataSettings(
+        partitioning=args.partitioning,
+        alpha=args.alpha,
+        seed=args.data_seed,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        shift=args.shift,
+        questions=args.questions,
+    )
     train_settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     cells = []
     started = time.perf_counter()
@@ -90,12 +97,22 @@ def probe(args: argparse.Namespace) -> dict:
             if trainable:  # a generative family has no head: heads-only then trains nothing
                 train(model, train_rows, collate, train_settings, seed=seed)
             metrics = evaluate(model, test_rows, collate, data.kind, args.eval_batch_size)
-            cells.append({"client": data.name, "set": label, "layers": layers, "seed": seed,
-                          "metric": float(metrics["metric"])})
-        print(f"  {data.name}: {len(sets) * len(seeds)} trainings done, {time.perf_counter() - started:.0f} s",
-              flush=True)
-    return {"model": args.model, "path": path, "layer_names": names, "sets": [label for label, _ in sets],
-            "seeds": seeds, "settings": vars(args), "cells": cells, "seconds": time.perf_counter() - started}
+            cells.append(
+                {"client": data.name, "set": label, "layers": layers, "seed": seed, "metric": float(metrics["metric"])}
+            )
+        print(
+            f"  {data.name}: {len(sets) * len(seeds)} trainings done, {time.perf_counter() - started:.0f} s", flush=True
+        )
+    return {
+        "model": args.model,
+        "path": path,
+        "layer_names": names,
+        "sets": [label for label, _ in sets],
+        "seeds": seeds,
+        "settings": vars(args),
+        "cells": cells,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def summarise(result: dict) -> dict[str, dict]:
@@ -111,12 +128,15 @@ def summarise(result: dict) -> dict[str, dict]:
         worst = min(fixed, key=lambda label: by_set[label][0])
         per_seed = {(c["set"], c["seed"]): c["metric"] for c in result["cells"] if c["client"] == client}
         seeds = sorted({seed for _, seed in per_seed})
-        summary[client] = {"by_set": by_set, "best": best, "worst": worst,
-                           "best_minus_worst": by_set[best][0] - by_set[worst][0],
-                           "all_minus_heads": by_set[ALL_LAYERS][0] - by_set[HEADS_ONLY][0],
-                           "best_minus_worst_per_seed": [per_seed[best, s] - per_seed[worst, s] for s in seeds],
-                           "all_minus_heads_per_seed": [per_seed[ALL_LAYERS, s] - per_seed[HEADS_ONLY, s]
-                                                        for s in seeds]}
+        summary[client] = {
+            "by_set": by_set,
+            "best": best,
+            "worst": worst,
+            "best_minus_worst": by_set[best][0] - by_set[worst][0],
+            "all_minus_heads": by_set[ALL_LAYERS][0] - by_set[HEADS_ONLY][0],
+            "best_minus_worst_per_seed": [per_seed[best, s] - per_seed[worst, s] for s in seeds],
+            "all_minus_heads_per_seed": [per_seed[ALL_LAYERS, s] - per_seed[HEADS_ONLY, s] for s in seeds],
+        }
     return summary
 
 
@@ -126,8 +146,10 @@ def table(result: dict) -> str:
     summary = summarise(result)
     names = result["layer_names"]
     width = max(12, *(len(label) + 2 for label in result["sets"]))
-    lines = ["layers: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)),
-             f"{'client':<14}" + "".join(f"{label:>{width}}" for label in result["sets"])]
+    lines = [
+        "layers: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)),
+        f"{'client':<14}" + "".join(f"{label:>{width}}" for label in result["sets"]),
+    ]
     for client, row in summary.items():
         cells = []
         for label in result["sets"]:
@@ -138,13 +160,17 @@ def table(result: dict) -> str:
     for client, row in summary.items():
         best = "+".join(names[int(i)] for i in row["best"].split("+"))
         tie = " (all fixed sets tie)" if row["best_minus_worst"] == 0 else ""
-        lines.append(f"{client:<14} best {row['best']} ({best}){tie}; best - worst fixed set "
-                     f"{row['best_minus_worst']:+.3f} (lowest seed {min(row['best_minus_worst_per_seed']):+.3f}); "
-                     f"all layers - heads only {row['all_minus_heads']:+.3f} "
-                     f"(lowest seed {min(row['all_minus_heads_per_seed']):+.3f})")
+        lines.append(
+            f"{client:<14} best {row['best']} ({best}){tie}; best - worst fixed set "
+            f"{row['best_minus_worst']:+.3f} (lowest seed {min(row['best_minus_worst_per_seed']):+.3f}); "
+            f"all layers - heads only {row['all_minus_heads']:+.3f} "
+            f"(lowest seed {min(row['all_minus_heads_per_seed']):+.3f})"
+        )
     clear = {client: row["best"] for client, row in summary.items() if min(row["best_minus_worst_per_seed"]) > 0}
-    lines.append(f"clients whose best fixed set beats their worst on every seed: {len(clear)} of {len(summary)} "
-                 f"{clear}; their best sets differ: {'yes' if len(set(clear.values())) > 1 else 'no'}")
+    lines.append(
+        f"clients whose best fixed set beats their worst on every seed: {len(clear)} of {len(summary)} "
+        f"{clear}; their best sets differ: {'yes' if len(set(clear.values())) > 1 else 'no'}"
+    )
     return "\n".join(lines)
 
 

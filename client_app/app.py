@@ -134,8 +134,9 @@ def _client_info(context: Context, data: ClientData, with_labels: bool) -> Clien
     return ClientInfo(data.name, parse_node_config(context.node_config).partition_id, data.kind, labels)
 
 
-def _score(setup: ModelSetup, data: ClientData, settings: RunSettings, device: torch.device, context: Context,
-           score_round: int) -> ScoresReply:
+def _score(
+    setup: ModelSetup, data: ClientData, settings: RunSettings, device: torch.device, context: Context, score_round: int
+) -> ScoresReply:
     """Score every layer of ``setup.model`` (the received units loaded) on a local batch, seeded by
     ``score_round``, the round whose selection the scores are for."""
     started = time.perf_counter()
@@ -144,10 +145,16 @@ def _score(setup: ModelSetup, data: ClientData, settings: RunSettings, device: t
     reduction = settings.scoring.reduction
     if reduction == "head" and family_of(setup.model).generative:
         reduction = "projection"  # a generative model has no answer head to project on
-    scores = score_layers(setup.model, to_device(batch, device), setup.layer_map, method=settings.scoring.method,
-                          reduction=reduction, projection_dim=settings.scoring.projection_dim,
-                          seed=settings.seed + score_round,
-                          client_seed=parse_node_config(context.node_config).partition_id)
+    scores = score_layers(
+        setup.model,
+        to_device(batch, device),
+        setup.layer_map,
+        method=settings.scoring.method,
+        reduction=reduction,
+        projection_dim=settings.scoring.projection_dim,
+        seed=settings.seed + score_round,
+        client_seed=parse_node_config(context.node_config).partition_id,
+    )
     normalized, raw = scores.normalized, scores.raw
     if settings.dp.scores:  # noised before they leave; the raw scores stay here (f3ocus_core.privacy)
         normalized = raw = privatize_scores(normalized, settings.dp.score_noise_multiplier, np.random.default_rng())
@@ -168,8 +175,9 @@ def query(msg: Message, context: Context) -> Message:
     set_state(setup.model, record_to_state(arrays))
     context.state[GLOBAL_UNITS] = arrays
     reply = _score(setup, data, settings, device, context, server_round)
-    return Message(RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({SCORES: reply.to_record(), CLIENT: _client_info(context, data, True).to_record()}), reply_to=msg
+    )
 
 
 @app.train()
@@ -187,8 +195,10 @@ def train_fn(msg: Message, context: Context) -> Message:
     _restore_head(context, store, server_round - 1)
     settings, data, setup, device = _setup(context)
     if GLOBAL_UNITS not in context.state.array_records:
-        raise RuntimeError("No global units from the previous round's evaluate message: the client restarted "
-                           "since; it takes part again from the next round.")
+        raise RuntimeError(
+            "No global units from the previous round's evaluate message: the client restarted "
+            "since; it takes part again from the next round."
+        )
     set_state(setup.model, record_to_state(context.state.array_records[GLOBAL_UNITS]))
     set_state(setup.model, record_to_state(msg.content.array_records[ARRAYS]))
     layers = [int(layer) for layer in scalar_list(config[LAYERS])]
@@ -203,8 +213,16 @@ def train_fn(msg: Message, context: Context) -> Message:
     context.state[HEAD] = state_to_record(head)
     if store is not None:
         store.save(HEAD, server_round, head)
-    metrics = MetricRecord({NUM_EXAMPLES: len(data.train), TRAIN_LOSS: result["loss"], STEPS: result["steps"],
-                            SECONDS: seconds, TRAINABLE_PARAMS: trainable_parameters(setup.model), TRAIN_GFLOP: gflop})
+    metrics = MetricRecord(
+        {
+            NUM_EXAMPLES: len(data.train),
+            TRAIN_LOSS: result["loss"],
+            STEPS: result["steps"],
+            SECONDS: seconds,
+            TRAINABLE_PARAMS: trainable_parameters(setup.model),
+            TRAIN_GFLOP: gflop,
+        }
+    )
     trained = get_state(setup.model, setup.units.keys_of(layers))
     sent = record_to_state(msg.content.array_records[ARRAYS])
     if settings.dp.updates:  # the whole update's change clipped to dp.clip-norm (f3ocus_core.privacy)
@@ -213,8 +231,9 @@ def train_fn(msg: Message, context: Context) -> Message:
         payload = {SECAGG: secagg.keep_change(context.state, msg.metadata.dst_node_id, server_round, trained, sent)}
     else:
         payload = {ARRAYS: state_to_record(trained)}
-    return Message(RecordDict({**payload, METRICS: metrics, CLIENT: _client_info(context, data, False).to_record()}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({**payload, METRICS: metrics, CLIENT: _client_info(context, data, False).to_record()}), reply_to=msg
+    )
 
 
 def secure_stage(msg: Message, context: Context) -> Message:
@@ -239,9 +258,16 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     settings, data, setup, device = _setup(context)
     arrays = msg.content.array_records[ARRAYS]
     set_state(setup.model, record_to_state(arrays))
-    metrics = evaluate(setup.model, data.test, _collate(setup, data), data.kind,
-                       settings.eval_batch_size, device=device, precision=settings.train.precision,
-                       answer_mode=settings.eval_answer_mode)
+    metrics = evaluate(
+        setup.model,
+        data.test,
+        _collate(setup, data),
+        data.kind,
+        settings.eval_batch_size,
+        device=device,
+        precision=settings.train.precision,
+        answer_mode=settings.eval_answer_mode,
+    )
     metrics[NUM_EXAMPLES] = len(data.test)
     content = RecordDict({METRICS: MetricRecord({**metrics}), CLIENT: _client_info(context, data, True).to_record()})
     context.state[GLOBAL_UNITS] = arrays

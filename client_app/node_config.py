@@ -63,8 +63,13 @@ def parse_node_config(node_config: Mapping[str, object]) -> NodeSettings:
             f"node config: {PARTITION_ID}={partition_id} must lie in 0..{NUM_PARTITIONS}-1 "
             f"({NUM_PARTITIONS}={num_partitions})."
         )
-    return NodeSettings(partition_id, num_partitions, _text(node_config, DATA_PATH), _text(node_config, DEVICE),
-                        _text(node_config, STATE_DIR))
+    return NodeSettings(
+        partition_id,
+        num_partitions,
+        _text(node_config, DATA_PATH),
+        _text(node_config, DEVICE),
+        _text(node_config, STATE_DIR),
+    )
 
 
 def _integer(node_config: Mapping[str, object], key: str) -> int:

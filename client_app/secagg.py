@@ -48,21 +48,31 @@ SECRETS = "secagg"
 _AFTER = {SHARE_KEYS: "train", MASKED_INPUT: SHARE_KEYS, UNMASK: MASKED_INPUT}
 
 
-def keep_change(state: RecordDict, node: int, server_round: int, trained: Mapping[str, np.ndarray],
-                sent: Mapping[str, np.ndarray]) -> ConfigRecord:
+def keep_change(
+    state: RecordDict, node: int, server_round: int, trained: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]
+) -> ConfigRecord:
     """After ``train``: keep the change ``trained - sent`` (already clipped) and fresh secrets in
     ``state``; return the reply's SECAGG record, the client's two public keys."""
     client = SecureSumClient(node)
     assert client.secret_keys is not None, "a new SecureSumClient draws its key pairs"
-    state[CHANGE] = state_to_record({key: value.astype(np.float64) - sent[key].astype(np.float64)
-                                     for key, value in trained.items()})
-    state[SECRETS] = ConfigRecord({SERVER_ROUND: server_round, SECAGG_STAGE: "train", "node": node,
-                                   "seed": client.seed, "keys": list(client.secret_keys)})
+    state[CHANGE] = state_to_record(
+        {key: value.astype(np.float64) - sent[key].astype(np.float64) for key, value in trained.items()}
+    )
+    state[SECRETS] = ConfigRecord(
+        {
+            SERVER_ROUND: server_round,
+            SECAGG_STAGE: "train",
+            "node": node,
+            "seed": client.seed,
+            "keys": list(client.secret_keys),
+        }
+    )
     return ConfigRecord(dict(zip(PUBLIC_KEYS, client.public)))
 
 
-def answer_stage(content: RecordDict, state: RecordDict, clip_norm: float,
-                 shapes: Mapping[str, tuple[int, ...]]) -> RecordDict:
+def answer_stage(
+    content: RecordDict, state: RecordDict, clip_norm: float, shapes: Mapping[str, tuple[int, ...]]
+) -> RecordDict:
     """The reply to one secure-aggregation stage; ``shapes`` are the shapes of all units (the global
     units the client holds), ``clip_norm`` the quantisation range (``dp.clip-norm``).
 
@@ -76,13 +86,17 @@ def answer_stage(content: RecordDict, state: RecordDict, clip_norm: float,
     config = content.config_records[CONFIG]
     stage, server_round = str(config[SECAGG_STAGE]), int(scalar(config[SERVER_ROUND]))
     if SECRETS not in state.config_records:
-        raise RuntimeError(f"secagg {stage}: this client holds no secrets of round {server_round} (it restarted "
-                           "since its train reply); it takes part again from the next round.")
+        raise RuntimeError(
+            f"secagg {stage}: this client holds no secrets of round {server_round} (it restarted "
+            "since its train reply); it takes part again from the next round."
+        )
     kept = state.config_records[SECRETS]
     last_stage, last_round = str(kept[SECAGG_STAGE]), int(scalar(kept[SERVER_ROUND]))
     if stage not in _AFTER or last_round != server_round or last_stage != _AFTER[stage]:
-        raise RuntimeError(f"secagg {stage} of round {server_round}: this client's last step was "
-                           f"{last_stage} of round {last_round}; stages run in order, once.")
+        raise RuntimeError(
+            f"secagg {stage} of round {server_round}: this client's last step was "
+            f"{last_stage} of round {last_round}; stages run in order, once."
+        )
     mask_key, share_key = bytes_list(kept["keys"])
     client = SecureSumClient(int(scalar(kept["node"])), bytes_of(kept["seed"]), _held(kept), (mask_key, share_key))
     request = content.config_records[SECAGG]
@@ -115,9 +129,14 @@ def _share_keys(client: SecureSumClient, request: ConfigRecord, kept: ConfigReco
     return RecordDict({SECAGG: ConfigRecord({NODES: nodes, CIPHERTEXTS: [ciphertexts[node] for node in nodes]})})
 
 
-def _masked_input(client: SecureSumClient, request: ConfigRecord, kept: ConfigRecord,
-                  change: dict[str, np.ndarray], clip_norm: float,
-                  shapes: Mapping[str, tuple[int, ...]]) -> RecordDict:
+def _masked_input(
+    client: SecureSumClient,
+    request: ConfigRecord,
+    kept: ConfigRecord,
+    change: dict[str, np.ndarray],
+    clip_norm: float,
+    shapes: Mapping[str, tuple[int, ...]],
+) -> RecordDict:
     """Decrypt the shares the other clients made for this one, then mask the change over the layout
     with the private mask and a pairwise mask per client that shared (SecAgg's U2)."""
     holders = [int(node) for node in scalar_list(kept[NODES])]
@@ -125,15 +144,19 @@ def _masked_input(client: SecureSumClient, request: ConfigRecord, kept: ConfigRe
     senders = [int(node) for node in scalar_list(request[NODES])]
     threshold = threshold_for(len(holders))
     if not set(senders) <= set(holders) or client.node not in senders or len(set(senders)) < threshold:
-        raise RuntimeError(f"secagg masked-input: the clients that shared ({len(set(senders))}) must include this "
-                           f"one, be key holders and number at least {threshold}.")
+        raise RuntimeError(
+            f"secagg masked-input: the clients that shared ({len(set(senders))}) must include this "
+            f"one, be key holders and number at least {threshold}."
+        )
     for sender, ciphertext in zip(senders, bytes_list(request[CIPHERTEXTS]), strict=True):
         client.receive(sender, ciphertext, publics)
     layout_keys = [str(key) for key in scalar_list(request[LAYOUT])]
     missing = sorted(set(change) - set(layout_keys))
     if missing or any(key not in shapes for key in layout_keys):
-        raise RuntimeError(f"secagg masked-input: the layout leaves out units this client trained ({missing[:2]}) "
-                           "or names units it does not hold.")
+        raise RuntimeError(
+            f"secagg masked-input: the layout leaves out units this client trained ({missing[:2]}) "
+            "or names units it does not hold."
+        )
     layout = [(key, tuple(shapes[key])) for key in layout_keys]
     params = SecureSumParams(clipping_range=clip_norm, threshold=threshold)
     masked = client.masked(change, layout, {node: publics[node] for node in senders}, params)
@@ -149,15 +172,18 @@ def _unmask(client: SecureSumClient, request: ConfigRecord, kept: ConfigRecord) 
     survivors = [int(node) for node in scalar_list(request[SURVIVORS])]
     threshold = threshold_for(len(scalar_list(kept[NODES])))
     if not set(survivors) <= set(client.held) or len(set(survivors)) < threshold:
-        raise RuntimeError(f"secagg unmask: the survivors ({len(set(survivors))}) must have shared with this client "
-                           f"and number at least {threshold}.")
+        raise RuntimeError(
+            f"secagg unmask: the survivors ({len(set(survivors))}) must have shared with this client "
+            f"and number at least {threshold}."
+        )
     revealed = client.reveal(survivors)
     owners = sorted(revealed)
     return RecordDict({SECAGG: ConfigRecord({NODES: owners, SHARES: [revealed[owner] for owner in owners]})})
 
 
-def _publics(nodes: Sequence[int], mask_keys: Sequence[bytes],
-             share_keys: Sequence[bytes]) -> dict[int, tuple[bytes, bytes]]:
+def _publics(
+    nodes: Sequence[int], mask_keys: Sequence[bytes], share_keys: Sequence[bytes]
+) -> dict[int, tuple[bytes, bytes]]:
     """Per node, its two public keys (lists in the order of ``nodes``)."""
     if len(set(nodes)) != len(nodes):
         raise RuntimeError("secagg: a node is named twice among the key holders.")

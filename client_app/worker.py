@@ -88,6 +88,7 @@ def socket_path(app_dir: str, node_id: int) -> Path:
 
 # -- framing -------------------------------------------------------------------------------------
 
+
 def _send(sock: socket.socket, payload: tuple) -> None:
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(struct.pack("!Q", len(data)) + data)
@@ -134,6 +135,7 @@ def unpack_context(data: bytes) -> Context:
 
 
 # -- the one-message process ---------------------------------------------------------------------
+
 
 def forward(message: Message, context: Context, app_dir: str) -> Message:
     """Have the node's warm worker (started if none is listening) handle ``message``; update
@@ -188,23 +190,39 @@ def _start_worker(path: Path, app_dir: str) -> socket.socket:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (app_dir, env.get("PYTHONPATH", "")) if p)
     # -P: the working directory is not put first on sys.path, so the app folder's client_app is the one run.
     worker = subprocess.Popen(
-        [sys.executable, "-P", "-m", "client_app.worker", "--socket", str(path), "--app-dir", app_dir,
-         "--watch-pid", str(os.getppid())],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "client_app.worker",
+            "--socket",
+            str(path),
+            "--app-dir",
+            app_dir,
+            "--watch-pid",
+            str(os.getppid()),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         sock = _try_connect(path)
         if sock is not None:
             return sock
         if worker.poll() is not None:
-            raise RuntimeError(f"the warm worker exited with code {worker.returncode} while starting; see the "
-                               f"node's log (or set {ENABLED_ENV}=0 to run each message in its own process).")
+            raise RuntimeError(
+                f"the warm worker exited with code {worker.returncode} while starting; see the "
+                f"node's log (or set {ENABLED_ENV}=0 to run each message in its own process)."
+            )
         time.sleep(0.05)
     worker.kill()
     raise RuntimeError(f"the warm worker did not listen within {START_TIMEOUT:.0f} s.")
 
 
 # -- the worker ----------------------------------------------------------------------------------
+
 
 def handle(app: ClientApp, request: tuple) -> tuple:
     """Run one forwarded message through ``app`` (a ClientApp); the answer :func:`forward` reads."""
@@ -247,9 +265,12 @@ def serve(path: Path, app_dir: str, watch_pid: int, idle: float) -> None:
                     started = time.perf_counter()
                     answer = handle(app, request)
                     _send(conn, answer)
-                    print(f"f3ocus warm worker {os.getpid()}: {pickle.loads(request[0]).message_type} "
-                          f"{'failed' if answer[0] == 'raised' else 'handled'} in "
-                          f"{time.perf_counter() - started:.2f} s", flush=True)
+                    print(
+                        f"f3ocus warm worker {os.getpid()}: {pickle.loads(request[0]).message_type} "
+                        f"{'failed' if answer[0] == 'raised' else 'handled'} in "
+                        f"{time.perf_counter() - started:.2f} s",
+                        flush=True,
+                    )
             last = time.monotonic()
     finally:
         server.close()

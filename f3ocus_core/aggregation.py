@@ -66,9 +66,7 @@ class PartialUpdate:
     num_examples: int
 
 
-def validate_update(
-    update: PartialUpdate, expected_keys: list[str], global_state: Mapping[str, np.ndarray]
-) -> None:
+def validate_update(update: PartialUpdate, expected_keys: list[str], global_state: Mapping[str, np.ndarray]) -> None:
     """Raise ``ValueError`` unless ``update`` holds exactly ``expected_keys`` with the global shapes
     and dtypes, finite values, and a positive example count."""
     got, want = set(update.state), set(expected_keys)
@@ -92,8 +90,11 @@ def validate_update(
 
 
 def aggregate_layers(
-    global_state: Mapping[str, np.ndarray], updates: list[PartialUpdate], lora: str = "product",
-    max_share: float = 1.0, robust: str = "",
+    global_state: Mapping[str, np.ndarray],
+    updates: list[PartialUpdate],
+    lora: str = "product",
+    max_share: float = 1.0,
+    robust: str = "",
 ) -> dict[str, np.ndarray]:
     """The new global state: per parameter, the example-weighted mean of the updates that hold it;
     with ``lora="product"``, each LoRA module trained by two or more clients instead gets the
@@ -187,7 +188,7 @@ def robust_mean(values: np.ndarray, scheme: str) -> np.ndarray:
     if scheme == "median":
         return np.median(values, axis=0)
     cut = max(1, int(TRIM_FRACTION * len(values)))
-    return np.sort(values, axis=0)[cut:len(values) - cut].mean(axis=0)
+    return np.sort(values, axis=0)[cut : len(values) - cut].mean(axis=0)
 
 
 def magnitude_limit(dtype: np.dtype) -> float:
@@ -211,12 +212,15 @@ def check_magnitude(update: PartialUpdate) -> None:
             norm = float(np.linalg.norm(value.astype(np.float64)))
         limit = magnitude_limit(value.dtype)
         if not norm <= limit:
-            raise ValueError(f"Client {update.client} sent {key!r} with norm {norm:.3g}, above {limit:.3g}: "
-                             "its average could overflow.")
+            raise ValueError(
+                f"Client {update.client} sent {key!r} with norm {norm:.3g}, above {limit:.3g}: "
+                "its average could overflow."
+            )
 
 
-def bound_update(update: PartialUpdate, sent: Mapping[str, np.ndarray], layers: Iterable[Iterable[str]],
-                 max_norm: float) -> tuple[PartialUpdate, dict[int, float]]:
+def bound_update(
+    update: PartialUpdate, sent: Mapping[str, np.ndarray], layers: Iterable[Iterable[str]], max_norm: float
+) -> tuple[PartialUpdate, dict[int, float]]:
     """``update`` with each layer's change clipped to ``max_norm`` times the norm of the units it was sent.
 
     ``layers`` are the unit keys of every layer (a :class:`~f3ocus_core.peft_units.UnitMap`'s

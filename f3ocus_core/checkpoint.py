@@ -35,9 +35,22 @@ FORMAT_VERSION = 1
 
 #: Run-config keys that may differ between a run and its resumption: where it runs and for how
 #: long, not what it computes. Every other key is part of the fingerprint.
-MAY_CHANGE = frozenset({"num-server-rounds", "run-name", "output-dir", "resume", "round-timeout", "min-clients",
-                        "device", "eval.batch-size", "model.cache-dir", "tracking.to", "tracking.uri",
-                        "tracking.experiment"})
+MAY_CHANGE = frozenset(
+    {
+        "num-server-rounds",
+        "run-name",
+        "output-dir",
+        "resume",
+        "round-timeout",
+        "min-clients",
+        "device",
+        "eval.batch-size",
+        "model.cache-dir",
+        "tracking.to",
+        "tracking.uri",
+        "tracking.experiment",
+    }
+)
 
 _UNIT_PREFIX = "units/"
 _META = "meta"
@@ -79,8 +92,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def config_fingerprint(run_config: Mapping[str, object], layers: list[str],
-                       units: list[list[str]]) -> dict[str, object]:
+def config_fingerprint(
+    run_config: Mapping[str, object], layers: list[str], units: list[list[str]]
+) -> dict[str, object]:
     """What defines a run's computation: its run config (``[tool.flwr.app.config]`` with the run's
     overrides, by config key, less :data:`MAY_CHANGE`), the model's layer names and each layer's
     unit names."""
@@ -104,11 +118,14 @@ def check_fingerprint(saved: dict[str, object], current: dict[str, object], fold
         text = json.dumps(value)
         return text if len(text) <= 60 else text[:57] + "..."
 
-    details = "; ".join(f"{key}: checkpoint {shown(saved.get(key))}, this run {shown(current.get(key))}"
-                        for key in differing)
-    raise ConfigError(f"resume: the checkpoint in {folder} was written by a different configuration "
-                      f"({', '.join(differing)} differ: {details}). Resume with the run's own settings, "
-                      "or start a new run without resume.")
+    details = "; ".join(
+        f"{key}: checkpoint {shown(saved.get(key))}, this run {shown(current.get(key))}" for key in differing
+    )
+    raise ConfigError(
+        f"resume: the checkpoint in {folder} was written by a different configuration "
+        f"({', '.join(differing)} differ: {details}). Resume with the run's own settings, "
+        "or start a new run without resume."
+    )
 
 
 def capture_rng() -> tuple[dict, np.ndarray]:
@@ -117,8 +134,10 @@ def capture_rng() -> tuple[dict, np.ndarray]:
     legacy = np.random.get_state(legacy=True)
     assert isinstance(legacy, tuple), "legacy=True gives the tuple form of the MT19937 state"
     kind, keys, pos, has_gauss, cached = legacy
-    state = {"python": [version, list(internal), gauss],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     return state, torch.get_rng_state().numpy().copy()
 
 
@@ -151,8 +170,13 @@ def checkpoint_path(run_folder: str | Path) -> Path:
 
 def save_checkpoint(run_folder: str | Path, checkpoint: Checkpoint) -> Path:
     """Write ``checkpoint`` atomically to ``run_folder/checkpoint/state.npz``, replacing the previous one."""
-    meta = {"version": FORMAT_VERSION, "round": int(checkpoint.server_round), "strategy": checkpoint.strategy,
-            "fingerprint": checkpoint.fingerprint, "rng": checkpoint.rng}
+    meta = {
+        "version": FORMAT_VERSION,
+        "round": int(checkpoint.server_round),
+        "strategy": checkpoint.strategy,
+        "fingerprint": checkpoint.fingerprint,
+        "rng": checkpoint.rng,
+    }
     arrays = {f"{_UNIT_PREFIX}{key}": np.asarray(value) for key, value in checkpoint.units.items()}
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     arrays[_TORCH_RNG] = np.asarray(checkpoint.torch_rng, dtype=np.uint8)
@@ -170,22 +194,29 @@ def load_checkpoint(run_folder: str | Path) -> Checkpoint:
     """
     path = checkpoint_path(run_folder)
     if not path.is_file():
-        raise ConfigError(f"resume: no checkpoint at {path}; give the folder of a run that completed at least "
-                          "its round-0 evaluation (it holds checkpoint/state.npz), or leave resume empty.")
+        raise ConfigError(
+            f"resume: no checkpoint at {path}; give the folder of a run that completed at least "
+            "its round-0 evaluation (it holds checkpoint/state.npz), or leave resume empty."
+        )
     try:
         arrays = read_npz(path)
         meta = json.loads(arrays.pop(_META).tobytes().decode())
         version = meta.get("version")
         if version == FORMAT_VERSION:
             torch_rng = arrays.pop(_TORCH_RNG)
-            units = {key[len(_UNIT_PREFIX):]: value for key, value in arrays.items() if key.startswith(_UNIT_PREFIX)}
-            checkpoint = Checkpoint(int(meta["round"]), units, meta["strategy"], meta["fingerprint"], meta["rng"],
-                                    torch_rng)
+            units = {key[len(_UNIT_PREFIX) :]: value for key, value in arrays.items() if key.startswith(_UNIT_PREFIX)}
+            checkpoint = Checkpoint(
+                int(meta["round"]), units, meta["strategy"], meta["fingerprint"], meta["rng"], torch_rng
+            )
     except Exception as error:  # a damaged file: whatever zipfile, np.load or json raise
-        raise ConfigError(f"resume: the checkpoint {path} cannot be read ({type(error).__name__}: {error}); the "
-                          "file is damaged or truncated. Restore it from a backup, or start a new run without "
-                          "resume.") from None
+        raise ConfigError(
+            f"resume: the checkpoint {path} cannot be read ({type(error).__name__}: {error}); the "
+            "file is damaged or truncated. Restore it from a backup, or start a new run without "
+            "resume."
+        ) from None
     if version != FORMAT_VERSION:
-        raise ConfigError(f"resume: {path} has checkpoint format {version}, this version reads "
-                          f"{FORMAT_VERSION}; start a new run without resume.")
+        raise ConfigError(
+            f"resume: {path} has checkpoint format {version}, this version reads "
+            f"{FORMAT_VERSION}; start a new run without resume."
+        )
     return checkpoint

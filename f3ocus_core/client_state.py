@@ -67,8 +67,11 @@ class ClientStateStore:
     def _rounds(self, name: str) -> list[tuple[int, Path]]:
         if not self.folder.is_dir():
             return []
-        found = [(int(m["round"]), path) for path in self.folder.iterdir()
-                 if (m := _FILE.match(path.name)) and m["name"] == name]
+        found = [
+            (int(m["round"]), path)
+            for path in self.folder.iterdir()
+            if (m := _FILE.match(path.name)) and m["name"] == name
+        ]
         return sorted(found)
 
     def save(self, name: str, server_round: int, state: dict[str, np.ndarray], keep: int = 2) -> Path:

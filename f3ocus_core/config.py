@@ -130,8 +130,10 @@ def parse_pretrain_exclude(value: str) -> tuple[str, ...]:
     names = tuple(sorted({part.strip().lower() for part in value.split(",") if part.strip()}))
     unknown = [name for name in names if name not in FAMILIES]
     if unknown:
-        raise ConfigError(f"model.pretrain-exclude: unknown question family {unknown}; choose from "
-                          f"{list(FAMILIES)}, comma-separated, or '' for none.")
+        raise ConfigError(
+            f"model.pretrain-exclude: unknown question family {unknown}; choose from "
+            f"{list(FAMILIES)}, comma-separated, or '' for none."
+        )
     if len(names) == len(FAMILIES):
         raise ConfigError("model.pretrain-exclude: leaves no question to pretrain on; keep at least one family.")
     return names
@@ -198,13 +200,15 @@ class _Reader:
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise ConfigError(f"{key}: unknown value {value!r}{did_you_mean(value, choices)}; "
-                              f"choose one of {list(choices)}.")
+            raise ConfigError(
+                f"{key}: unknown value {value!r}{did_you_mean(value, choices)}; choose one of {list(choices)}."
+            )
         return value
 
 
-def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SCORERS,
-                     selectors: tuple[str, ...] = ALGORITHMS) -> RunSettings:
+def parse_run_config(
+    config: Mapping[str, object], scorers: tuple[str, ...] = SCORERS, selectors: tuple[str, ...] = ALGORITHMS
+) -> RunSettings:
     """Build and check :class:`RunSettings` from a flat run config.
 
     Parameters
@@ -220,8 +224,10 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SC
     _check_narrowed("selection.algorithm", selectors, ALGORITHMS)
     unknown = sorted(set(config) - run_config_keys())
     if unknown:
-        raise ConfigError(f"{unknown[0]}: not a run-config key{did_you_mean(unknown[0], run_config_keys())}; "
-                          "docs/config.md lists them all.")
+        raise ConfigError(
+            f"{unknown[0]}: not a run-config key{did_you_mean(unknown[0], run_config_keys())}; "
+            "docs/config.md lists them all."
+        )
     settings = _read(_Reader(config), scorers, selectors)
     check_settings(settings.tracking)
     check_secagg(settings)
@@ -235,25 +241,37 @@ def parse_run_config(config: Mapping[str, object], scorers: tuple[str, ...] = SC
     if not settings.model.name:
         raise ConfigError(f"model.name: empty; give a local folder, a hub id or {BUILTIN_MODEL}.")
     if settings.model.name.startswith("builtin:") and settings.model.name not in BUILTIN_MODELS:
-        raise ConfigError(f"model.name: unknown built-in model {settings.model.name!r}"
-                          f"{did_you_mean(settings.model.name, BUILTIN_MODELS)}; the built-ins are "
-                          f"{sorted(BUILTIN_MODELS)}.")
+        raise ConfigError(
+            f"model.name: unknown built-in model {settings.model.name!r}"
+            f"{did_you_mean(settings.model.name, BUILTIN_MODELS)}; the built-ins are "
+            f"{sorted(BUILTIN_MODELS)}."
+        )
     if settings.model.pretrain_exclude and not settings.model.name.startswith("builtin:"):
-        raise ConfigError(f"model.pretrain-exclude: applies to the built-in bases only; {settings.model.name!r} "
-                          "is not one, so set model.pretrain-exclude='' or model.name='builtin:...'.")
+        raise ConfigError(
+            f"model.pretrain-exclude: applies to the built-in bases only; {settings.model.name!r} "
+            "is not one, so set model.pretrain-exclude='' or model.name='builtin:...'."
+        )
     if settings.control == "local-only" and settings.resume:
-        raise ConfigError("control: 'local-only' keeps one model per client that checkpoints do not hold, "
-                          "so it cannot resume; start the run again, or set control=''.")
+        raise ConfigError(
+            "control: 'local-only' keeps one model per client that checkpoints do not hold, "
+            "so it cannot resume; start the run again, or set control=''."
+        )
     if not math.isfinite(settings.aggregation_max_update_norm):
-        raise ConfigError(f"aggregation.max-update-norm: a finite number >= 0 (0 = no bound), "
-                          f"got {settings.aggregation_max_update_norm}.")
+        raise ConfigError(
+            f"aggregation.max-update-norm: a finite number >= 0 (0 = no bound), "
+            f"got {settings.aggregation_max_update_norm}."
+        )
     if not settings.aggregation_max_client_share <= 1.0:
-        raise ConfigError(f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
-                          f"got {settings.aggregation_max_client_share}.")
+        raise ConfigError(
+            f"aggregation.max-client-share: a share in (0, 1] (1 = no cap), "
+            f"got {settings.aggregation_max_client_share}."
+        )
     partitions = settings.selection.budget_partitions
     if partitions is not None and partitions < settings.min_clients:
-        raise ConfigError(f"selection.budget: {partitions} budgets, one per client, but min-clients="
-                          f"{settings.min_clients} clients must connect; give one number, or one per client.")
+        raise ConfigError(
+            f"selection.budget: {partitions} budgets, one per client, but min-clients="
+            f"{settings.min_clients} clients must connect; give one number, or one per client."
+        )
     return settings
 
 
@@ -332,10 +350,12 @@ def _read(r: _Reader, scorers: tuple[str, ...], selectors: tuple[str, ...]) -> R
         eval_batch_size=r.positive("eval.batch-size", int, defaults.eval_batch_size),
         eval_answer_mode=r.choice("eval.answer-mode", defaults.eval_answer_mode, ANSWER_MODES),
         aggregation_lora=r.choice("aggregation.lora", defaults.aggregation_lora, LORA_SCHEMES),
-        aggregation_max_update_norm=r.positive("aggregation.max-update-norm", float,
-                                               defaults.aggregation_max_update_norm, allow_zero=True),
-        aggregation_max_client_share=r.positive("aggregation.max-client-share", float,
-                                                defaults.aggregation_max_client_share),
+        aggregation_max_update_norm=r.positive(
+            "aggregation.max-update-norm", float, defaults.aggregation_max_update_norm, allow_zero=True
+        ),
+        aggregation_max_client_share=r.positive(
+            "aggregation.max-client-share", float, defaults.aggregation_max_client_share
+        ),
         aggregation_robust=r.choice("aggregation.robust", defaults.aggregation_robust, ROBUST_SCHEMES),
         device=r.get("device", str, defaults.device),
         resume=r.get("resume", str, defaults.resume),
@@ -347,12 +367,14 @@ def _read(r: _Reader, scorers: tuple[str, ...], selectors: tuple[str, ...]) -> R
         ),
         dp=PrivacySettings(
             clip_norm=r.positive("dp.clip-norm", float, PrivacySettings.clip_norm, allow_zero=True),
-            noise_multiplier=r.positive("dp.noise-multiplier", float, PrivacySettings.noise_multiplier,
-                                        allow_zero=True),
+            noise_multiplier=r.positive(
+                "dp.noise-multiplier", float, PrivacySettings.noise_multiplier, allow_zero=True
+            ),
             delta=r.positive("dp.delta", float, PrivacySettings.delta),
             target_epsilon=r.positive("dp.target-epsilon", float, PrivacySettings.target_epsilon, allow_zero=True),
-            score_noise_multiplier=r.positive("dp.score-noise-multiplier", float,
-                                              PrivacySettings.score_noise_multiplier, allow_zero=True),
+            score_noise_multiplier=r.positive(
+                "dp.score-noise-multiplier", float, PrivacySettings.score_noise_multiplier, allow_zero=True
+            ),
             hide_participation=r.get("dp.hide-participation", bool, PrivacySettings.hide_participation),
         ),
         secagg=r.get("secagg", bool, defaults.secagg),
@@ -370,34 +392,48 @@ def check_privacy(settings: RunSettings) -> None:
     """The ``dp.*`` keys: finite, ``dp.delta`` in (0, 1), and with DP on updates the aggregation it
     needs (unweighted linear mean: ``aggregation.robust=''``, ``aggregation.lora='separate'``)."""
     dp = settings.dp
-    for key, value in (("dp.clip-norm", dp.clip_norm), ("dp.noise-multiplier", dp.noise_multiplier),
-                       ("dp.target-epsilon", dp.target_epsilon),
-                       ("dp.score-noise-multiplier", dp.score_noise_multiplier)):
+    for key, value in (
+        ("dp.clip-norm", dp.clip_norm),
+        ("dp.noise-multiplier", dp.noise_multiplier),
+        ("dp.target-epsilon", dp.target_epsilon),
+        ("dp.score-noise-multiplier", dp.score_noise_multiplier),
+    ):
         if not math.isfinite(value):
             raise ConfigError(f"{key}: a finite number >= 0 (0 = off), got {value}.")
     if not dp.delta < 1:
         raise ConfigError(f"dp.delta: a probability in (0, 1), e.g. 1e-5, got {dp.delta}.")
     if dp.hide_participation and not dp.noise_multiplier > 0:
-        raise ConfigError("dp.hide-participation: needs noise on the updates; set dp.clip-norm and "
-                          "dp.noise-multiplier > 0.")
+        raise ConfigError(
+            "dp.hide-participation: needs noise on the updates; set dp.clip-norm and dp.noise-multiplier > 0."
+        )
     if dp.noise_multiplier > 0 and not dp.updates:
         raise ConfigError("dp.noise-multiplier: noise on updates needs a clipping bound; set dp.clip-norm > 0.")
     if dp.target_epsilon > 0 and not (dp.noise_multiplier > 0 or dp.scores):
-        raise ConfigError("dp.target-epsilon: nothing is noised, so every epsilon is infinite; set "
-                          "dp.noise-multiplier (with dp.clip-norm) or dp.score-noise-multiplier > 0, or "
-                          "dp.target-epsilon=0.")
+        raise ConfigError(
+            "dp.target-epsilon: nothing is noised, so every epsilon is infinite; set "
+            "dp.noise-multiplier (with dp.clip-norm) or dp.score-noise-multiplier > 0, or "
+            "dp.target-epsilon=0."
+        )
     if dp.target_epsilon > 0 and dp.updates and not dp.noise_multiplier > 0:
-        raise ConfigError("dp.target-epsilon: updates are clipped but not noised (dp.noise-multiplier=0), so their "
-                          "epsilon is infinite and no round fits; set dp.noise-multiplier > 0.")
+        raise ConfigError(
+            "dp.target-epsilon: updates are clipped but not noised (dp.noise-multiplier=0), so their "
+            "epsilon is infinite and no round fits; set dp.noise-multiplier > 0."
+        )
     if dp.updates and settings.control == "local-only":
-        raise ConfigError("control: 'local-only' releases no average, so dp.clip-norm would protect nothing and its "
-                          "epsilon would mean nothing; set dp.clip-norm=0 or control=''.")
+        raise ConfigError(
+            "control: 'local-only' releases no average, so dp.clip-norm would protect nothing and its "
+            "epsilon would mean nothing; set dp.clip-norm=0 or control=''."
+        )
     if dp.updates and settings.aggregation_robust:
-        raise ConfigError(f"aggregation.robust: {settings.aggregation_robust!r} has no L2 sensitivity bound, so "
-                          "differential privacy (dp.clip-norm > 0) needs the mean; set aggregation.robust=''.")
+        raise ConfigError(
+            f"aggregation.robust: {settings.aggregation_robust!r} has no L2 sensitivity bound, so "
+            "differential privacy (dp.clip-norm > 0) needs the mean; set aggregation.robust=''."
+        )
     if dp.updates and settings.peft.method == "lora" and settings.aggregation_lora != "separate":
-        raise ConfigError("aggregation.lora: the product mean is not linear in the clients' factors, so "
-                          "differential privacy (dp.clip-norm > 0) needs aggregation.lora='separate'.")
+        raise ConfigError(
+            "aggregation.lora: the product mean is not linear in the clients' factors, so "
+            "differential privacy (dp.clip-norm > 0) needs aggregation.lora='separate'."
+        )
 
 
 def check_secagg(settings: RunSettings) -> None:
@@ -407,18 +443,26 @@ def check_secagg(settings: RunSettings) -> None:
     if not settings.secagg:
         return
     if not settings.dp.updates:
-        raise ConfigError("secagg: each client must clip its change, and the bound is the range its masked vector "
-                          "is quantised to; set dp.clip-norm > 0 (e.g. 1.0).")
+        raise ConfigError(
+            "secagg: each client must clip its change, and the bound is the range its masked vector "
+            "is quantised to; set dp.clip-norm > 0 (e.g. 1.0)."
+        )
     if settings.control:
-        raise ConfigError(f"secagg: control={settings.control!r} releases no layer average to protect; set "
-                          "control='' or secagg=false.")
+        raise ConfigError(
+            f"secagg: control={settings.control!r} releases no layer average to protect; set "
+            "control='' or secagg=false."
+        )
     if settings.aggregation_robust:
-        raise ConfigError(f"aggregation.robust: {settings.aggregation_robust!r} needs every client's units, and "
-                          "secagg=true shows the server only each layer's sum; set aggregation.robust='' or "
-                          "secagg=false.")
+        raise ConfigError(
+            f"aggregation.robust: {settings.aggregation_robust!r} needs every client's units, and "
+            "secagg=true shows the server only each layer's sum; set aggregation.robust='' or "
+            "secagg=false."
+        )
     if settings.peft.method == "lora" and settings.aggregation_lora != "separate":
-        raise ConfigError("aggregation.lora: the product mean needs every client's factors, and secagg=true shows "
-                          "the server only each layer's sum; set aggregation.lora='separate'.")
+        raise ConfigError(
+            "aggregation.lora: the product mean needs every client's factors, and secagg=true shows "
+            "the server only each layer's sum; set aggregation.lora='separate'."
+        )
 
 
 def check_against_model(settings: RunSettings, num_layers: int) -> None:
@@ -429,5 +473,6 @@ def check_against_model(settings: RunSettings, num_layers: int) -> None:
     given = settings.selection.params.get("layers", ()) if settings.selection.algorithm == "fixed" else ()
     layers = given if isinstance(given, tuple) else (given,)
     if layers and max(layers) >= num_layers:
-        raise ConfigError(f"selection.params: layer {int(max(layers))} does not exist; the model has layers "
-                          f"0..{num_layers - 1}.")
+        raise ConfigError(
+            f"selection.params: layer {int(max(layers))} does not exist; the model has layers 0..{num_layers - 1}."
+        )

@@ -27,8 +27,20 @@ from f3ocus_core.peft_modes import PEFT_METHODS, check_method, peft_mode
 from f3ocus_core.peft_modes.targets import target_regex
 from f3ocus_core.peft_settings import PeftSettings
 
-__all__ = ["PEFT_METHODS", "PeftSettings", "UnitMap", "attach_units", "get_state", "head_names", "load_adapter",
-           "save_adapter", "set_state", "set_trainable", "target_regex", "unit_map"]
+__all__ = [
+    "PEFT_METHODS",
+    "PeftSettings",
+    "UnitMap",
+    "attach_units",
+    "get_state",
+    "head_names",
+    "load_adapter",
+    "save_adapter",
+    "set_state",
+    "set_trainable",
+    "target_regex",
+    "unit_map",
+]
 
 #: Parameter-name prefixes of the personal answer head (ViLT's ``classifier``), PEFT-wrapped or not.
 HEAD_MARKERS = ("classifier.",)
@@ -154,8 +166,10 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, settings: PeftSetti
     mode = peft_mode(settings.method)
     if mode.PEFT_FORMAT or settings.method == "full":
         if not isinstance(model, PeftModel | PreTrainedModel):
-            raise TypeError(f"peft.method={settings.method!r} saves with save_pretrained, which a "
-                            f"{type(model).__name__} lacks: pass the PEFT or Hugging Face model.")
+            raise TypeError(
+                f"peft.method={settings.method!r} saves with save_pretrained, which a "
+                f"{type(model).__name__} lacks: pass the PEFT or Hugging Face model."
+            )
         model.save_pretrained(str(folder))
         return folder
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,7 @@ def split_values(value: object, key: str) -> tuple[str, ...]:
     return values
 
 
-def values_for(values: Sequence[T], num_clients: int, key: str, plural: str = "values",
-               noun: str = "value") -> list[T]:
+def values_for(values: Sequence[T], num_clients: int, key: str, plural: str = "values", noun: str = "value") -> list[T]:
     """One value per client for ``num_clients`` clients: the single value repeated, or the list as given.
 
     Raises a ``ConfigError`` naming ``key`` when a list's length is not ``num_clients``.
@@ -38,8 +37,9 @@ def values_for(values: Sequence[T], num_clients: int, key: str, plural: str = "v
     return list(values)
 
 
-def values_of(values: Sequence[T], partition_ids: Sequence[int], key: str, plural: str = "values",
-              noun: str = "value") -> list[T]:
+def values_of(
+    values: Sequence[T], partition_ids: Sequence[int], key: str, plural: str = "values", noun: str = "value"
+) -> list[T]:
     """The value of each client in ``partition_ids``: the single value, or the list's entry at its id.
 
     Raises a ``ConfigError`` naming ``key`` when a list has no entry for some partition id.
@@ -50,6 +50,8 @@ def values_of(values: Sequence[T], partition_ids: Sequence[int], key: str, plura
         return [values[0]] * len(partition_ids)
     missing = sorted({int(p) for p in partition_ids if not 0 <= int(p) < len(values)})
     if missing:
-        raise ConfigError(f"{key}: {len(values)} {plural} given, but partition id(s) {missing} have "
-                          f"none; give one {noun}, or one per client (partition ids 0..{len(values) - 1}).")
+        raise ConfigError(
+            f"{key}: {len(values)} {plural} given, but partition id(s) {missing} have "
+            f"none; give one {noun}, or one per client (partition ids 0..{len(values) - 1})."
+        )
     return [values[int(p)] for p in partition_ids]

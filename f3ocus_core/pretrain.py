@@ -67,8 +67,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "f3ocus"
 
 
-def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 3000, seed: int = 0,
-                       exclude: tuple[str, ...] = ()) -> str:
+def resolve_model_path(
+    name: str, cache_dir: str | Path = "", steps: int = 3000, seed: int = 0, exclude: tuple[str, ...] = ()
+) -> str:
     """The path or hub id to load for ``model.name``, building the built-in checkpoint if needed
     (``exclude``: ``model.pretrain-exclude``, the question families its pretraining leaves out)."""
     if name.startswith("builtin:"):
@@ -82,8 +83,9 @@ def resolve_model_path(name: str, cache_dir: str | Path = "", steps: int = 3000,
     return name
 
 
-def ensure_base_checkpoint(cache_dir: str | Path, steps: int = 3000, seed: int = 0, name: str = BUILTIN_MODEL,
-                           exclude: tuple[str, ...] = ()) -> Path:
+def ensure_base_checkpoint(
+    cache_dir: str | Path, steps: int = 3000, seed: int = 0, name: str = BUILTIN_MODEL, exclude: tuple[str, ...] = ()
+) -> Path:
     """The folder of the built-in base checkpoint ``name`` for (``steps``, ``seed``, ``exclude``), built
     first if missing; the excluded question families are part of the folder name."""
     if steps < 1:
@@ -109,13 +111,15 @@ def _excluded(exclude: tuple[str, ...]) -> str:
     """The cache-folder suffix of ``model.pretrain-exclude`` (empty when nothing is excluded)."""
     unknown = sorted(set(exclude) - set(easy_vqa.FAMILIES))
     if unknown:
-        raise ValueError(f"model.pretrain-exclude: unknown question family {unknown}; choose from "
-                         f"{list(easy_vqa.FAMILIES)}.")
+        raise ValueError(
+            f"model.pretrain-exclude: unknown question family {unknown}; choose from {list(easy_vqa.FAMILIES)}."
+        )
     return "".join(f"-no-{family}" for family in sorted(set(exclude)))
 
 
-def build_base_checkpoint(out_dir: str | Path, steps: int = 3000, seed: int = 0,
-                          name: str = BUILTIN_MODEL, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+def build_base_checkpoint(
+    out_dir: str | Path, steps: int = 3000, seed: int = 0, name: str = BUILTIN_MODEL, exclude: tuple[str, ...] = ()
+) -> dict[str, float]:
     """Train the built-in base ``name`` (its family's tiny model) on the easy-vqa base pool for
     ``steps`` steps (:data:`RECIPE`), measure whether it reads the image, and save model, processor
     and :data:`METADATA_FILE`.
@@ -142,8 +146,15 @@ def build_base_checkpoint(out_dir: str | Path, steps: int = 3000, seed: int = 0,
     collate = make_collate(processor, labels)
     log.info("Building the base checkpoint %s: %d steps on %d questions", name, steps, len(pool))
     with progress_bar(steps, f"base checkpoint {name}", unit="step") as bar:
-        metrics = pretrain(model, pool, collate, steps, seed, RECIPE, on_step=lambda step, loss: (
-            bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
+        metrics = pretrain(
+            model,
+            pool,
+            collate,
+            steps,
+            seed,
+            RECIPE,
+            on_step=lambda step, loss: (bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)),
+        )
     metrics["train_seconds"] = time.perf_counter() - started
     held_out = easy_vqa.held_out_questions(seed, HELD_OUT_QUESTIONS)
     ablation = image_ablation(model, held_out, collate, easy_vqa.answer_type, seed=seed)
@@ -151,14 +162,26 @@ def build_base_checkpoint(out_dir: str | Path, steps: int = 3000, seed: int = 0,
     metrics["seconds"] = time.perf_counter() - started
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    metadata = {"name": name, "recipe_version": RECIPE_VERSION, "recipe": asdict(RECIPE), "steps": steps,
-                "seed": seed, "exclude": sorted(set(exclude)), "metrics": metrics}
+    metadata = {
+        "name": name,
+        "recipe_version": RECIPE_VERSION,
+        "recipe": asdict(RECIPE),
+        "steps": steps,
+        "seed": seed,
+        "exclude": sorted(set(exclude)),
+        "metrics": metrics,
+    }
     (Path(out_dir) / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
     log.info(
         "Base checkpoint %s built in %.0f s. On %d held-out client questions: accuracy %.3f with the "
         "real images, %.3f with shuffled images (image-ablation gap %.3f); colour questions %.3f",
-        name, metrics["seconds"], int(ablation["n"]), ablation["real"], ablation["shuffled"],
-        ablation["gap"], ablation.get("colour.real", float("nan")),
+        name,
+        metrics["seconds"],
+        int(ablation["n"]),
+        ablation["real"],
+        ablation["shuffled"],
+        ablation["gap"],
+        ablation.get("colour.real", float("nan")),
     )
     return metrics
 
@@ -215,8 +238,15 @@ class Recipe:
 RECIPE = Recipe()
 
 
-def pretrain(model: torch.nn.Module, pool: datasets.Dataset, collate: Collate, steps: int, seed: int,
-             recipe: Recipe, on_step: Callable[[int, float], object] | None = None) -> dict[str, float]:
+def pretrain(
+    model: torch.nn.Module,
+    pool: datasets.Dataset,
+    collate: Collate,
+    steps: int,
+    seed: int,
+    recipe: Recipe,
+    on_step: Callable[[int, float], object] | None = None,
+) -> dict[str, float]:
     """Pretrain ``model`` on the easy-vqa questions ``pool`` for ``steps`` steps of ``recipe``.
 
     The batches are drawn first and the rows they use encoded once (one collate); this is about three
@@ -261,4 +291,4 @@ def pretrain(model: torch.nn.Module, pool: datasets.Dataset, collate: Collate, s
             if (step + 1) % 200 == 0 or step + 1 == steps:
                 log.info("  base checkpoint: step %d/%d, loss %.3f", step + 1, steps, float(np.mean(losses[-50:])))
     model.eval()
-    return {"loss": float(np.mean(losses[-max(1, steps // 10):])), "steps": float(steps)}
+    return {"loss": float(np.mean(losses[-max(1, steps // 10) :])), "steps": float(steps)}

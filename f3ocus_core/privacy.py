@@ -107,12 +107,12 @@ class PrivacySettings:
 
 def update_norm(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> float:
     """The L2 norm of ``new - old`` over all keys of ``new`` together (one flattened vector)."""
-    return float(np.sqrt(sum(np.sum((new[key].astype(np.float64) - old[key].astype(np.float64)) ** 2)
-                             for key in new)))
+    return float(np.sqrt(sum(np.sum((new[key].astype(np.float64) - old[key].astype(np.float64)) ** 2) for key in new)))
 
 
-def clip_update(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray],
-                clip_norm: float) -> tuple[dict[str, np.ndarray], float]:
+def clip_update(
+    new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray], clip_norm: float
+) -> tuple[dict[str, np.ndarray], float]:
     """``new`` with its change from ``old`` scaled by ``min(1, clip_norm / ||new - old||)``, the
     norm taken over all of ``new``'s keys together; and that norm before clipping.
 
@@ -123,19 +123,26 @@ def clip_update(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray],
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     if scale == 1.0:
         return dict(new), norm
-    clipped = {key: (old[key].astype(np.float64) + scale * (value.astype(np.float64) - old[key].astype(np.float64)))
-               .astype(value.dtype) for key, value in new.items()}
+    clipped = {
+        key: (old[key].astype(np.float64) + scale * (value.astype(np.float64) - old[key].astype(np.float64))).astype(
+            value.dtype
+        )
+        for key, value in new.items()
+    }
     return clipped, norm
 
 
-def equal_weight_clipped(updates: Sequence[PartialUpdate], sent: Sequence[Mapping[str, np.ndarray]],
-                         clip_norm: float) -> list[PartialUpdate]:
+def equal_weight_clipped(
+    updates: Sequence[PartialUpdate], sent: Sequence[Mapping[str, np.ndarray]], clip_norm: float
+) -> list[PartialUpdate]:
     """The server's side of DP on updates before averaging: each update clipped again to
     ``clip_norm`` against the units it was sent (``sent``, one state per update; the server need
     not trust the client's clipping) and given weight 1, so that every layer's average is the
     unweighted mean."""
-    return [PartialUpdate(update.client, clip_update(update.state, start, clip_norm)[0], 1)
-            for update, start in zip(updates, sent)]
+    return [
+        PartialUpdate(update.client, clip_update(update.state, start, clip_norm)[0], 1)
+        for update, start in zip(updates, sent)
+    ]
 
 
 def layer_noise_std(noise_multiplier: float, clip_norm: float, count: int) -> float:
@@ -144,9 +151,14 @@ def layer_noise_std(noise_multiplier: float, clip_norm: float, count: int) -> fl
     return float(noise_multiplier * clip_norm / count)
 
 
-def add_layer_noise(state: Mapping[str, np.ndarray], layers: Sequence[Sequence[str]], counts: Sequence[int],
-                    noise_multiplier: float, clip_norm: float,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def add_layer_noise(
+    state: Mapping[str, np.ndarray],
+    layers: Sequence[Sequence[str]],
+    counts: Sequence[int],
+    noise_multiplier: float,
+    clip_norm: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """``state`` with Gaussian noise of std :func:`layer_noise_std` added to every unit of each
     layer that ``counts[l] > 0`` clients trained; other layers are returned as they are.
 
@@ -164,9 +176,13 @@ def add_layer_noise(state: Mapping[str, np.ndarray], layers: Sequence[Sequence[s
     return noised
 
 
-def spread_over_sampled(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray],
-                        layers: Sequence[Sequence[str]], counts: Sequence[int],
-                        sampled: int) -> dict[str, np.ndarray]:
+def spread_over_sampled(
+    new: Mapping[str, np.ndarray],
+    old: Mapping[str, np.ndarray],
+    layers: Sequence[Sequence[str]],
+    counts: Sequence[int],
+    sampled: int,
+) -> dict[str, np.ndarray]:
     """``new`` (each layer the mean over the ``counts[l]`` clients that trained it) turned into the
     mean over all ``sampled`` clients of their zero-padded changes: ``old + (new - old) n_l / m``.
 
@@ -185,8 +201,9 @@ def spread_over_sampled(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndar
     return spread
 
 
-def privatize_scores(normalized: Sequence[float] | np.ndarray, score_noise_multiplier: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def privatize_scores(
+    normalized: Sequence[float] | np.ndarray, score_noise_multiplier: float, rng: np.random.Generator
+) -> np.ndarray:
     """A normalised score vector (non-negative, sum 1) with Gaussian noise of std
     ``tau * sqrt(2)`` on each entry, mapped back to the simplex: floored at :data:`SCORE_FLOOR` and
     divided by its sum (post-processing, free under DP). The input is first projected onto the
@@ -200,14 +217,15 @@ def privatize_scores(normalized: Sequence[float] | np.ndarray, score_noise_multi
     return noisy / noisy.sum()
 
 
-def noise_multiplier_for(target_epsilon: float, rounds: int, sample_size: int, population: int,
-                         delta: float) -> float:
+def noise_multiplier_for(target_epsilon: float, rounds: int, sample_size: int, population: int, delta: float) -> float:
     """The smallest ``dp.noise-multiplier`` (to 0.1%) whose updates' epsilon after ``rounds`` rounds
     of ``sample_size`` of ``population`` clients stays <= ``target_epsilon`` at ``delta``: what to
     set for a budget (bisection over :class:`PrivacyLedger`)."""
+
     def epsilon(sigma: float) -> float:
-        ledger = PrivacyLedger(PrivacySettings(clip_norm=1.0, noise_multiplier=sigma, delta=delta), population,
-                               [sample_size] * rounds)
+        ledger = PrivacyLedger(
+            PrivacySettings(clip_norm=1.0, noise_multiplier=sigma, delta=delta), population, [sample_size] * rounds
+        )
         return ledger.epsilons()["epsilon_updates"]
 
     low, high = 0.05, 1.0
@@ -256,8 +274,11 @@ class PrivacyLedger:
         from dp_accounting.privacy_accountant import NeighboringRelation
         from dp_accounting.rdp import RdpAccountant
 
-        relation = (NeighboringRelation.ADD_OR_REMOVE_ONE if self.settings.hide_participation
-                    else NeighboringRelation.REPLACE_SPECIAL)
+        relation = (
+            NeighboringRelation.ADD_OR_REMOVE_ONE
+            if self.settings.hide_participation
+            else NeighboringRelation.REPLACE_SPECIAL
+        )
         accountant = RdpAccountant(neighboring_relation=relation)
         if scores:
             count = self.score_releases + (extra is not None)
@@ -265,8 +286,11 @@ class PrivacyLedger:
                 accountant.compose(dp_event.GaussianDpEvent(self.settings.score_noise_multiplier), count)
             return accountant
         for size in self.rounds + ([] if extra is None else [extra]):
-            accountant.compose(dp_event.PoissonSampledDpEvent(
-                size / self.population, dp_event.GaussianDpEvent(self.settings.noise_multiplier)))
+            accountant.compose(
+                dp_event.PoissonSampledDpEvent(
+                    size / self.population, dp_event.GaussianDpEvent(self.settings.noise_multiplier)
+                )
+            )
         return accountant
 
     def epsilons(self, extra: int | None = None) -> dict[str, float]:
@@ -277,8 +301,11 @@ class PrivacyLedger:
         result = {}
         with _quiet_absl():
             if s.updates:
-                result["epsilon_updates"] = (float(self._accountant(extra, False).get_epsilon(s.delta))
-                                             if s.noise_multiplier > 0 else float("inf"))
+                result["epsilon_updates"] = (
+                    float(self._accountant(extra, False).get_epsilon(s.delta))
+                    if s.noise_multiplier > 0
+                    else float("inf")
+                )
             if s.scores:
                 result["epsilon_scores"] = float(self._accountant(extra, True).get_epsilon(s.delta))
         return result
@@ -287,13 +314,16 @@ class PrivacyLedger:
         """One line for the run's start: the settings, the population and the epsilons the whole run
         would reach (``rounds`` more rounds of ``sample_size`` clients)."""
         s = self.settings
-        projected = PrivacyLedger(s, self.population, self.rounds + [sample_size] * rounds,
-                                  self.score_releases + rounds).epsilons()
+        projected = PrivacyLedger(
+            s, self.population, self.rounds + [sample_size] * rounds, self.score_releases + rounds
+        ).epsilons()
         spent = ", ".join(f"{kind} {value:.3g}" for kind, value in projected.items())
-        return (f"dp.clip-norm={s.clip_norm:g}, dp.noise-multiplier={s.noise_multiplier:g}, "
-                f"dp.score-noise-multiplier={s.score_noise_multiplier:g}; {sample_size} of {self.population} clients "
-                f"per round; after {len(self.rounds) + rounds} rounds: {spent} at delta {s.delta:g}"
-                + (f" (target {s.target_epsilon:g})" if s.target_epsilon > 0 else ""))
+        return (
+            f"dp.clip-norm={s.clip_norm:g}, dp.noise-multiplier={s.noise_multiplier:g}, "
+            f"dp.score-noise-multiplier={s.score_noise_multiplier:g}; {sample_size} of {self.population} clients "
+            f"per round; after {len(self.rounds) + rounds} rounds: {spent} at delta {s.delta:g}"
+            + (f" (target {s.target_epsilon:g})" if s.target_epsilon > 0 else "")
+        )
 
     def would_exceed(self, sample_size: int) -> str | None:
         """Why one more round of ``sample_size`` clients would take an epsilon above
@@ -303,8 +333,10 @@ class PrivacyLedger:
             return None
         for kind, value in self.epsilons(sample_size).items():
             if not value <= target:
-                return (f"dp.target-epsilon: round {len(self.rounds) + 1} would take {kind} to {value:.3g} "
-                        f"(delta {self.settings.delta:g}), above the target {target:g}")
+                return (
+                    f"dp.target-epsilon: round {len(self.rounds) + 1} would take {kind} to {value:.3g} "
+                    f"(delta {self.settings.delta:g}), above the target {target:g}"
+                )
         return None
 
     def record(self, sample_size: int, scores: bool = True) -> dict[str, float]:

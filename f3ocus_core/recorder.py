@@ -89,8 +89,9 @@ class RoundRecord:
         self.failed.append({"phase": phase, "client": client, "reason": reason})
 
 
-def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], name_of: Callable[[int], str],
-                max_share: float = 1.0) -> dict:
+def metrics_row(
+    record: RoundRecord, evaluations: dict[str, dict[str, float]], name_of: Callable[[int], str], max_share: float = 1.0
+) -> dict:
     """The round's ``metrics.jsonl`` row.
 
     Parameters
@@ -140,9 +141,11 @@ def metrics_row(record: RoundRecord, evaluations: dict[str, dict[str, float]], n
         "bytes_down": {phase: by_name(per_node) for phase, per_node in record.bytes_down.items()},
         "trainable_params": by_name(record.trainable_params),
         "train_gflop": {name_of(node): float(value) for node, value in sorted(record.train_gflop.items())},
-        "mbit_train_per_client": float(np.mean([
-            (record.bytes_down["train"][node] + record.bytes_up.get(node, 0)) * 8 / 1e6 for node in trained
-        ])) if trained else None,
+        "mbit_train_per_client": float(
+            np.mean([(record.bytes_down["train"][node] + record.bytes_up.get(node, 0)) * 8 / 1e6 for node in trained])
+        )
+        if trained
+        else None,
         "seconds_query": record.seconds_query,
         "seconds_select": record.seconds_select,
         "seconds_train": record.seconds_train,
@@ -214,22 +217,28 @@ class RunRecorder:
 
     def export_state(self) -> dict:
         """The rows and assignments recorded so far, as JSON (part of the server's checkpoint)."""
-        return {"rows": json.loads(json.dumps(self.rows, default=_jsonable)),
-                "assignments": [[r, clients, masks.astype(int).tolist()] for r, clients, masks in self.assignments]}
+        return {
+            "rows": json.loads(json.dumps(self.rows, default=_jsonable)),
+            "assignments": [[r, clients, masks.astype(int).tolist()] for r, clients, masks in self.assignments],
+        }
 
     def import_state(self, state: dict, last_round: int) -> None:
         """Continue after ``last_round`` from :meth:`export_state`'s ``state``: take its rows and
         assignments, and rewrite ``metrics.jsonl`` and ``selection.jsonl`` without the rows of later
         rounds (written by a round that did not complete before the crash)."""
         self.rows = list(state["rows"])
-        self.assignments = [(int(r), list(clients), np.asarray(masks, dtype=bool))
-                            for r, clients, masks in state["assignments"]]
+        self.assignments = [
+            (int(r), list(clients), np.asarray(masks, dtype=bool)) for r, clients, masks in state["assignments"]
+        ]
         with atomic_file(self.out_dir / "metrics.jsonl") as stream:
             stream.write("".join(json.dumps(row) + "\n" for row in self.rows).encode())
         selection = self.out_dir / "selection.jsonl"
         if selection.exists():
-            kept = [line for line in selection.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["round"] <= last_round]
+            kept = [
+                line
+                for line in selection.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["round"] <= last_round
+            ]
             with atomic_file(selection) as stream:
                 stream.write("".join(kept).encode())
 
@@ -253,16 +262,18 @@ class RunRecorder:
         if not path.exists():
             self.write_json(f"labels/{safe}.json", {"client": client, "kind": kind, "labels": labels})
 
-    def record_selection(self, server_round: int, clients: list[str], record: dict, result: SelectionResult,
-                         own_masks: np.ndarray) -> None:
+    def record_selection(
+        self, server_round: int, clients: list[str], record: dict, result: SelectionResult, own_masks: np.ndarray
+    ) -> None:
         """Append the round's selection record and draw its front and coverage figures."""
         from f3ocus_core.selection.figures import plot_coverage, plot_front
 
         self._append("selection.jsonl", {"round": server_round, "clients": clients, **record})
         if "scores" in record and "budgets" in record:
-            self._scored[server_round] = {client: (list(np.asarray(values, dtype=float)), int(budget))
-                                          for client, values, budget in zip(clients, record["scores"],
-                                                                            record["budgets"])}
+            self._scored[server_round] = {
+                client: (list(np.asarray(values, dtype=float)), int(budget))
+                for client, values, budget in zip(clients, record["scores"], record["budgets"])
+            }
         (self.out_dir / "fronts").mkdir(exist_ok=True)
         (self.out_dir / "coverage").mkdir(exist_ok=True)
         plot_front(result, self.out_dir / "fronts" / f"round_{server_round:03d}.png")

@@ -71,8 +71,10 @@ def parse_trackers(value: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
-        raise ConfigError(f"tracking.to: unknown tracker {unknown[0]!r}{did_you_mean(unknown[0], TRACKERS)}; choose "
-                          f"'' (off), one of {list(TRACKERS)} or several, comma-separated ({','.join(TRACKERS)!r}).")
+        raise ConfigError(
+            f"tracking.to: unknown tracker {unknown[0]!r}{did_you_mean(unknown[0], TRACKERS)}; choose "
+            f"'' (off), one of {list(TRACKERS)} or several, comma-separated ({','.join(TRACKERS)!r})."
+        )
     return tuple(name for name in TRACKERS if name in names)
 
 
@@ -84,8 +86,10 @@ def is_address(uri: str) -> bool:
 def check_settings(settings: TrackingSettings) -> None:
     """Checks of the ``tracking.*`` values that need no tracker installed."""
     if settings.uri and is_address(settings.uri) and settings.trackers == ("tensorboard",):
-        raise ConfigError(f"tracking.uri: {settings.uri!r} is an address, but TensorBoard writes event files; "
-                          "give a folder, or leave tracking.uri empty for the run's folder.")
+        raise ConfigError(
+            f"tracking.uri: {settings.uri!r} is an address, but TensorBoard writes event files; "
+            "give a folder, or leave tracking.uri empty for the run's folder."
+        )
     if settings.trackers and not settings.experiment.strip():
         raise ConfigError("tracking.experiment: empty; give the MLflow experiment name, e.g. 'f3ocus'.")
 
@@ -99,7 +103,8 @@ def require_installed(trackers: tuple[str, ...]) -> None:
             except ImportError as error:
                 raise ConfigError(
                     f"tracking.to: {name!r} is asked for but not installed ({error}). Install the trackers with "
-                    f"{INSTALL}, or set tracking.to='' to run without one.") from None
+                    f"{INSTALL}, or set tracking.to='' to run without one."
+                ) from None
 
 
 def _key(name: str) -> str:
@@ -147,8 +152,10 @@ def run_params(run_config: Mapping[str, object], extra: Mapping[str, object] | N
     """The run config (and ``extra`` entries such as the model path) as MLflow parameters (strings)."""
     params = {str(key): value for key, value in run_config.items()}
     params.update(extra or {})
-    return {_key(key): (json.dumps(value) if isinstance(value, bool) else str(value))[:6000]
-            for key, value in sorted(params.items())}
+    return {
+        _key(key): (json.dumps(value) if isinstance(value, bool) else str(value))[:6000]
+        for key, value in sorted(params.items())
+    }
 
 
 def _image_array(path: Path) -> np.ndarray:
@@ -212,28 +219,39 @@ class MlflowTracker:
 
     name = "mlflow"
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-                 artifact_root: str | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        artifact_root: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found is not None
-                              else self.client.create_experiment(experiment, artifact_location=artifact_root))
+        self.experiment_id = (
+            found.experiment_id
+            if found is not None
+            else self.client.create_experiment(experiment, artifact_location=artifact_root)
+        )
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
         else:
-            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name,
-                                                 tags=dict(tags or {})).info.run_id
+            self.run_id = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags=dict(tags or {})
+            ).info.run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(key, value) for key, value in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_round(self, step: int, scalars: Mapping[str, float], images: Mapping[str, Path]) -> None:
         from mlflow.entities import Metric
@@ -241,7 +259,7 @@ class MlflowTracker:
         stamp = int(time.time() * 1000)
         metrics = [Metric(key, value, stamp, step) for key, value in scalars.items()]
         for start in range(0, len(metrics), _MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + _MLFLOW_BATCH])
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _MLFLOW_BATCH])
         for key, path in images.items():
             self.client.log_image(self.run_id, _image_array(path), key=key, step=step)
 
@@ -269,8 +287,14 @@ class RunTracking:
             try:
                 call(tracker)
             except Exception as error:  # a tracker must never stop the federated run
-                log.warning("tracking: %s could not log %s (%s: %s); the run goes on, %s has everything.",
-                            tracker.name, what, type(error).__name__, error, self.out_dir / "metrics.jsonl")
+                log.warning(
+                    "tracking: %s could not log %s (%s: %s); the run goes on, %s has everything.",
+                    tracker.name,
+                    what,
+                    type(error).__name__,
+                    error,
+                    self.out_dir / "metrics.jsonl",
+                )
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log the run's parameters."""
@@ -307,9 +331,14 @@ def _locations(settings: TrackingSettings, out_dir: Path, run_name: str) -> tupl
     return logdir, f"sqlite:///{base / 'mlflow.db'}", (base / "mlartifacts").as_uri()
 
 
-def open_tracking(settings: TrackingSettings, out_dir: str | Path, run_name: str,
-                  params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
-                  resumed_round: int | None = None) -> RunTracking:
+def open_tracking(
+    settings: TrackingSettings,
+    out_dir: str | Path,
+    run_name: str,
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    resumed_round: int | None = None,
+) -> RunTracking:
     """Open the asked-for trackers for the run in ``out_dir`` and log its ``params``.
 
     ``resumed_round``: the run continues after that round; MLflow then continues the run it had
@@ -330,8 +359,7 @@ def open_tracking(settings: TrackingSettings, out_dir: str | Path, run_name: str
             trackers.append(TensorBoardTracker(logdir, None if resumed_round is None else resumed_round + 1))
         if "mlflow" in settings.trackers:
             previous = state.get("mlflow", {})
-            run_id = (previous.get("run_id") if resumed_round is not None and previous.get("uri") == mlflow_uri
-                      else None)
+            run_id = previous.get("run_id") if resumed_round is not None and previous.get("uri") == mlflow_uri else None
             tracker = MlflowTracker(mlflow_uri, settings.experiment, run_name, tags, artifact_root, run_id)
             trackers.append(tracker)
             state["mlflow"] = {"uri": mlflow_uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id}
@@ -340,8 +368,10 @@ def open_tracking(settings: TrackingSettings, out_dir: str | Path, run_name: str
     except Exception as error:
         for tracker in trackers:
             tracker.close("FAILED")
-        raise ConfigError(f"tracking.uri: could not open {settings.trackers} at "
-                          f"{settings.uri or out} ({type(error).__name__}: {error}).") from error
+        raise ConfigError(
+            f"tracking.uri: could not open {settings.trackers} at "
+            f"{settings.uri or out} ({type(error).__name__}: {error})."
+        ) from error
     if "tensorboard" in settings.trackers:
         state["tensorboard"] = {"logdir": str(logdir)}
     state_path.write_text(json.dumps(state, indent=2) + "\n")
@@ -367,8 +397,9 @@ def content_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def replay_run(settings: TrackingSettings, folder: str | Path, run_name: str, tags: Mapping[str, str],
-               rows: Sequence[Mapping]) -> bool:
+def replay_run(
+    settings: TrackingSettings, folder: str | Path, run_name: str, tags: Mapping[str, str], rows: Sequence[Mapping]
+) -> bool:
     """Log a finished run from its folder (``config.json``, ``metrics.jsonl`` rows, figures, adapter)
     as one tracker run, for runs that did not log while they went (a comparison grid's cells).
 
@@ -418,8 +449,12 @@ def final_artifacts(out_dir: str | Path) -> dict[str, Path]:
     """What a finished run keeps in MLflow: the final adapter (``model/`` for ``peft.method=full``),
     ``config.json`` and ``metrics.jsonl``."""
     out = Path(out_dir)
-    paths = {"adapter": out / "adapter", "model": out / "model", "config.json": out / "config.json",
-             "metrics.jsonl": out / "metrics.jsonl"}
+    paths = {
+        "adapter": out / "adapter",
+        "model": out / "model",
+        "config.json": out / "config.json",
+        "metrics.jsonl": out / "metrics.jsonl",
+    }
     return {name: path for name, path in paths.items() if path.exists()}
 
 
@@ -458,14 +493,19 @@ class GridTracking:
     def _grid_run(self) -> str:
         client, artifact_root = self._client()
         found = client.get_experiment_by_name(self.settings.experiment)
-        experiment = (found.experiment_id if found is not None
-                      else client.create_experiment(self.settings.experiment, artifact_location=artifact_root))
-        runs = client.search_runs([experiment], f"tags.`f3ocus.grid` = '{self.name}' and tags.`f3ocus.kind` = 'grid'",
-                                  max_results=1)
+        experiment = (
+            found.experiment_id
+            if found is not None
+            else client.create_experiment(self.settings.experiment, artifact_location=artifact_root)
+        )
+        runs = client.search_runs(
+            [experiment], f"tags.`f3ocus.grid` = '{self.name}' and tags.`f3ocus.kind` = 'grid'", max_results=1
+        )
         if runs:
             return runs[0].info.run_id
-        return client.create_run(experiment, run_name=f"grid {self.name}",
-                                 tags={"f3ocus.grid": self.name, "f3ocus.kind": "grid"}).info.run_id
+        return client.create_run(
+            experiment, run_name=f"grid {self.name}", tags={"f3ocus.grid": self.name, "f3ocus.kind": "grid"}
+        ).info.run_id
 
     def log_cell(self, folder: str | Path, method: str, seed: int) -> bool:
         """Log one finished cell (unless MLflow has it already); True if anything was logged."""

@@ -27,9 +27,7 @@ Collate = Callable[[list[dict]], Batch]
 ANSWER_MODES: tuple[str, ...] = ("rank", "generate")
 
 
-def make_collate(
-    processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False
-) -> Collate:
+def make_collate(processor: object, labels: list[str], max_text_len: int = 40, multi_label: bool = False) -> Collate:
     """A function that turns rows (``image``, ``question``, ``answers``) into a model batch, as the
     processor's model family lays it out (:mod:`f3ocus_core.families`).
 

@@ -65,11 +65,25 @@ SETTING = {
 CLIENTS = 8
 ROUNDS = 3
 SEEDS = (0, 1, 2, 3, 4)
-METHOD_NAMES = ("f3ocus-nsga2", "f3ocus-exact", "lntk-alone", "fd", "last", "grasp", "spt", "all-layers",
-                "heads-only", "local-only")
+METHOD_NAMES = (
+    "f3ocus-nsga2",
+    "f3ocus-exact",
+    "lntk-alone",
+    "fd",
+    "last",
+    "grasp",
+    "spt",
+    "all-layers",
+    "heads-only",
+    "local-only",
+)
 #: ``--quick``: fewer rows and seeds in the same setting (about 6 minutes on 2 cores).
-QUICK: dict[str, Any] = {"methods": ("f3ocus-nsga2", "lntk-alone", "all-layers", "heads-only"),
-         "seeds": (0, 1), "rounds": 3, "run_config": {}}
+QUICK: dict[str, Any] = {
+    "methods": ("f3ocus-nsga2", "lntk-alone", "all-layers", "heads-only"),
+    "seeds": (0, 1),
+    "rounds": 3,
+    "run_config": {},
+}
 
 log = logging.getLogger("f3ocus_compare")
 
@@ -149,17 +163,28 @@ def run_simulation(config: dict, clients: int, folder: Path, flwr_home: Path, th
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-        f"options.num-supernodes = {clients}\noptions.backend.client-resources.num-cpus = 1\n")
-    env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               OMP_NUM_THREADS=str(threads))
+        f"options.num-supernodes = {clients}\noptions.backend.client-resources.num-cpus = 1\n"
+    )
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        OMP_NUM_THREADS=str(threads),
+    )
     overrides = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
     if flwr is None:
         raise SystemExit("--runner simulation needs the `flwr` command (pip install flwr[simulation]).")
     try:
         with (folder.parent / f"{folder.name}.log").open("w") as out:
-            subprocess.run([flwr, "run", str(ROOT), "--stream", "--run-config", overrides], env=env, cwd=ROOT,
-                           stdout=out, stderr=subprocess.STDOUT, check=True)
+            subprocess.run(
+                [flwr, "run", str(ROOT), "--stream", "--run-config", overrides],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
     finally:
         found = subprocess.run(["pgrep", "-f", f"flower-superlink.*{flwr_home}/"], capture_output=True, text=True)
         for pid in found.stdout.split():
@@ -168,40 +193,77 @@ def run_simulation(config: dict, clients: int, folder: Path, flwr_home: Path, th
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="f3ocus-compare", description="Run methods x seeds on one task setting and write the comparison "
+        prog="f3ocus-compare",
+        description="Run methods x seeds on one task setting and write the comparison "
         "(table.md, table.csv, curves.png, tradeoff.png) to OUTPUT/NAME. A second call resumes: finished "
-        "cells are kept.")
+        "cells are kept.",
+    )
     parser.add_argument("--name", default="", help="results folder name (default: 'default' or 'quick')")
     parser.add_argument("--output", default="results", help="where results/<name> goes (default: results)")
     parser.add_argument("--task", default="", help="the task (run-config key `task`; default: easy-vqa)")
-    parser.add_argument("--run-config", default="", help="run-config overrides on top of the grid's setting, "
-                        "as for flwr run: \"data.alpha=1.0 selection.budget='3'\"")
-    parser.add_argument("--methods", default="", help=f"comma-separated; any of {', '.join(METHODS)}; "
-                        f"default: {','.join(METHOD_NAMES)}")
-    parser.add_argument("--seeds", default="",
-                        help="comma-separated seeds (default: " + ",".join(map(str, SEEDS)) + ")")
+    parser.add_argument(
+        "--run-config",
+        default="",
+        help="run-config overrides on top of the grid's setting, "
+        "as for flwr run: \"data.alpha=1.0 selection.budget='3'\"",
+    )
+    parser.add_argument(
+        "--methods", default="", help=f"comma-separated; any of {', '.join(METHODS)}; default: {','.join(METHOD_NAMES)}"
+    )
+    parser.add_argument(
+        "--seeds", default="", help="comma-separated seeds (default: " + ",".join(map(str, SEEDS)) + ")"
+    )
     parser.add_argument("--rounds", type=int, default=0, help=f"federated rounds (default: {ROUNDS})")
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"number of clients (default: {CLIENTS})")
-    parser.add_argument("--quick", action="store_true", help="the short grid: "
-                        f"{len(QUICK['methods'])} methods x {len(QUICK['seeds'])} seeds x {QUICK['rounds']} rounds")
-    parser.add_argument("--plain", action="store_true", help="start from the shipped run config only, "
-                        "without the grid's setting (e.g. the tiny 4-layer default)")
-    parser.add_argument("--base-seed", type=int, default=0, help="seed of the built-in base checkpoint all cells "
-                        "start from (default 0)")
-    parser.add_argument("--runner", choices=("inprocess", "simulation"), default="inprocess",
-                        help="inprocess (default): the apps in this process; simulation: one `flwr run` per cell")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: on a shared "
-                        "or busy CPU more threads can make each step many times slower)")
-    parser.add_argument("--table-only", action="store_true", help="run nothing: write the table and figures "
-                        "from the cells finished so far")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the short grid: "
+        f"{len(QUICK['methods'])} methods x {len(QUICK['seeds'])} seeds x {QUICK['rounds']} rounds",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="start from the shipped run config only, without the grid's setting (e.g. the tiny 4-layer default)",
+    )
+    parser.add_argument(
+        "--base-seed", type=int, default=0, help="seed of the built-in base checkpoint all cells start from (default 0)"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=("inprocess", "simulation"),
+        default="inprocess",
+        help="inprocess (default): the apps in this process; simulation: one `flwr run` per cell",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (default 1: on a shared "
+        "or busy CPU more threads can make each step many times slower)",
+    )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: write the table and figures from the cells finished so far",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the apps' per-round log")
-    parser.add_argument("--tracking", default="", help="also log every finished cell as a run of one experiment "
-                        "(method and seed as tags) and the table as an artifact: mlflow, tensorboard or "
-                        "mlflow,tensorboard (pip install '.[tracking]'; docs/tracking.md)")
-    parser.add_argument("--tracking-uri", default="", help="an MLflow address (http://host:5000) or a folder; "
-                        "default: the grid's folder (mlflow.db, mlartifacts/, tensorboard/)")
-    parser.add_argument("--tracking-experiment", default="", help="the MLflow experiment (default: "
-                        "f3ocus-compare-NAME)")
+    parser.add_argument(
+        "--tracking",
+        default="",
+        help="also log every finished cell as a run of one experiment "
+        "(method and seed as tags) and the table as an artifact: mlflow, tensorboard or "
+        "mlflow,tensorboard (pip install '.[tracking]'; docs/tracking.md)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help="an MLflow address (http://host:5000) or a folder; "
+        "default: the grid's folder (mlflow.db, mlartifacts/, tensorboard/)",
+    )
+    parser.add_argument(
+        "--tracking-experiment", default="", help="the MLflow experiment (default: f3ocus-compare-NAME)"
+    )
     return parser.parse_args(argv)
 
 
@@ -212,8 +274,10 @@ def grid_plan(args: argparse.Namespace) -> tuple[str, dict, list[str], list[int]
     methods = [m for m in args.methods.split(",") if m] or list(QUICK["methods"] if quick else METHOD_NAMES)
     unknown = [m for m in methods if not is_method(m)]
     if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)} or fixed-<i>+<j> (every "
-                         "client the same layers).")
+        raise SystemExit(
+            f"--methods: unknown {unknown}; choose from {list(METHODS)} or fixed-<i>+<j> (every "
+            "client the same layers)."
+        )
     seeds = [int(s) for s in args.seeds.split(",") if s] or list(QUICK["seeds"] if quick else SEEDS)
     rounds = args.rounds or (QUICK["rounds"] if quick else ROUNDS)
     config = shipped_run_config()
@@ -244,8 +308,9 @@ def base_model(config: dict, seed: int) -> str:
     if not name.startswith("builtin:"):
         return name
     exclude = parse_pretrain_exclude(str(config.get("model.pretrain-exclude", "")))
-    return resolve_model_path(name, str(config.get("model.cache-dir", "")), int(config["model.pretrain-steps"]), seed,
-                              exclude)
+    return resolve_model_path(
+        name, str(config.get("model.cache-dir", "")), int(config["model.pretrain-steps"]), seed, exclude
+    )
 
 
 _LINES = logging.StreamHandler(sys.stdout)
@@ -277,24 +342,44 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
 
 
-def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base: dict, methods: list[str],
-              seeds: list[int], rounds: int) -> int:
+def _run_grid(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    name: str,
+    base: dict,
+    methods: list[str],
+    seeds: list[int],
+    rounds: int,
+) -> int:
     out = Path(args.output).resolve() / name
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     layers = num_layers(base) if any("all" in method_named(m).overrides.values() for m in methods) else 0
     plan = {m: method_named(m).run_config(layers) for m in methods}
-    grid = {"model": args.model, "base_run_config": base, "methods": plan, "seeds": seeds, "rounds": rounds,
-            "clients": args.clients, "runner": args.runner}
+    grid = {
+        "model": args.model,
+        "base_run_config": base,
+        "methods": plan,
+        "seeds": seeds,
+        "rounds": rounds,
+        "clients": args.clients,
+        "runner": args.runner,
+    }
     (out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     cells, total = [], len(methods) * len(seeds)
     tracker = _grid_tracking(args, name, out)
     grid_cells = progress_bar(total, f"grid {name}", "cell", ((s, m) for s in seeds for m in methods))
     for index, (seed, method) in enumerate(grid_cells, start=1):
         folder = cells_dir / f"{method}-seed{seed}"
-        config = {**base, **plan[method], "seed": seed, "output-dir": str(cells_dir), "run-name": folder.name,
-                  "resume": ""}
+        config = {
+            **base,
+            **plan[method],
+            "seed": seed,
+            "output-dir": str(cells_dir),
+            "run-name": folder.name,
+            "resume": "",
+        }
         if is_finished(folder, config):
             state = "kept (finished before)"
         elif args.table_only:
@@ -312,22 +397,34 @@ def _run_grid(args: argparse.Namespace, argv: list[str] | None, name: str, base:
         cells.append(result)
         if tracker is not None and tracker.log_cell(folder, method, seed):
             state += f", logged to {args.tracking}"
-        log.info("[%d/%d] %s seed %d: %s %.4f after round %d, %s", index, total, method, seed,
-                 result.metric_name, result.final, len(result.curve) - 1, state)
+        log.info(
+            "[%d/%d] %s seed %d: %s %.4f after round %d, %s",
+            index,
+            total,
+            method,
+            seed,
+            result.metric_name,
+            result.final,
+            len(result.curve) - 1,
+            state,
+        )
     if not cells:
         raise SystemExit(f"No finished cell in {cells_dir}; run the grid without --table-only first.")
     rows = build_table(cells, methods)
     command = shlex.join(["f3ocus-compare", *(argv if argv is not None else sys.argv[1:])])
-    header = (f"# {name}\n\n`{command.strip()}`: {len(cells)} of {total} runs ({len(methods)} methods x "
-              f"{len(seeds)} seeds) x {rounds} rounds, "
-              f"{args.clients} clients, task {base['task']}, model {args.model} (base seed {args.base_seed}), "
-              f"budget {base['selection.budget']}. Run configs: grid.json and each run's config.json.")
+    header = (
+        f"# {name}\n\n`{command.strip()}`: {len(cells)} of {total} runs ({len(methods)} methods x "
+        f"{len(seeds)} seeds) x {rounds} rounds, "
+        f"{args.clients} clients, task {base['task']}, model {args.model} (base seed {args.base_seed}), "
+        f"budget {base['selection.budget']}. Run configs: grid.json and each run's config.json."
+    )
     write_table(rows, out, header)
     plot_curves(cells, methods, out / "curves.png")
     plot_tradeoff(rows, out / "tradeoff.png")
     if tracker is not None:
-        tracker.log_table({name: out / name for name in ("table.md", "table.csv", "curves.png", "tradeoff.png",
-                                                         "grid.json")})
+        tracker.log_table(
+            {name: out / name for name in ("table.md", "table.csv", "curves.png", "tradeoff.png", "grid.json")}
+        )
     log.info("Grid done in %.0f s: %s", time.perf_counter() - started, out / "table.md")
     return 0
 
@@ -341,8 +438,9 @@ def _grid_tracking(args: argparse.Namespace, name: str, out: Path) -> GridTracki
         trackers = parse_trackers(args.tracking)
         if not trackers:
             return None
-        settings = TrackingSettings(trackers, args.tracking_uri or str(out),
-                                    args.tracking_experiment or f"f3ocus-compare-{name}")
+        settings = TrackingSettings(
+            trackers, args.tracking_uri or str(out), args.tracking_experiment or f"f3ocus-compare-{name}"
+        )
         return GridTracking(settings, name, out)
     except ConfigError as error:
         raise SystemExit(f"f3ocus-compare --tracking: {error}") from None

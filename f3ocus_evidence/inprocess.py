@@ -47,8 +47,9 @@ class InProcessGrid:
         Each node's Context (its ``state`` persists across rounds).
     """
 
-    def __init__(self, run_config: dict, handlers: dict[str, Callable], num_nodes: int,
-                 state_dir: str | None = None) -> None:
+    def __init__(
+        self, run_config: dict, handlers: dict[str, Callable], num_nodes: int, state_dir: str | None = None
+    ) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         # What the runtime sets in a ServerApp process before messages can be created.
@@ -57,9 +58,13 @@ class InProcessGrid:
         self.calls: list[tuple[int, str]] = []
         extra = {"state-dir": state_dir} if state_dir else {}
         self.contexts = {
-            node: Context(run_id=1, node_id=node,
-                          node_config={"partition-id": node - 1, "num-partitions": num_nodes, **extra},
-                          state=RecordDict(), run_config=dict(run_config))
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": node - 1, "num-partitions": num_nodes, **extra},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for node in range(1, num_nodes + 1)
         }
 
@@ -94,8 +99,11 @@ def client_handlers() -> dict[str, Callable]:
     resumed run's first round)."""
     from client_app import app as client
 
-    return {MessageType.QUERY: client.query, MessageType.TRAIN: client.train_fn,
-            MessageType.EVALUATE: client.evaluate_fn}
+    return {
+        MessageType.QUERY: client.query,
+        MessageType.TRAIN: client.train_fn,
+        MessageType.EVALUATE: client.evaluate_fn,
+    }
 
 
 def run_on_grid(grid: InProcessGrid, config: dict) -> list[dict]:
@@ -113,8 +121,9 @@ def run_on_grid(grid: InProcessGrid, config: dict) -> list[dict]:
     return [json.loads(line) for line in Path(f"{out}/metrics.jsonl").read_text().splitlines()]
 
 
-def run_server_app(config: dict, num_nodes: int, handlers: dict[str, Callable] | None = None,
-                   state_dir: str | None = None) -> tuple[InProcessGrid, list[dict]]:
+def run_server_app(
+    config: dict, num_nodes: int, handlers: dict[str, Callable] | None = None, state_dir: str | None = None
+) -> tuple[InProcessGrid, list[dict]]:
     """Run the ServerApp over ``num_nodes`` in-process clients; return the grid and the metrics rows.
 
     ``handlers``: the clients' handler per message type (default :func:`client_handlers`; a

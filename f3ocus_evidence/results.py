@@ -20,8 +20,19 @@ from pathlib import Path
 import numpy as np
 
 F3OCUS_SELECTORS = ("nsga2", "mopso", "aco", "abc", "sa", "exact")
-OTHER_SCORERS = ("fd", "last", "magnitude", "fishmask", "gradflow", "grasp", "snip", "rgn", "synflow",
-                 "fedselect", "spt")
+OTHER_SCORERS = (
+    "fd",
+    "last",
+    "magnitude",
+    "fishmask",
+    "gradflow",
+    "grasp",
+    "snip",
+    "rgn",
+    "synflow",
+    "fedselect",
+    "spt",
+)
 REFERENCE = "lntk-alone"
 #: The paper's PEFT table, each mode in every layer (LoRA in every layer is ``all-layers``).
 PEFT_ROWS = ("full", "adapter", "layernorm", "bias", "prompt", "ia3")
@@ -56,28 +67,73 @@ class Method:
 
 
 def _methods() -> dict[str, Method]:
-    rows = [Method(f"f3ocus-{algorithm}", "f3ocus", {"scoring.method": "lntk", "selection.algorithm": algorithm},
-                   f"F3OCUS: LNTK scores, server-side {algorithm} selection")
-            for algorithm in F3OCUS_SELECTORS]
-    rows.append(Method(REFERENCE, "reference", {"scoring.method": "lntk", "selection.algorithm": "local"},
-                       "LNTK alone: each client its own top-b by LNTK"))
-    rows += [Method(scorer, "selector", {"scoring.method": scorer, "selection.algorithm": "local"},
-                    f"each client its own top-b by {scorer}"
-                    + (" (random layers, FedRA-like)" if scorer == "fd" else ""))
-             for scorer in OTHER_SCORERS]
-    rows.append(Method("all-layers", "all", {"scoring.method": "last", "selection.algorithm": "local",
-                                             "selection.budget": "all"}, "every client trains every layer"))
-    rows += [Method(f"peft-{mode}", "peft", {"peft.method": mode, "scoring.method": "last",
-                                            "selection.algorithm": "local", "selection.budget": "all"},
-                    f"the paper's PEFT row: {mode} units in every layer") for mode in PEFT_ROWS]
-    rows.append(Method("f3ocus-adapter", "f3ocus", {"peft.method": "adapter", "scoring.method": "lntk",
-                                                    "selection.algorithm": "nsga2"},
-                       "F3OCUS (nsga2) on bottleneck adapters instead of LoRA"))
-    rows.append(Method("heads-only", "control", {"control": "heads-only", "scoring.method": "last"},
-                       "control: personal heads only, no shared layer trained"))
-    rows.append(Method("local-only", "control", {"control": "local-only", "scoring.method": "lntk",
-                                                 "selection.algorithm": "nsga2"},
-                       "control: F3OCUS's layers trained locally, nothing averaged"))
+    rows = [
+        Method(
+            f"f3ocus-{algorithm}",
+            "f3ocus",
+            {"scoring.method": "lntk", "selection.algorithm": algorithm},
+            f"F3OCUS: LNTK scores, server-side {algorithm} selection",
+        )
+        for algorithm in F3OCUS_SELECTORS
+    ]
+    rows.append(
+        Method(
+            REFERENCE,
+            "reference",
+            {"scoring.method": "lntk", "selection.algorithm": "local"},
+            "LNTK alone: each client its own top-b by LNTK",
+        )
+    )
+    rows += [
+        Method(
+            scorer,
+            "selector",
+            {"scoring.method": scorer, "selection.algorithm": "local"},
+            f"each client its own top-b by {scorer}" + (" (random layers, FedRA-like)" if scorer == "fd" else ""),
+        )
+        for scorer in OTHER_SCORERS
+    ]
+    rows.append(
+        Method(
+            "all-layers",
+            "all",
+            {"scoring.method": "last", "selection.algorithm": "local", "selection.budget": "all"},
+            "every client trains every layer",
+        )
+    )
+    rows += [
+        Method(
+            f"peft-{mode}",
+            "peft",
+            {"peft.method": mode, "scoring.method": "last", "selection.algorithm": "local", "selection.budget": "all"},
+            f"the paper's PEFT row: {mode} units in every layer",
+        )
+        for mode in PEFT_ROWS
+    ]
+    rows.append(
+        Method(
+            "f3ocus-adapter",
+            "f3ocus",
+            {"peft.method": "adapter", "scoring.method": "lntk", "selection.algorithm": "nsga2"},
+            "F3OCUS (nsga2) on bottleneck adapters instead of LoRA",
+        )
+    )
+    rows.append(
+        Method(
+            "heads-only",
+            "control",
+            {"control": "heads-only", "scoring.method": "last"},
+            "control: personal heads only, no shared layer trained",
+        )
+    )
+    rows.append(
+        Method(
+            "local-only",
+            "control",
+            {"control": "local-only", "scoring.method": "lntk", "selection.algorithm": "nsga2"},
+            "control: F3OCUS's layers trained locally, nothing averaged",
+        )
+    )
     return {row.name: row for row in rows}
 
 
@@ -99,10 +155,17 @@ def method_named(name: str) -> Method:
     if found is None:
         raise KeyError(name)
     layers = found.group(1)
-    return Method(name, "fixed", {"scoring.method": "last", "selection.algorithm": "fixed",
-                                  "selection.params": f"layers={layers}",
-                                  "selection.budget": str(layers.count("+") + 1)},
-                  f"every client trains layers {layers.replace('+', ', ')}")
+    return Method(
+        name,
+        "fixed",
+        {
+            "scoring.method": "last",
+            "selection.algorithm": "fixed",
+            "selection.params": f"layers={layers}",
+            "selection.budget": str(layers.count("+") + 1),
+        },
+        f"every client trains layers {layers.replace('+', ', ')}",
+    )
 
 
 def is_method(name: str) -> bool:
@@ -160,13 +223,21 @@ def cell_result(method: str, seed: int, folder: str | Path) -> CellResult:
     # A round no client evaluated has no metric (null in its row): NaN here.
     number = lambda value: float("nan") if value is None else float(value)  # noqa: E731
     name = next((row["metric_name"] for row in reversed(rows) if row["metric_name"]), "")
-    return CellResult(method, seed, str(folder), name, [number(row["metric"]) for row in rows],
-                      float(np.mean([upload_mbit_per_client(row) for row in trained])),
-                      float(np.mean([row["seconds_round"] for row in trained])), number(rows[-1]["loss"]))
+    return CellResult(
+        method,
+        seed,
+        str(folder),
+        name,
+        [number(row["metric"]) for row in rows],
+        float(np.mean([upload_mbit_per_client(row) for row in trained])),
+        float(np.mean([row["seconds_round"] for row in trained])),
+        number(rows[-1]["loss"]),
+    )
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, resamples: int = 10_000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement).
 
     With n values the interval can only use the n^n resamples there are: for n = 1 it is the value
@@ -192,8 +263,9 @@ class PairedDifference:
     seeds: int
 
 
-def paired_difference(method: Mapping[int, float], other: Mapping[int, float],
-                      resamples: int = 10_000) -> PairedDifference | None:
+def paired_difference(
+    method: Mapping[int, float], other: Mapping[int, float], resamples: int = 10_000
+) -> PairedDifference | None:
     """Differences seed by seed (``method[s] - other[s]``); None if they share no seed."""
     seeds = sorted(set(method) & set(other))
     if not seeds:
@@ -239,17 +311,25 @@ def build_table(cells: Sequence[CellResult], order: Sequence[str]) -> list[Table
         values = [c.final for c in group]
         others = [s for s in selectors if s != name]
         best = max(others, key=lambda s: means[s]) if others else ""
-        rows.append(TableRow(
-            method=name, about=method_named(name).about if is_method(name) else "", metric_name=group[0].metric_name,
-            finals=finals[name], mean=float(np.mean(values)),
-            std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            loss=float(np.mean([c.final_loss for c in group])),
-            vs_reference=paired_difference(finals[name], finals[REFERENCE])
-            if REFERENCE in finals and name != REFERENCE else None,
-            vs_best_other=paired_difference(finals[name], finals[best]) if best else None, best_other=best,
-            upload_mbit=float(np.mean([c.upload_mbit for c in group])),
-            seconds_round=float(np.mean([c.seconds_round for c in group])),
-            folders=[c.folder for c in group]))
+        rows.append(
+            TableRow(
+                method=name,
+                about=method_named(name).about if is_method(name) else "",
+                metric_name=group[0].metric_name,
+                finals=finals[name],
+                mean=float(np.mean(values)),
+                std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                loss=float(np.mean([c.final_loss for c in group])),
+                vs_reference=paired_difference(finals[name], finals[REFERENCE])
+                if REFERENCE in finals and name != REFERENCE
+                else None,
+                vs_best_other=paired_difference(finals[name], finals[best]) if best else None,
+                best_other=best,
+                upload_mbit=float(np.mean([c.upload_mbit for c in group])),
+                seconds_round=float(np.mean([c.seconds_round for c in group])),
+                folders=[c.folder for c in group],
+            )
+        )
     return rows
 
 
@@ -266,16 +346,22 @@ def write_table(rows: Sequence[TableRow], out_dir: str | Path, header: str = "")
     out.mkdir(parents=True, exist_ok=True)
     metric = rows[0].metric_name if rows else "metric"
     lines = [header, ""] if header else []
-    lines += [f"| method | seeds | final {metric} (mean ± std) | Δ vs LNTK alone [95% CI] | "
-              f"Δ vs best other selector [95% CI] | final loss | upload Mbit / client / round | s / round | runs |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| method | seeds | final {metric} (mean ± std) | Δ vs LNTK alone [95% CI] | "
+        f"Δ vs best other selector [95% CI] | final loss | upload Mbit / client / round | s / round | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        links = " ".join(f"[{seed}]({Path(folder).resolve().relative_to(out.resolve())})"
-                         for seed, folder in zip(sorted(row.finals), row.folders))
+        links = " ".join(
+            f"[{seed}]({Path(folder).resolve().relative_to(out.resolve())})"
+            for seed, folder in zip(sorted(row.finals), row.folders)
+        )
         best = f" ({row.best_other})" if row.vs_best_other else ""
-        lines.append(f"| {row.method} | {len(row.finals)} | {row.mean:.4f} ± {row.std:.4f} | "
-                     f"{_difference_text(row.vs_reference)} | {_difference_text(row.vs_best_other)}{best} | "
-                     f"{row.loss:.4f} | {row.upload_mbit:.3f} | {row.seconds_round:.1f} | {links} |")
+        lines.append(
+            f"| {row.method} | {len(row.finals)} | {row.mean:.4f} ± {row.std:.4f} | "
+            f"{_difference_text(row.vs_reference)} | {_difference_text(row.vs_best_other)}{best} | "
+            f"{row.loss:.4f} | {row.upload_mbit:.3f} | {row.seconds_round:.1f} | {links} |"
+        )
     lines += ["", "What each row is:", ""]
     lines += [f"- `{row.method}`: {row.about}" for row in rows]
     md = out / "table.md"
@@ -283,18 +369,46 @@ def write_table(rows: Sequence[TableRow], out_dir: str | Path, header: str = "")
     path = out / "table.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "metric_name", "seeds", "finals", "mean", "std", "diff_lntk_alone",
-                         "diff_lntk_alone_low", "diff_lntk_alone_high", "best_other_selector", "diff_best_other",
-                         "diff_best_other_low", "diff_best_other_high", "final_loss", "upload_mbit_per_client_round",
-                         "seconds_per_round", "runs"])
+        writer.writerow(
+            [
+                "method",
+                "metric_name",
+                "seeds",
+                "finals",
+                "mean",
+                "std",
+                "diff_lntk_alone",
+                "diff_lntk_alone_low",
+                "diff_lntk_alone_high",
+                "best_other_selector",
+                "diff_best_other",
+                "diff_best_other_low",
+                "diff_best_other_high",
+                "final_loss",
+                "upload_mbit_per_client_round",
+                "seconds_per_round",
+                "runs",
+            ]
+        )
         for row in rows:
             ref, best = row.vs_reference, row.vs_best_other
-            writer.writerow([row.method, row.metric_name, len(row.finals),
-                             " ".join(f"{s}:{v!r}" for s, v in sorted(row.finals.items())), row.mean, row.std,
-                             *(("", "", "") if ref is None else (ref.mean, ref.low, ref.high)),
-                             row.best_other if best else "",
-                             *(("", "", "") if best is None else (best.mean, best.low, best.high)),
-                             row.loss, row.upload_mbit, row.seconds_round, " ".join(row.folders)])
+            writer.writerow(
+                [
+                    row.method,
+                    row.metric_name,
+                    len(row.finals),
+                    " ".join(f"{s}:{v!r}" for s, v in sorted(row.finals.items())),
+                    row.mean,
+                    row.std,
+                    *(("", "", "") if ref is None else (ref.mean, ref.low, ref.high)),
+                    row.best_other if best else "",
+                    *(("", "", "") if best is None else (best.mean, best.low, best.high)),
+                    row.loss,
+                    row.upload_mbit,
+                    row.seconds_round,
+                    " ".join(row.folders),
+                ]
+            )
     return md, path
 
 

@@ -159,7 +159,10 @@ class ClientInfo:
 
     def to_record(self) -> ConfigRecord:
         record: dict[str, ConfigRecordValues] = {
-            "name": self.name, "partition-id": self.partition_id, "kind": self.kind}
+            "name": self.name,
+            "partition-id": self.partition_id,
+            "kind": self.kind,
+        }
         if self.labels is not None:
             record["labels"] = list(self.labels)
         return ConfigRecord(record)
@@ -182,11 +185,20 @@ class ScoresReply:
     seconds: float
 
     def to_record(self) -> MetricRecord:
-        return MetricRecord({NORMALIZED: [float(v) for v in self.normalized], RAW: [float(v) for v in self.raw],
-                             NUM_EXAMPLES: int(self.num_examples), SECONDS: float(self.seconds)})
+        return MetricRecord(
+            {
+                NORMALIZED: [float(v) for v in self.normalized],
+                RAW: [float(v) for v in self.raw],
+                NUM_EXAMPLES: int(self.num_examples),
+                SECONDS: float(self.seconds),
+            }
+        )
 
     @classmethod
     def from_record(cls, record: MetricRecord) -> ScoresReply:
-        return cls(tuple(float(v) for v in scalar_list(record[NORMALIZED])),
-                   tuple(float(v) for v in scalar_list(record[RAW])),
-                   int(scalar(record[NUM_EXAMPLES])), float(scalar(record[SECONDS])))
+        return cls(
+            tuple(float(v) for v in scalar_list(record[NORMALIZED])),
+            tuple(float(v) for v in scalar_list(record[RAW])),
+            int(scalar(record[NUM_EXAMPLES])),
+            float(scalar(record[SECONDS])),
+        )

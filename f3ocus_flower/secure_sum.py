@@ -61,8 +61,9 @@ def threshold_for(clients: int) -> int:
 Layout = list[tuple[str, tuple[int, ...]]]
 
 
-def union_layout(layer_keys: Sequence[Sequence[str]], assignment: Mapping[int, Sequence[int]],
-                 shapes: Mapping[str, tuple[int, ...]]) -> Layout:
+def union_layout(
+    layer_keys: Sequence[Sequence[str]], assignment: Mapping[int, Sequence[int]], shapes: Mapping[str, tuple[int, ...]]
+) -> Layout:
     """The (key, shape) of every unit of a layer assigned to at least one client, in layer order."""
     assigned = sorted({layer for layers in assignment.values() for layer in layers})
     return [(key, tuple(shapes[key])) for layer in assigned for key in layer_keys[layer]]
@@ -106,14 +107,20 @@ class SecureSumClient:
         key = generate_shared_key(self._sk2, bytes_to_public_key(publics[sender][1]))
         plain = decrypt(key, ciphertext)
         size = int.from_bytes(plain[:4], "little")
-        self.held[sender] = (plain[4:4 + size], plain[4 + size:])
+        self.held[sender] = (plain[4 : 4 + size], plain[4 + size :])
 
-    def masked(self, change: Mapping[str, np.ndarray], layout: Layout, publics: Mapping[int, tuple[bytes, bytes]],
-               params: SecureSumParams) -> list[np.ndarray]:
+    def masked(
+        self,
+        change: Mapping[str, np.ndarray],
+        layout: Layout,
+        publics: Mapping[int, tuple[bytes, bytes]],
+        params: SecureSumParams,
+    ) -> list[np.ndarray]:
         """The client's change over ``layout`` (zeros on units it did not train), quantised, plus its
         private mask and, per peer, ``+`` or ``-`` their pairwise mask, modulo ``mod_range``."""
-        values = [np.asarray(change[key], dtype=np.float64) if key in change else np.zeros(shape)
-                  for key, shape in layout]
+        values = [
+            np.asarray(change[key], dtype=np.float64) if key in change else np.zeros(shape) for key, shape in layout
+        ]
         vector = [q.astype(np.int64) for q in quantize(values, params.clipping_range, params.target_range)]
         shapes = [shape for _, shape in layout]
         masks = [pseudo_rand_gen(self.seed, params.mod_range, shapes)]
@@ -134,9 +141,13 @@ class SecureSumClient:
         return {owner: (seed if owner in survivors else key) for owner, (seed, key) in self.held.items()}
 
 
-def unmask_sum(masked: Mapping[int, list[np.ndarray]], revealed: Sequence[Mapping[int, bytes]],
-               publics: Mapping[int, tuple[bytes, bytes]], layout: Layout,
-               params: SecureSumParams) -> dict[str, np.ndarray]:
+def unmask_sum(
+    masked: Mapping[int, list[np.ndarray]],
+    revealed: Sequence[Mapping[int, bytes]],
+    publics: Mapping[int, tuple[bytes, bytes]],
+    layout: Layout,
+    params: SecureSumParams,
+) -> dict[str, np.ndarray]:
     """The server's side: the sum of the survivors' changes per unit of ``layout``.
 
     ``masked`` holds the survivors' masked vectors; ``revealed`` the shares the survivors revealed
@@ -148,8 +159,10 @@ def unmask_sum(masked: Mapping[int, list[np.ndarray]], revealed: Sequence[Mappin
     for owner in sorted(publics):
         shares = [reveal[owner] for reveal in revealed if owner in reveal]
         if len(shares) < params.threshold:
-            raise RuntimeError(f"Only {len(shares)} shares of client {owner}'s secret, {params.threshold} needed: "
-                               "too many clients dropped to unmask the sum.")
+            raise RuntimeError(
+                f"Only {len(shares)} shares of client {owner}'s secret, {params.threshold} needed: "
+                "too many clients dropped to unmask the sum."
+            )
         secret = combine_shares(shares)
         if owner in survivors:
             total = [t - m for t, m in zip(total, pseudo_rand_gen(secret, params.mod_range, shapes))]

@@ -54,12 +54,18 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
     if checkpoint is None:
-        run_name = settings.run_name or (time.strftime("%Y%m%d-%H%M%S")
-                                         + f"-{settings.data.task}-{settings.selection.algorithm}")
+        run_name = settings.run_name or (
+            time.strftime("%Y%m%d-%H%M%S") + f"-{settings.data.task}-{settings.selection.algorithm}"
+        )
         out_dir = Path(settings.output_dir).resolve() / run_name
     recorder = RunRecorder(out_dir, layers)
-    run_record = {"settings": settings.as_dict(), "model_path": setup.path, "layers": layers,
-                  "units": [list(n) for n in units.names], "run_config": dict(context.run_config)}
+    run_record = {
+        "settings": settings.as_dict(),
+        "model_path": setup.path,
+        "layers": layers,
+        "units": [list(n) for n in units.names],
+        "run_config": dict(context.run_config),
+    }
     if checkpoint is None:
         recorder.write_json("config.json", run_record)
     else:
@@ -75,18 +81,29 @@ def main(grid: Grid, context: Context) -> None:
         strategy.import_state(checkpoint)
         restore_rng(checkpoint.rng, checkpoint.torch_rng)
         initial = state_to_record(checkpoint.units)
-    tracking = open_tracking(settings.tracking, out_dir, out_dir.name,
-                             run_params(context.run_config, {"model_path": setup.path}),
-                             resumed_round=None if checkpoint is None else checkpoint.server_round)
+    tracking = open_tracking(
+        settings.tracking,
+        out_dir,
+        out_dir.name,
+        run_params(context.run_config, {"model_path": setup.path}),
+        resumed_round=None if checkpoint is None else checkpoint.server_round,
+    )
     recorder.listeners.append(tracking.log_round)
     with tracked(tracking):
         result = strategy.start(prompt(grid), initial, settings.num_rounds, timeout=settings.round_timeout)
         set_state(model, record_to_state(result.arrays) if len(result.arrays) else strategy.state.global_units)
-        save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft,
-                     units)
+        save_adapter(model, out_dir / ("model" if settings.peft.method == "full" else "adapter"), settings.peft, units)
         tracking.log_artifacts(final_artifacts(out_dir))
     first, last = recorder.rows[0], recorder.rows[-1]
     shown = [("-" if row["metric"] is None else f"{row['metric']:.4f}") for row in (first, last)]
-    log(INFO, "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s%s",
-        last["metric_name"] or first["metric_name"], shown[0], first["round"], shown[1], last["round"], out_dir,
-        f". The run {strategy.stopped}" if strategy.stopped else "")
+    log(
+        INFO,
+        "F3OCUS finished: %s %s at round %d -> %s at round %d. Outputs: %s%s",
+        last["metric_name"] or first["metric_name"],
+        shown[0],
+        first["round"],
+        shown[1],
+        last["round"],
+        out_dir,
+        f". The run {strategy.stopped}" if strategy.stopped else "",
+    )

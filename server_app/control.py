@@ -35,8 +35,11 @@ class Control:
     shared_model: bool = True
 
 
-_POLICIES = {"": Control(""), "heads-only": Control("heads-only", scores=False),
-             "local-only": Control("local-only", shared_model=False)}
+_POLICIES = {
+    "": Control(""),
+    "heads-only": Control("heads-only", scores=False),
+    "local-only": Control("local-only", shared_model=False),
+}
 assert set(_POLICIES) == set(CONTROLS), "every control value of f3ocus_core.config has a policy"
 
 

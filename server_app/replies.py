@@ -78,8 +78,12 @@ MAX_TRAIN_GFLOP = 1e15
 #: The records each phase's reply may carry; any other record is rejected (``records``), so no
 #: payload escapes the ``size`` check and ``bytes_up``. With ``secagg=true`` every ``train`` reply
 #: is checked as ``"secagg"`` (:mod:`server_app.secagg`).
-REPLY_RECORDS = {"query": QUERY_REPLY_RECORDS, "train": TRAIN_REPLY_RECORDS, "evaluate": EVALUATE_REPLY_RECORDS,
-                 "secagg": SECAGG_REPLY_RECORDS}
+REPLY_RECORDS = {
+    "query": QUERY_REPLY_RECORDS,
+    "train": TRAIN_REPLY_RECORDS,
+    "evaluate": EVALUATE_REPLY_RECORDS,
+    "secagg": SECAGG_REPLY_RECORDS,
+}
 
 #: Characters of a client's error reason kept in the log and the round's record.
 MAX_REASON_LENGTH = 500
@@ -151,17 +155,24 @@ def check_records(content: RecordDict, phase: str) -> None:
     :data:`MAX_LIST_LENGTH` and no string longer than :data:`MAX_STRING_LENGTH`."""
     unexpected = sorted(set(content) - set(REPLY_RECORDS[phase]))
     if unexpected:
-        raise Rejected("records", f"unexpected records {[printable(k, 60) for k in unexpected[:3]]}; a {phase} "
-                                  f"reply carries only {sorted(REPLY_RECORDS[phase])}")
+        raise Rejected(
+            "records",
+            f"unexpected records {[printable(k, 60) for k in unexpected[:3]]}; a {phase} "
+            f"reply carries only {sorted(REPLY_RECORDS[phase])}",
+        )
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             continue
         for key, value in record.items():
             items = value if isinstance(value, list) else [value]
-            if len(items) > MAX_LIST_LENGTH or any(isinstance(v, str | bytes) and len(v) > MAX_STRING_LENGTH
-                                                   for v in items):
-                raise Rejected("records", f"{name!r}/{printable(key, 60)!r} holds {len(items)} values or a string "
-                                          f"longer than {MAX_STRING_LENGTH} characters")
+            if len(items) > MAX_LIST_LENGTH or any(
+                isinstance(v, str | bytes) and len(v) > MAX_STRING_LENGTH for v in items
+            ):
+                raise Rejected(
+                    "records",
+                    f"{name!r}/{printable(key, 60)!r} holds {len(items)} values or a string "
+                    f"longer than {MAX_STRING_LENGTH} characters",
+                )
 
 
 _Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
@@ -201,10 +212,15 @@ def _num_examples(record: MetricRecord) -> int:
     return int(value)
 
 
-def check_client_info(content: RecordDict, node: int, known: Mapping[int, ClientInfo],
-                      names_this_phase: Mapping[str, int], required: bool = True,
-                      partitions_this_phase: Mapping[int, int] | None = None,
-                      num_partitions: int | None = None) -> ClientInfo | None:
+def check_client_info(
+    content: RecordDict,
+    node: int,
+    known: Mapping[int, ClientInfo],
+    names_this_phase: Mapping[str, int],
+    required: bool = True,
+    partitions_this_phase: Mapping[int, int] | None = None,
+    num_partitions: int | None = None,
+) -> ClientInfo | None:
     """The reply's :class:`ClientInfo`, after checking it names this client consistently.
 
     ``known`` is what each node said before; ``names_this_phase`` and ``partitions_this_phase`` the
@@ -227,23 +243,33 @@ def check_client_info(content: RecordDict, node: int, known: Mapping[int, Client
     for key, kind in (("name", str), ("partition-id", int), ("kind", str)):
         if key not in record or isinstance(record[key], bool) or not isinstance(record[key], kind):
             raise Rejected("client-info", f"{key!r} missing or not a {kind.__name__}")
-    if "labels" in record and not (isinstance(record["labels"], list)
-                                   and all(isinstance(label, str) for label in record["labels"])):
+    if "labels" in record and not (
+        isinstance(record["labels"], list) and all(isinstance(label, str) for label in record["labels"])
+    ):
         raise Rejected("client-info", "'labels' is not a list of strings")
     info = ClientInfo.from_record(record)
     for key, text in (("name", info.name), ("kind", info.kind)):
         if not text or len(text) > MAX_NAME_LENGTH or not text.isprintable():
-            raise Rejected("client-info", f"{key} {printable(text, 60)!r} ({len(text)} characters) is not 1.."
-                                          f"{MAX_NAME_LENGTH} printable characters")
+            raise Rejected(
+                "client-info",
+                f"{key} {printable(text, 60)!r} ({len(text)} characters) is not 1.."
+                f"{MAX_NAME_LENGTH} printable characters",
+            )
     if info.partition_id < 0:
         raise Rejected("client-info", f"partition id {info.partition_id} is negative")
     if num_partitions is not None and info.partition_id >= num_partitions:
-        raise Rejected("client-info", f"partition id {info.partition_id} has no budget: selection.budget gives "
-                                      f"{num_partitions} (partition ids 0..{num_partitions - 1})")
+        raise Rejected(
+            "client-info",
+            f"partition id {info.partition_id} has no budget: selection.budget gives "
+            f"{num_partitions} (partition ids 0..{num_partitions - 1})",
+        )
     before = known.get(node)
     if before is not None and (before.name, before.partition_id) != (info.name, info.partition_id):
-        raise Rejected("identity", f"node {node} was {before.name} (partition {before.partition_id}), "
-                                   f"now says {info.name} (partition {info.partition_id})")
+        raise Rejected(
+            "identity",
+            f"node {node} was {before.name} (partition {before.partition_id}), "
+            f"now says {info.name} (partition {info.partition_id})",
+        )
     other = names_this_phase.get(info.name)
     if other is not None and other != node:
         raise Rejected("identity", f"name {info.name!r} is already used by node {other}")
@@ -294,8 +320,14 @@ def check_score_values(reply: ScoresReply, num_layers: int, budget: int) -> np.n
     return values
 
 
-def check_train_reply(content: RecordDict, client: str, assigned_keys: list[str], unit_keys: Iterable[str],
-                      global_state: Mapping[str, np.ndarray], reported_examples: int | None) -> PartialUpdate:
+def check_train_reply(
+    content: RecordDict,
+    client: str,
+    assigned_keys: list[str],
+    unit_keys: Iterable[str],
+    global_state: Mapping[str, np.ndarray],
+    reported_examples: int | None,
+) -> PartialUpdate:
     """The ``train`` reply as a :class:`PartialUpdate` that may enter the average.
 
     ``assigned_keys`` are the units of the layers the client was told to train, ``unit_keys`` all
@@ -323,8 +355,11 @@ def check_train_reply(content: RecordDict, client: str, assigned_keys: list[str]
     if size > limit:
         raise Rejected("size", f"{size} bytes of arrays, at most {limit} for its {len(assigned_keys)} assigned units")
     got, want, units = set(arrays), set(assigned_keys), set(unit_keys)
-    for check, keys in (("unknown-keys", got - units), ("unassigned-keys", (got & units) - want),
-                        ("missing-keys", want - got)):
+    for check, keys in (
+        ("unknown-keys", got - units),
+        ("unassigned-keys", (got & units) - want),
+        ("missing-keys", want - got),
+    ):
         if keys:
             raise Rejected(check, f"{len(keys)} tensors, e.g. {sorted(keys)[:2]}")
     state = {}
@@ -377,8 +412,11 @@ def _check_train_metrics(metrics: MetricRecord) -> None:
         value = metrics[key]
         kinds = int if integer else int | float
         if isinstance(value, bool) or not isinstance(value, kinds) or not (0 <= value <= limit):
-            raise Rejected("train-metrics", f"{key!r} is {printable(repr(value), 60)}, expected "
-                                            f"{'an integer' if integer else 'a number'} in 0..{limit:g}")
+            raise Rejected(
+                "train-metrics",
+                f"{key!r} is {printable(repr(value), 60)}, expected "
+                f"{'an integer' if integer else 'a number'} in 0..{limit:g}",
+            )
 
 
 def check_evaluate_reply(content: RecordDict) -> dict[str, float]:

@@ -19,11 +19,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 
-def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, first_round: int, num_rounds: int,
-               timeout: float, after_round: Callable[[int, ArrayRecord], None] | None = None,
-               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-               result: Result | None = None) -> Result:
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    first_round: int,
+    num_rounds: int,
+    timeout: float,
+    after_round: Callable[[int, ArrayRecord], None] | None = None,
+    train_config: ConfigRecord | None = None,
+    evaluate_config: ConfigRecord | None = None,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    result: Result | None = None,
+) -> Result:
     """Run rounds ``first_round..num_rounds`` of ``strategy`` starting from the global ``arrays``.
 
     Parameters

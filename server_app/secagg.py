@@ -115,11 +115,15 @@ def check_shares(content: RecordDict, expected: list[int], key: str) -> dict[int
     nodes, values = record.get(NODES), record.get(key)
     if not isinstance(nodes, list) or not isinstance(values, list) or len(nodes) != len(values):
         raise Rejected("secagg-shares", f"{NODES!r} and {key!r} must be lists of equal length")
-    if not all(isinstance(node, int) and not isinstance(node, bool) for node in nodes) or \
-            not all(isinstance(value, bytes) for value in values):
+    if not all(isinstance(node, int) and not isinstance(node, bool) for node in nodes) or not all(
+        isinstance(value, bytes) for value in values
+    ):
         raise Rejected("secagg-shares", f"{NODES!r} must hold node ids and {key!r} bytes")
-    if len(set(nodes)) != len(nodes) or not set(nodes) <= set(expected) or \
-            (key == CIPHERTEXTS and set(nodes) != set(expected)):
+    if (
+        len(set(nodes)) != len(nodes)
+        or not set(nodes) <= set(expected)
+        or (key == CIPHERTEXTS and set(nodes) != set(expected))
+    ):
         raise Rejected("secagg-shares", f"nodes {sorted(nodes)[:4]} are not the expected {sorted(expected)[:4]}")
     return {node: value for node, value in zip(nodes, values) if isinstance(node, int) and isinstance(value, bytes)}
 
@@ -177,11 +181,13 @@ class SecureAggregation:
 
         def _partition_order(self, node_id: int) -> tuple[int, int]: ...
 
-        def _screened(self, server_round: int, phase: str, replies: Iterable[Message],
-                      sent: Iterable[int]) -> list[Message]: ...
+        def _screened(
+            self, server_round: int, phase: str, replies: Iterable[Message], sent: Iterable[int]
+        ) -> list[Message]: ...
 
-    def _aggregate_secure(self, server_round: int,
-                          screened: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def _aggregate_secure(
+        self, server_round: int, screened: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The screened ``train`` replies' public keys, then the three stages; the new global units are
         each layer's sum over the clients whose masked vectors came, divided by their number (equal
         weights, as :func:`~f3ocus_core.privacy.equal_weight_clipped`), with DP noise if configured."""
@@ -208,8 +214,12 @@ class SecureAggregation:
         except SecAggAborted as error:
             record.seconds_train = time.perf_counter() - self._train_sent_at
             record.coverage = [0] * self.num_layers
-            log(WARNING, "Round %d: secure aggregation stopped (%s); the global model stays as it was.",
-                server_round, error)
+            log(
+                WARNING,
+                "Round %d: secure aggregation stopped (%s); the global model stays as it was.",
+                server_round,
+                error,
+            )
             return None, None
         record.seconds_train = time.perf_counter() - self._train_sent_at
         counts = coverage([record.assignment[node] for node in survivors], self.num_layers)
@@ -226,8 +236,9 @@ class SecureAggregation:
         record.train_loss = float(sum(losses[node] * share for node, share in zip(survivors, shares)))
         return state_to_record(self.state.global_units), MetricRecord({TRAIN_LOSS: record.train_loss})
 
-    def _secure_sum(self, server_round: int,
-                    publics: dict[int, tuple[bytes, bytes]]) -> tuple[dict[str, np.ndarray], list[int]]:
+    def _secure_sum(
+        self, server_round: int, publics: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
         """Run share-keys, masked-input and unmask over the key holders ``publics``; return each
         layout unit's sum and the clients it covers (U3), in partition order."""
         holders = sorted(publics, key=self._partition_order)
@@ -238,33 +249,52 @@ class SecureAggregation:
         shapes = {key: tuple(value.shape) for key, value in self.state.global_units.items()}
         layout = union_layout(self.units.names, {node: self.state.record.assignment[node] for node in holders}, shapes)
 
-        keys = ConfigRecord({NODES: holders, PUBLIC_KEYS[0]: [publics[n][0] for n in holders],
-                             PUBLIC_KEYS[1]: [publics[n][1] for n in holders]})
-        ciphertexts = self._secagg_exchange(server_round, SHARE_KEYS, {node: keys for node in holders},
-                                            lambda content: check_shares(content, holders, CIPHERTEXTS))
+        keys = ConfigRecord(
+            {
+                NODES: holders,
+                PUBLIC_KEYS[0]: [publics[n][0] for n in holders],
+                PUBLIC_KEYS[1]: [publics[n][1] for n in holders],
+            }
+        )
+        ciphertexts = self._secagg_exchange(
+            server_round,
+            SHARE_KEYS,
+            {node: keys for node in holders},
+            lambda content: check_shares(content, holders, CIPHERTEXTS),
+        )
         shared = self._enough(holders, ciphertexts, threshold, "shared their keys")
 
         layout_keys = [key for key, _ in layout]
-        requests = {node: ConfigRecord({NODES: shared, CIPHERTEXTS: [ciphertexts[sender][node] for sender in shared],
-                                        LAYOUT: layout_keys}) for node in shared}
-        masked = self._secagg_exchange(server_round, MASKED_INPUT, requests,
-                                       lambda content: check_masked_input(content, layout, params.mod_range))
+        requests = {
+            node: ConfigRecord(
+                {NODES: shared, CIPHERTEXTS: [ciphertexts[sender][node] for sender in shared], LAYOUT: layout_keys}
+            )
+            for node in shared
+        }
+        masked = self._secagg_exchange(
+            server_round, MASKED_INPUT, requests, lambda content: check_masked_input(content, layout, params.mod_range)
+        )
         survivors = self._enough(shared, masked, threshold, "sent a masked input")
 
         request = ConfigRecord({SURVIVORS: survivors})
-        revealed = self._secagg_exchange(server_round, UNMASK, {node: request for node in survivors},
-                                         lambda content: check_shares(content, shared, SHARES))
+        revealed = self._secagg_exchange(
+            server_round,
+            UNMASK,
+            {node: request for node in survivors},
+            lambda content: check_shares(content, shared, SHARES),
+        )
         self._enough(survivors, revealed, threshold, "revealed their shares")
         try:
-            sums = unmask_sum(masked, list(revealed.values()), {node: publics[node] for node in shared}, layout,
-                              params)
+            sums = unmask_sum(masked, list(revealed.values()), {node: publics[node] for node in shared}, layout, params)
         except Exception as error:  # shares that do not rebuild a key: garbage from some client
-            raise SecAggAborted(f"the revealed shares do not unmask the sum: {type(error).__name__}: "
-                                f"{str(error)[:200]}") from None
+            raise SecAggAborted(
+                f"the revealed shares do not unmask the sum: {type(error).__name__}: {str(error)[:200]}"
+            ) from None
         return sums, survivors
 
-    def _secagg_exchange(self, server_round: int, stage: str, requests: Mapping[int, ConfigRecord],
-                         check: Callable[[RecordDict], T]) -> dict[int, T]:
+    def _secagg_exchange(
+        self, server_round: int, stage: str, requests: Mapping[int, ConfigRecord], check: Callable[[RecordDict], T]
+    ) -> dict[int, T]:
         """Send each node its SECAGG ``request`` as a ``train`` message of ``stage``; return, per node
         whose reply passes the screening and ``check``, what ``check`` returned. A failing reply is
         logged and noted as the train phase's; payload bytes count as the train phase's too."""

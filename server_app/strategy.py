@@ -102,8 +102,9 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         given, a checkpoint is written to ``recorder.out_dir/checkpoint/`` after every round.
     """
 
-    def __init__(self, settings: RunSettings, units: UnitMap, recorder: RunRecorder,
-                 fingerprint: dict | None = None) -> None:
+    def __init__(
+        self, settings: RunSettings, units: UnitMap, recorder: RunRecorder, fingerprint: dict | None = None
+    ) -> None:
         self.settings = settings
         self.units = units
         self.recorder = recorder
@@ -125,15 +126,29 @@ class F3ocusStrategy(SecureAggregation, Strategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         s = self.settings
-        log(INFO, "\t├── F3OCUS: scorer=%s, selector=%s (pick=%s), budget=%s, control=%s", s.scoring.method,
-            s.selection.algorithm, s.selection.pick, ",".join(map(str, s.selection.budget)), self.control.name or "-")
+        log(
+            INFO,
+            "\t├── F3OCUS: scorer=%s, selector=%s (pick=%s), budget=%s, control=%s",
+            s.scoring.method,
+            s.selection.algorithm,
+            s.selection.pick,
+            ",".join(map(str, s.selection.budget)),
+            self.control.name or "-",
+        )
         log(INFO, "\t└── %d layers, units=%s, %d tensors", self.num_layers, s.peft.method, len(self.units.all_keys()))
 
     # ------------------------------------------------------------------ the run
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
         """Evaluate (and score) the starting model on every client (round 0), then run the rounds; a
         resumed strategy (:meth:`import_state`) queries the scores and starts at the round after its
         checkpoint's instead.
@@ -160,10 +175,19 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             rounds = num_rounds - (self.resumed_round or 0)
             log(INFO, "Differential privacy: %s", self.ledger.describe(rounds, self._sample_size()))
         if self.settings.secagg:
-            log(INFO, "Secure aggregation: the server learns each layer's sum only (%d more exchanges per round: %s); "
-                "equal weights, no aggregation.max-update-norm or max-client-share.", len(STAGES), ", ".join(STAGES))
-        loop: dict[str, Any] = dict(train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn,
-                    after_round=self._round_done)
+            log(
+                INFO,
+                "Secure aggregation: the server learns each layer's sum only (%d more exchanges per round: %s); "
+                "equal weights, no aggregation.max-update-norm or max-client-share.",
+                len(STAGES),
+                ", ".join(STAGES),
+            )
+        loop: dict[str, Any] = dict(
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+            after_round=self._round_done,
+        )
         if self.resumed_round is not None:
             log(INFO, "Resuming after round %d of %d", self.resumed_round, num_rounds)
             if self.resumed_round < num_rounds:
@@ -179,16 +203,18 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         replies = grid.send_and_receive(messages, timeout=timeout)
         if self.aggregate_evaluate(0, replies) is None:
             reasons = "; ".join(f"{f['client']}: {f['reason']}" for f in self.state.record.failed[:10])
-            raise RuntimeError("No client could evaluate the starting model, so the run stops before training. "
-                               + reasons)
+            raise RuntimeError(
+                "No client could evaluate the starting model, so the run stops before training. " + reasons
+            )
         result = Result()
         if evaluate_fn is not None and (metrics := evaluate_fn(0, initial_arrays)) is not None:
             result.evaluate_metrics_serverapp[0] = metrics
         self._round_done(0, initial_arrays)
         return run_rounds(self, grid, initial_arrays, 1, num_rounds, timeout, result=result, **loop)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """One ``train`` message per client of this round: its layer ids (:meth:`assign`, from the
         scores of the last evaluation) and those layers' units, and ``config``'s keys."""
         if self.state.record.server_round != server_round:  # a resumed run's query already opened it
@@ -202,8 +228,9 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         for node, layers in self.state.record.assignment.items():
             units = self.state.units_of(node)
             subset = state_to_record({key: units[key] for key in self.units.keys_of(layers)})
-            messages.append(self._message(MessageType.TRAIN, node, subset,
-                                          self._config(config, round_config(server_round, layers))))
+            messages.append(
+                self._message(MessageType.TRAIN, node, subset, self._config(config, round_config(server_round, layers)))
+            )
         self._train_sent_at = time.perf_counter()
         return messages
 
@@ -212,11 +239,19 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         choice for clients with usable scores, :func:`~f3ocus_core.selection.fallback_assignment`
         for the others (under ``control='heads-only'``: no layer for anyone)."""
         if not nodes:
-            raise RuntimeError(f"Round {server_round}: no client to train; every client failed its evaluation or "
-                               "left (see the errors above).")
+            raise RuntimeError(
+                f"Round {server_round}: no client to train; every client failed its evaluation or "
+                "left (see the errors above)."
+            )
         nodes = sorted(nodes, key=self._partition_order)
-        budgets = dict(zip(nodes, client_budgets(self.settings.selection.budget,
-                                                 [self.state.clients[node].partition_id for node in nodes])))
+        budgets = dict(
+            zip(
+                nodes,
+                client_budgets(
+                    self.settings.selection.budget, [self.state.clients[node].partition_id for node in nodes]
+                ),
+            )
+        )
         if not self.control.scores:
             assignment: dict[int, list[int]] = {node: [] for node in nodes}
         else:
@@ -227,16 +262,18 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             rng = np.random.default_rng(self.settings.seed * 7919 + server_round)
             for node in nodes:
                 if node not in assignment:
-                    assignment[node] = fallback_assignment(self.state.last_valid_scores.get(node), budgets[node],
-                                                           self.num_layers, rng)
+                    assignment[node] = fallback_assignment(
+                        self.state.last_valid_scores.get(node), budgets[node], self.num_layers, rng
+                    )
         masks = np.zeros((len(nodes), self.num_layers), dtype=bool)
         for row, node in enumerate(nodes):
             masks[row, assignment[node]] = True
         self.recorder.record_assignment(server_round, [self._name(n) for n in nodes], masks)
         return {node: assignment[node] for node in nodes}
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each partial update against its assignment and average layer-wise (under
         ``control='local-only'``: put it into its client's own model instead; under ``secagg=true``:
         run the secure-aggregation stages, :meth:`_aggregate_secure`)."""
@@ -246,8 +283,10 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         updates, losses, trained, nodes = [], [], [], []
         # In partition order, not arrival order: the average is then the same bit for bit whichever
         # client answers first (a resumed run repeats the uninterrupted one exactly).
-        screened = sorted(self._screened(server_round, MessageType.TRAIN, replies, record.assignment),
-                          key=lambda m: self._partition_order(m.metadata.src_node_id))
+        screened = sorted(
+            self._screened(server_round, MessageType.TRAIN, replies, record.assignment),
+            key=lambda m: self._partition_order(m.metadata.src_node_id),
+        )
         if self.settings.secagg:
             return self._aggregate_secure(server_round, screened)
         for msg in screened:
@@ -268,14 +307,18 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             return None, None
         updates = [self._bounded(server_round, node, update) for node, update in zip(nodes, updates)]
         if self.settings.dp.updates:  # clipped again, equal weights (f3ocus_core.privacy)
-            updates = equal_weight_clipped(updates, [self.state.units_of(node) for node in nodes],
-                                           self.settings.dp.clip_norm)
+            updates = equal_weight_clipped(
+                updates, [self.state.units_of(node) for node in nodes], self.settings.dp.clip_norm
+            )
         before = self.state.global_units
         if self.control.shared_model:
-            self.state.global_units = aggregate_layers(self.state.global_units, updates,
-                                                       lora=self.settings.aggregation_lora,
-                                                       max_share=self.settings.aggregation_max_client_share,
-                                                       robust=self.settings.aggregation_robust)
+            self.state.global_units = aggregate_layers(
+                self.state.global_units,
+                updates,
+                lora=self.settings.aggregation_lora,
+                max_share=self.settings.aggregation_max_client_share,
+                robust=self.settings.aggregation_robust,
+            )
             if self.settings.dp.updates:
                 self.state.global_units = self._noised(before)
         else:
@@ -285,14 +328,21 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         record.train_loss = float(sum(loss * share for loss, share in zip(losses, shares)))
         return state_to_record(self.state.global_units), MetricRecord({TRAIN_LOSS: record.train_loss})
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """One ``evaluate`` message per connected client with the units it works on and ``config``'s
         keys; before every round but the last it also asks for the client's scores for the next round."""
         score_round = server_round + 1 if self.control.scores and server_round < self.num_rounds else None
-        messages = [self._message(MessageType.EVALUATE, node, self._units_record(node, arrays),
-                                  self._config(config, round_config(server_round, score_round=score_round)))
-                    for node in self._wait_for_nodes(grid)]
+        messages = [
+            self._message(
+                MessageType.EVALUATE,
+                node,
+                self._units_record(node, arrays),
+                self._config(config, round_config(server_round, score_round=score_round)),
+            )
+            for node in self._wait_for_nodes(grid)
+        ]
         self._eval_sent_at = time.perf_counter()
         return messages
 
@@ -309,8 +359,9 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             try:
                 evaluations[self._name(msg.metadata.src_node_id)] = check_evaluate_reply(msg.content)
             except Rejected as error:  # a failed evaluation: its scores do not count either
-                self._reject(server_round, MessageType.EVALUATE, Rejection(msg.metadata.src_node_id, error.check,
-                                                                           error.detail))
+                self._reject(
+                    server_round, MessageType.EVALUATE, Rejection(msg.metadata.src_node_id, error.check, error.detail)
+                )
                 continue
             if scoring:
                 self._keep_scores(server_round, MessageType.EVALUATE, msg)
@@ -330,8 +381,10 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         self.state.scores = {}
         nodes = self._wait_for_nodes(grid)
         started = time.perf_counter()
-        messages = [self._message(MessageType.QUERY, node, self._units_record(node, arrays),
-                                  round_config(server_round)) for node in nodes]
+        messages = [
+            self._message(MessageType.QUERY, node, self._units_record(node, arrays), round_config(server_round))
+            for node in nodes
+        ]
         replies = grid.send_and_receive(messages, timeout=self.timeout)
         for msg in self._screened(server_round, MessageType.QUERY, replies, nodes):
             self._keep_scores(server_round, MessageType.QUERY, msg)
@@ -345,10 +398,23 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         clients = []
         for node, info in sorted(self.state.clients.items(), key=lambda item: item[1].partition_id):
             scores = self.state.last_valid_scores.get(node)
-            clients.append({"name": info.name, "partition_id": info.partition_id, "kind": info.kind,
-                            "last_valid_scores": None if scores is None else [float(v) for v in scores]})
-        privacy = None if self.ledger is None else {"population": self.ledger.population, "rounds": self.ledger.rounds,
-                                                    "score_releases": self.ledger.score_releases}
+            clients.append(
+                {
+                    "name": info.name,
+                    "partition_id": info.partition_id,
+                    "kind": info.kind,
+                    "last_valid_scores": None if scores is None else [float(v) for v in scores],
+                }
+            )
+        privacy = (
+            None
+            if self.ledger is None
+            else {
+                "population": self.ledger.population,
+                "rounds": self.ledger.rounds,
+                "score_releases": self.ledger.score_releases,
+            }
+        )
         return {"clients": clients, "privacy": privacy, **self.recorder.export_state()}
 
     def import_state(self, checkpoint: Checkpoint) -> None:
@@ -356,22 +422,27 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         change across restarts, so last valid scores are matched to clients by partition id."""
         self.resumed_round = checkpoint.server_round
         self.state.global_units = dict(checkpoint.units)
-        self._restored_scores = {int(client["partition_id"]): np.asarray(client["last_valid_scores"], dtype=float)
-                                 for client in checkpoint.strategy["clients"]
-                                 if client["last_valid_scores"] is not None}
+        self._restored_scores = {
+            int(client["partition_id"]): np.asarray(client["last_valid_scores"], dtype=float)
+            for client in checkpoint.strategy["clients"]
+            if client["last_valid_scores"] is not None
+        }
         self.recorder.import_state(checkpoint.strategy, checkpoint.server_round)
         privacy = checkpoint.strategy.get("privacy")
         if privacy:
-            self.ledger = PrivacyLedger(self.settings.dp, int(privacy["population"]), list(privacy["rounds"]),
-                                        int(privacy["score_releases"]))
+            self.ledger = PrivacyLedger(
+                self.settings.dp, int(privacy["population"]), list(privacy["rounds"]), int(privacy["score_releases"])
+            )
 
     def _round_done(self, server_round: int, arrays: ArrayRecord) -> None:
         """After a complete round: write the checkpoint (if this strategy has a fingerprint)."""
         if self.fingerprint is None:
             return
         rng, torch_rng = capture_rng()
-        save_checkpoint(self.recorder.out_dir, Checkpoint(server_round, record_to_state(arrays), self.export_state(),
-                                                          self.fingerprint, rng, torch_rng))
+        save_checkpoint(
+            self.recorder.out_dir,
+            Checkpoint(server_round, record_to_state(arrays), self.export_state(), self.fingerprint, rng, torch_rng),
+        )
 
     # ------------------------------------------------------------------ privacy
 
@@ -398,8 +469,9 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             sampled = self._sample_size()  # fixed before any reply: not who answered or trained
             state = spread_over_sampled(state, before, self.units.names, counts, sampled)
             counts = [sampled] * self.num_layers
-        return add_layer_noise(state, self.units.names, counts, dp.noise_multiplier, dp.clip_norm,
-                               np.random.default_rng())
+        return add_layer_noise(
+            state, self.units.names, counts, dp.noise_multiplier, dp.clip_norm, np.random.default_rng()
+        )
 
     def _sample_size(self) -> int:
         """Clients sampled per round: ``clients-per-round`` of the population (all if 0)."""
@@ -413,22 +485,36 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         """The clients that train in ``server_round``: the connected ones the server knows (each has
         replied before, so its partition and budget are known), or a sample of ``clients-per-round``
         of them (:func:`~f3ocus_core.sampling.sample_clients`), in partition order."""
-        known = sorted((node for node in self._wait_for_nodes(grid) if node in self.state.clients),
-                       key=self._partition_order)
+        known = sorted(
+            (node for node in self._wait_for_nodes(grid) if node in self.state.clients), key=self._partition_order
+        )
         return sample_clients(known, self.settings.clients_per_round, self.settings.seed, server_round)
 
-    def _select(self, server_round: int, nodes: list[int], unusable: list[int],
-                budgets: dict[int, int]) -> dict[int, list[int]]:
+    def _select(
+        self, server_round: int, nodes: list[int], unusable: list[int], budgets: dict[int, int]
+    ) -> dict[int, list[int]]:
         """Run the selector over the clients with usable scores and record its front."""
         matrix = np.stack([self._usable_scores(node) for node in nodes])
         node_budgets = [budgets[node] for node in nodes]
         sel = self.settings.selection
-        result = select(matrix, node_budgets, algorithm=sel.algorithm, seed=self.settings.seed + server_round,
-                        pick=sel.pick, exact_budget=sel.exact_budget, **sel.params)
+        result = select(
+            matrix,
+            node_budgets,
+            algorithm=sel.algorithm,
+            seed=self.settings.seed + server_round,
+            pick=sel.pick,
+            exact_budget=sel.exact_budget,
+            **sel.params,
+        )
         names = [self._name(node) for node in nodes]
-        record = {"invalid_clients": [self._name(node) for node in unusable], "scored_clients": names,
-                  "scores": matrix, "raw": [list(self.state.scores[node].reply.raw) for node in nodes],
-                  "budgets": node_budgets, **result.as_dict()}
+        record = {
+            "invalid_clients": [self._name(node) for node in unusable],
+            "scored_clients": names,
+            "scores": matrix,
+            "raw": [list(self.state.scores[node].reply.raw) for node in nodes],
+            "budgets": node_budgets,
+            **result.as_dict(),
+        }
         self.recorder.record_selection(server_round, names, record, result, top_b_masks(matrix, node_budgets))
         return {node: np.flatnonzero(mask).tolist() for node, mask in zip(nodes, result.masks)}
 
@@ -448,15 +534,23 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         try:
             reply = parse_scores_reply(msg.content)
         except Rejected as error:
-            self._reject(server_round, phase, Rejection(node, error.check, error.detail),
-                         "it trains its fall-back layers next round")
+            self._reject(
+                server_round,
+                phase,
+                Rejection(node, error.check, error.detail),
+                "it trains its fall-back layers next round",
+            )
             return
         budget = client_budgets(self.settings.selection.budget, [self.state.clients[node].partition_id])[0]
         try:
             values = check_score_values(reply, self.num_layers, budget)
         except Rejected as error:
-            self._reject(server_round, phase, Rejection(node, error.check, error.detail),
-                         "it trains its fall-back layers next round")
+            self._reject(
+                server_round,
+                phase,
+                Rejection(node, error.check, error.detail),
+                "it trains its fall-back layers next round",
+            )
             values = None
         else:
             self.state.last_valid_scores[node] = values
@@ -467,10 +561,14 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         noted as rejected."""
         node = msg.metadata.src_node_id
         try:
-            update = check_train_reply(msg.content, self._name(node),
-                                       self.units.keys_of(self.state.record.assignment.get(node, [])),
-                                       self.units.all_keys(), self.state.global_units,
-                                       self.state.reported_examples(node))
+            update = check_train_reply(
+                msg.content,
+                self._name(node),
+                self.units.keys_of(self.state.record.assignment.get(node, [])),
+                self.units.all_keys(),
+                self.state.global_units,
+                self.state.reported_examples(node),
+            )
         except Rejected as error:
             self._reject(server_round, MessageType.TRAIN, Rejection(node, error.check, error.detail))
             return None
@@ -487,9 +585,16 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         sent = self.state.units_of(node)
         update, clipped = bound_update(update, sent, self.units.names, bound)
         for layer, ratio in clipped.items():
-            log(WARNING, "Round %d, train: update of client %s on layer %d clipped: its change was %.3g times the "
-                "layer's norm, above aggregation.max-update-norm=%g.", server_round, self._name(node), layer, ratio,
-                bound)
+            log(
+                WARNING,
+                "Round %d, train: update of client %s on layer %d clipped: its change was %.3g times the "
+                "layer's norm, above aggregation.max-update-norm=%g.",
+                server_round,
+                self._name(node),
+                layer,
+                ratio,
+                bound,
+            )
         return update
 
     def _units_record(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
@@ -528,13 +633,15 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         info = ClientInfo.from_record(msg.content.config_records[CLIENT])
         self.state.clients[msg.metadata.src_node_id] = info
         if info.partition_id in self._restored_scores:
-            self.state.last_valid_scores.setdefault(msg.metadata.src_node_id,
-                                                    self._restored_scores.pop(info.partition_id))
+            self.state.last_valid_scores.setdefault(
+                msg.metadata.src_node_id, self._restored_scores.pop(info.partition_id)
+            )
         if info.labels is not None:
             self.recorder.save_labels(info.name, info.kind, list(info.labels))
 
-    def _screened(self, server_round: int, phase: str, replies: Iterable[Message],
-                  sent: Iterable[int]) -> list[Message]:
+    def _screened(
+        self, server_round: int, phase: str, replies: Iterable[Message], sent: Iterable[int]
+    ) -> list[Message]:
         """The replies to ``phase``'s messages (sent to the nodes ``sent``) whose envelope and client
         record pass :mod:`server_app.replies`; every other reply, and every node that sent none
         within the round timeout, is logged and noted in the round's record and left out of the step.
@@ -549,10 +656,15 @@ class F3ocusStrategy(SecureAggregation, Strategy):
             node = msg.metadata.src_node_id
             try:
                 check_records(msg.content, "secagg" if self.settings.secagg and phase == MessageType.TRAIN else phase)
-                info = check_client_info(msg.content, node, self.state.clients, named,
-                                         required=phase != MessageType.TRAIN,
-                                         partitions_this_phase=partitions,
-                                         num_partitions=self.settings.selection.budget_partitions)
+                info = check_client_info(
+                    msg.content,
+                    node,
+                    self.state.clients,
+                    named,
+                    required=phase != MessageType.TRAIN,
+                    partitions_this_phase=partitions,
+                    num_partitions=self.settings.selection.budget_partitions,
+                )
             except Rejected as error:
                 self._reject(server_round, phase, Rejection(node, error.check, error.detail))
                 continue
@@ -568,8 +680,16 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         name = self._name(rejection.node)
         outcome = outcome or "left out of this step"
         detail = printable(rejection.detail)
-        log(WARNING, "Round %d, %s: reply of client %s rejected [%s]: %s; %s.", server_round, phase, name,
-            rejection.check, detail, outcome)
+        log(
+            WARNING,
+            "Round %d, %s: reply of client %s rejected [%s]: %s; %s.",
+            server_round,
+            phase,
+            name,
+            rejection.check,
+            detail,
+            outcome,
+        )
         self.state.record.fail(phase, name, f"{rejection.check}: {detail}")
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -577,7 +697,8 @@ class F3ocusStrategy(SecureAggregation, Strategy):
         deadline = time.monotonic() + self.timeout
         while len(nodes := sorted(grid.get_node_ids())) < self.settings.min_clients:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"min-clients: only {len(nodes)} of {self.settings.min_clients} clients "
-                                   "connected in time.")
+                raise RuntimeError(
+                    f"min-clients: only {len(nodes)} of {self.settings.min_clients} clients connected in time."
+                )
             time.sleep(1.0)
         return nodes

@@ -113,9 +113,12 @@ class Topology:
     def executors_of(self, service: str) -> list[str]:
         """The services whose ``--runtime-api-address`` is ``service`` (a SuperNode's ClientApp
         executor): the paths of a SuperNode's node config live in their file system."""
-        return [name for name, spec in self.compose["services"].items()
-                if any(str(arg).startswith(f"{service}:") for arg in spec.get("command", []))
-                and "--runtime-api-address" in spec.get("command", [])]
+        return [
+            name
+            for name, spec in self.compose["services"].items()
+            if any(str(arg).startswith(f"{service}:") for arg in spec.get("command", []))
+            and "--runtime-api-address" in spec.get("command", [])
+        ]
 
     def translate(self, service: str, argument: str) -> str:
         """One argument or environment value, as the process on loopback needs it."""
@@ -124,8 +127,9 @@ class Topology:
         for target, host in sorted(mounts, key=lambda pair: -len(pair[0])):
             argument = re.sub(rf"(?<![\w/]){re.escape(target)}(?=/|'|\"|$|\s)", str(host), argument)
         services = "|".join(map(re.escape, self.compose["services"]))
-        return re.sub(rf"\b({services}):(\d+)\b",
-                      lambda m: f"127.0.0.1:{self.port(m.group(1), int(m.group(2)))}", argument)
+        return re.sub(
+            rf"\b({services}):(\d+)\b", lambda m: f"127.0.0.1:{self.port(m.group(1), int(m.group(2)))}", argument
+        )
 
     def command(self, service: str) -> list[str]:
         """``entrypoint`` + ``command`` of ``service``, translated; scripts from this interpreter."""
@@ -197,12 +201,24 @@ def start(topology: Topology, services: list[str], base_env: dict[str, str], sta
         started.logs[service] = logs / f"{service}.log"
         with open(started.logs[service], "wb") as log:
             started.processes[service] = subprocess.Popen(
-                topology.command(service), cwd=cwd, env=env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                topology.command(service),
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
 
-def run_deployment(tmp_path: Path, compose_files: list[Path], env: dict[str, str], run_config: dict,
-                   connection_certificates: Path | None = None, before_run=None, timeout: int = 600):
+def run_deployment(
+    tmp_path: Path,
+    compose_files: list[Path],
+    env: dict[str, str],
+    run_config: dict,
+    connection_certificates: Path | None = None,
+    before_run=None,
+    timeout: int = 600,
+):
     """Start every service of the merged files on loopback (SuperLink first), optionally call
     ``before_run(topology, flwr_env, started)``, then `flwr run` against it; stops everything.
     Returns (completed `flwr run`, started processes)."""
@@ -215,15 +231,28 @@ def run_deployment(tmp_path: Path, compose_files: list[Path], env: dict[str, str
     started = Started()
     try:
         start(topology, ["superlink"], flwr_env, started)
-        assert wait_for_log(started.logs["superlink"], "Starting the SuperLink Fleet HTTP API", 60,
-                            started.processes["superlink"]), started.log("superlink")
+        assert wait_for_log(
+            started.logs["superlink"], "Starting the SuperLink Fleet HTTP API", 60, started.processes["superlink"]
+        ), started.log("superlink")
         if before_run is not None:
             before_run(topology, flwr_env, started)
         start(topology, [s for s in services if s != "superlink"], flwr_env, started)
         result = subprocess.run(
-            [str(BIN / "flwr"), "run", str(ROOT), "f3ocus-docker", "--stream",
-             "--run-config", run_config_arg(run_config)],
-            env=flwr_env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(ROOT),
+                "f3ocus-docker",
+                "--stream",
+                "--run-config",
+                run_config_arg(run_config),
+            ],
+            env=flwr_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return result, started
     finally:
         started.stop_all()
@@ -231,10 +260,18 @@ def run_deployment(tmp_path: Path, compose_files: list[Path], env: dict[str, str
 
 def deployment_run_config(small_run_config: dict) -> dict:
     """One round on a few examples per client: each message of a deployment starts a process."""
-    config = {key: small_run_config[key] for key in (
-        "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps", "train.batch-size")}
-    config.update({"num-server-rounds": 1, "data.max-train-per-client": 32, "data.max-test-per-client": 16,
-                   "train.local-epochs": 1})
+    config = {
+        key: small_run_config[key]
+        for key in ("run-name", "output-dir", "model.cache-dir", "model.pretrain-steps", "train.batch-size")
+    }
+    config.update(
+        {
+            "num-server-rounds": 1,
+            "data.max-train-per-client": 32,
+            "data.max-test-per-client": 16,
+            "train.local-epochs": 1,
+        }
+    )
     return config
 
 

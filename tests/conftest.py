@@ -56,18 +56,20 @@ def shipped_run_config() -> Mapping[str, object]:
 def small_run_config(shipped_run_config, model_cache, tmp_path) -> dict:
     """The shipped run config, shrunk to seconds: 2 rounds, tiny data, quick base checkpoint."""
     config = dict(shipped_run_config)
-    config.update({
-        "num-server-rounds": 2,
-        "run-name": "test-run",
-        "output-dir": str(tmp_path / "outputs"),
-        "model.cache-dir": str(model_cache),
-        "model.pretrain-steps": 30,
-        "data.max-train-per-client": 24,
-        "data.max-test-per-client": 16,
-        "selection.budget": "2",
-        "selection.params": "",
-        "train.batch-size": 8,
-    })
+    config.update(
+        {
+            "num-server-rounds": 2,
+            "run-name": "test-run",
+            "output-dir": str(tmp_path / "outputs"),
+            "model.cache-dir": str(model_cache),
+            "model.pretrain-steps": 30,
+            "data.max-train-per-client": 24,
+            "data.max-test-per-client": 16,
+            "selection.budget": "2",
+            "selection.params": "",
+            "train.batch-size": 8,
+        }
+    )
     return config
 
 
@@ -77,9 +79,13 @@ def no_figures(monkeypatch):
     from f3ocus_core.recorder import RunRecorder
     from f3ocus_core.selection import figures
 
-    for owner, name in ((RunRecorder, "_plot_metric"), (RunRecorder, "_plot_assignments"),
-                        (RunRecorder, "_plot_coverage_diagnostics"),
-                        (figures, "plot_front"), (figures, "plot_coverage")):
+    for owner, name in (
+        (RunRecorder, "_plot_metric"),
+        (RunRecorder, "_plot_assignments"),
+        (RunRecorder, "_plot_coverage_diagnostics"),
+        (figures, "plot_front"),
+        (figures, "plot_coverage"),
+    ):
         monkeypatch.setattr(owner, name, lambda *args, **kwargs: None)
 
 

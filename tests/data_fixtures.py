@@ -35,6 +35,7 @@ MEDICAL_TASKS: tuple[str, ...] = (
     "task6-mixed",
 )
 
+
 def _pixels(rng: np.random.Generator, shape: tuple[int, ...], level: int, levels: int) -> np.ndarray:
     """Noise around a brightness that encodes ``level`` of ``levels``."""
     centre = 40 + int(175 * level / max(levels - 1, 1))
@@ -113,9 +114,7 @@ def _chest_labels(per_class: int, width: int) -> np.ndarray:
     return np.concatenate([single, none, double])
 
 
-def _save_image(
-    path: Path, rng: np.random.Generator, level: int, levels: int, size: int = 32, mode: str = "L"
-) -> None:
+def _save_image(path: Path, rng: np.random.Generator, level: int, levels: int, size: int = 32, mode: str = "L") -> None:
     """A small image whose brightness encodes ``level``; the format follows the file suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (size, size) if mode == "L" else (size, size, 3)
@@ -396,10 +395,24 @@ def write_mimic_fixture(directory: Path | str, studies: int = 200, seed: int = 0
             meta_rows.append(row)
     for name, header, rows in (
         ("mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *sorted(CHEXPERT_LABELS)], None),
-        ("mimic-cxr-2.0.0-metadata.csv.gz", [
-            "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-            "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
-            "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"], meta_rows),
+        (
+            "mimic-cxr-2.0.0-metadata.csv.gz",
+            [
+                "dicom_id",
+                "subject_id",
+                "study_id",
+                "PerformedProcedureStepDescription",
+                "ViewPosition",
+                "Rows",
+                "Columns",
+                "StudyDate",
+                "StudyTime",
+                "ProcedureCodeSequence_CodeMeaning",
+                "ViewCodeSequence_CodeMeaning",
+                "PatientOrientationCodeSequence_CodeMeaning",
+            ],
+            meta_rows,
+        ),
     ):
         if rows is None:
             order = [CHEXPERT_LABELS.index(label) for label in sorted(CHEXPERT_LABELS)]

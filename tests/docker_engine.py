@@ -25,8 +25,9 @@ class Unavailable(RuntimeError):
 def _docker_cli() -> str:
     cli = shutil.which("docker")
     if cli is None:
-        raise Unavailable("no `docker` CLI on PATH "
-                          "(Debian: apt-get install docker.io; or scripts/docker-test-setup.sh)")
+        raise Unavailable(
+            "no `docker` CLI on PATH (Debian: apt-get install docker.io; or scripts/docker-test-setup.sh)"
+        )
     return cli
 
 
@@ -44,8 +45,10 @@ def engine(log_dir: Path, start_timeout: float = 90.0) -> Iterator[str]:
         return
     dockerd = shutil.which("dockerd") or ("/usr/sbin/dockerd" if Path("/usr/sbin/dockerd").exists() else None)
     if dockerd is None:
-        raise Unavailable("no Docker engine answers and there is no `dockerd` to start "
-                          "(Debian: apt-get install docker.io; or scripts/docker-test-setup.sh)")
+        raise Unavailable(
+            "no Docker engine answers and there is no `dockerd` to start "
+            "(Debian: apt-get install docker.io; or scripts/docker-test-setup.sh)"
+        )
     if os.geteuid() != 0:
         raise Unavailable("no Docker engine answers and starting `dockerd` needs root")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -56,8 +59,9 @@ def engine(log_dir: Path, start_timeout: float = 90.0) -> Iterator[str]:
         deadline = time.monotonic() + start_timeout
         while not _answers(cli):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise Unavailable(f"`dockerd` did not start (exit {process.poll()}): "
-                                  + log_path.read_text(errors="replace")[-1500:])
+                raise Unavailable(
+                    f"`dockerd` did not start (exit {process.poll()}): " + log_path.read_text(errors="replace")[-1500:]
+                )
             time.sleep(1)
         yield cli
     finally:
@@ -76,6 +80,8 @@ def compose_command(cli: str) -> list[str]:
             reply = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=60)
             if reply.returncode == 0 and reply.stdout.strip().lstrip("v").startswith("2"):
                 return command
-    raise Unavailable("no Compose v2 (`docker compose` plugin or `docker-compose` 2.x); Debian's docker-compose "
-                      "1.29.2 cannot read docker/compose.yml (top-level `name`) nor `up --wait`: "
-                      "scripts/docker-test-setup.sh installs one")
+    raise Unavailable(
+        "no Compose v2 (`docker compose` plugin or `docker-compose` 2.x); Debian's docker-compose "
+        "1.29.2 cannot read docker/compose.yml (top-level `name`) nor `up --wait`: "
+        "scripts/docker-test-setup.sh installs one"
+    )

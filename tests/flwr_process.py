@@ -29,14 +29,16 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     """Environment for `flwr` commands: own home, own local-SuperLink ports, no dependency sync, and
     this interpreter's scripts first on PATH (so `flwr` starts the SuperLink of this environment)."""
     env = dict(os.environ)
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -82,10 +84,10 @@ def write_connection(flwr_home: Path, name: str, address: str, root_certificates
     """A Flower home whose default (and only) SuperLink connection is ``name`` at ``address``:
     insecure, or TLS verified against ``root_certificates``."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    security = (f"root-certificates = {json.dumps(str(root_certificates))}" if root_certificates
-                else "insecure = true")
+    security = f"root-certificates = {json.dumps(str(root_certificates))}" if root_certificates else "insecure = true"
     (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n')
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n'
+    )
 
 
 def wait_for_log(path: Path, text: str, timeout: float, process: subprocess.Popen | None = None) -> bool:

@@ -30,10 +30,15 @@ class InProcessGrid(inprocess.InProcessGrid):
         ``late`` as ``(node, message type, server round)``.
     """
 
-    def __init__(self, run_config: dict, handlers: dict[str, Callable], num_nodes: int,
-                 fail: Callable[[int, str, int], bool] | None = None,
-                 delay: Callable[[int, str, int], float] | None = None,
-                 state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        run_config: dict,
+        handlers: dict[str, Callable],
+        num_nodes: int,
+        fail: Callable[[int, str, int], bool] | None = None,
+        delay: Callable[[int, str, int], float] | None = None,
+        state_dir: str | None = None,
+    ) -> None:
         super().__init__(run_config, handlers, num_nodes, state_dir=state_dir)
         self.fail = fail
         self.delay = delay
@@ -46,8 +51,9 @@ class InProcessGrid(inprocess.InProcessGrid):
         return super().handle(msg, node)
 
     def deliver(self, msg: Message, node: int, timeout: float | None) -> list[Message]:
-        replies = [m for reply in super().deliver(msg, node, timeout)
-                   for m in (reply if isinstance(reply, list) else [reply])]
+        replies = [
+            m for reply in super().deliver(msg, node, timeout) for m in (reply if isinstance(reply, list) else [reply])
+        ]
         kind = msg.metadata.message_type
         server_round = int(msg.content.config_records[CONFIG][SERVER_ROUND]) if CONFIG in msg.content else -1
         if self.delay and timeout is not None and self.delay(node, kind, server_round) > timeout:
@@ -56,8 +62,9 @@ class InProcessGrid(inprocess.InProcessGrid):
         return replies
 
 
-def run_server_app(config: dict, num_nodes: int, fail=None, wrap=None, delay=None,
-                   state_dir: str | None = None) -> tuple[InProcessGrid, list[dict]]:
+def run_server_app(
+    config: dict, num_nodes: int, fail=None, wrap=None, delay=None, state_dir: str | None = None
+) -> tuple[InProcessGrid, list[dict]]:
     """:func:`f3ocus_evidence.inprocess.run_server_app` with faults: ``wrap`` maps a message type to a
     decorator of that client handler; ``fail`` and ``delay`` as in :class:`InProcessGrid`."""
     handlers = client_handlers()

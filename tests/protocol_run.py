@@ -26,13 +26,17 @@ def protocol_config(small_run_config: dict) -> dict:
     return dict(small_run_config, **{"num-server-rounds": 3, "run-name": "protocol", "train.max-steps": 2})
 
 
-def protocol_run(config: dict, num_nodes: int = 3) -> tuple[dict[int, dict[str, list[int]]], dict[str, np.ndarray],
-                                                          list]:
+def protocol_run(
+    config: dict, num_nodes: int = 3
+) -> tuple[dict[int, dict[str, list[int]]], dict[str, np.ndarray], list]:
     """Run ``config``; return the assignment per round (client name -> layer ids), the final global
     units and the grid's calls ``(node, message type)``."""
     grid, rows = run_server_app(config, num_nodes=num_nodes)
-    assignments = {int(row["round"]): {name: list(layers) for name, layers in row["assignment"].items()}
-                   for row in rows if row["round"]}
+    assignments = {
+        int(row["round"]): {name: list(layers) for name, layers in row["assignment"].items()}
+        for row in rows
+        if row["round"]
+    }
     units = load_checkpoint(Path(config["output-dir"]) / config["run-name"]).units
     return assignments, units, grid.calls
 
@@ -41,7 +45,7 @@ def load_fixture() -> tuple[dict[int, dict[str, list[int]]], dict[str, np.ndarra
     """The three-exchange run's assignments and final units."""
     with np.load(FIXTURE) as saved:
         assignments = {int(r): a for r, a in json.loads(str(saved["assignments"])).items()}
-        units = {key[len("unit/"):]: saved[key] for key in saved.files if key.startswith("unit/")}
+        units = {key[len("unit/") :]: saved[key] for key in saved.files if key.startswith("unit/")}
     return assignments, units
 
 
@@ -53,12 +57,25 @@ if __name__ == "__main__":  # python -m tests.protocol_run OUT_DIR: write the fi
     root = Path(sys.argv[1])
     cache = root / "model-cache"
     ensure_base_checkpoint(cache, steps=30, seed=0)
-    base = dict(tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-                ["tool"]["flwr"]["app"]["config"])
-    base.update({"num-server-rounds": 2, "run-name": "test-run", "output-dir": str(root / "outputs"),
-                 "model.cache-dir": str(cache), "model.pretrain-steps": 30, "data.max-train-per-client": 24,
-                 "data.max-test-per-client": 16, "selection.budget": "2", "selection.params": "",
-                 "train.batch-size": 8})
+    base = dict(
+        tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+            "config"
+        ]
+    )
+    base.update(
+        {
+            "num-server-rounds": 2,
+            "run-name": "test-run",
+            "output-dir": str(root / "outputs"),
+            "model.cache-dir": str(cache),
+            "model.pretrain-steps": 30,
+            "data.max-train-per-client": 24,
+            "data.max-test-per-client": 16,
+            "selection.budget": "2",
+            "selection.params": "",
+            "train.batch-size": 8,
+        }
+    )
     assignments, units, _ = protocol_run(protocol_config(base))
     np.savez_compressed(FIXTURE, assignments=json.dumps(assignments), **{f"unit/{k}": v for k, v in units.items()})
     print(json.dumps(assignments), sum(v.size for v in units.values()), "unit values")

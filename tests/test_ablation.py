@@ -34,21 +34,32 @@ class _QuestionReader(torch.nn.Module):
 
 
 def _collate(rows):
-    pixels = torch.stack([torch.tensor(np.asarray(r["image"].convert("RGB")), dtype=torch.float32).permute(2, 0, 1)
-                          for r in rows])
+    pixels = torch.stack(
+        [torch.tensor(np.asarray(r["image"].convert("RGB")), dtype=torch.float32).permute(2, 0, 1) for r in rows]
+    )
     labels = torch.tensor([[float(r["answers"][0] == "red"), float(r["answers"][0] == "blue")] for r in rows])
-    return {"pixel_values": pixels, "question_length": torch.tensor([float(len(r["question"])) for r in rows]),
-            "labels": labels}
+    return {
+        "pixel_values": pixels,
+        "question_length": torch.tensor([float(len(r["question"])) for r in rows]),
+        "labels": labels,
+    }
 
 
 def _colour_rows(n: int) -> datasets.Dataset:
     colours = ["red" if i % 2 else "blue" for i in range(n)]
     return datasets.Dataset.from_dict(
-        {"image": [Image.new("RGB", (4, 4), (255, 0, 0) if c == "red" else (0, 0, 255)) for c in colours],
-         "question": ["what colour is it?" if i % 3 else "what colour?" for i in range(n)],
-         "answers": [[c] for c in colours]},
-        features=datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                                    "answers": datasets.Sequence(datasets.Value("string"))}),
+        {
+            "image": [Image.new("RGB", (4, 4), (255, 0, 0) if c == "red" else (0, 0, 255)) for c in colours],
+            "question": ["what colour is it?" if i % 3 else "what colour?" for i in range(n)],
+            "answers": [[c] for c in colours],
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "question": datasets.Value("string"),
+                "answers": datasets.Sequence(datasets.Value("string")),
+            }
+        ),
     )
 
 

@@ -24,8 +24,11 @@ def _global() -> dict[str, np.ndarray]:
 def test_each_layer_is_the_example_weighted_mean_of_its_trainers():
     state = _global()
     one = {"l0.a": np.full((2, 3), 1.0, np.float32), "l0.b": np.full((2, 3), 2.0, np.float32)}
-    two = {"l0.a": np.full((2, 3), 4.0, np.float32), "l0.b": np.full((2, 3), 8.0, np.float32),
-           "l1.a": np.full((2, 3), -3.0, np.float32)}
+    two = {
+        "l0.a": np.full((2, 3), 4.0, np.float32),
+        "l0.b": np.full((2, 3), 8.0, np.float32),
+        "l1.a": np.full((2, 3), -3.0, np.float32),
+    }
     new = aggregate_layers(state, [PartialUpdate("c1", one, 10), PartialUpdate("c2", two, 30)])
     np.testing.assert_allclose(new["l0.a"], (1.0 * 10 + 4.0 * 30) / 40)
     np.testing.assert_allclose(new["l0.b"], (2.0 * 10 + 8.0 * 30) / 40)
@@ -154,12 +157,18 @@ def test_truncation_error_is_reported_and_is_the_best_rank_r_error():
 def test_a_module_trained_by_one_client_and_untouched_layers_are_bit_identical(scheme):
     state = _lora_global()
     rng = np.random.default_rng(5)
-    only = {A0: rng.standard_normal(state[A0].shape).astype(np.float32),
-            B0: rng.standard_normal(state[B0].shape).astype(np.float32)}
-    other = {A1: rng.standard_normal(state[A1].shape).astype(np.float32),
-             B1: rng.standard_normal(state[B1].shape).astype(np.float32)}
-    both = {A1: rng.standard_normal(state[A1].shape).astype(np.float32),
-            B1: rng.standard_normal(state[B1].shape).astype(np.float32)}
+    only = {
+        A0: rng.standard_normal(state[A0].shape).astype(np.float32),
+        B0: rng.standard_normal(state[B0].shape).astype(np.float32),
+    }
+    other = {
+        A1: rng.standard_normal(state[A1].shape).astype(np.float32),
+        B1: rng.standard_normal(state[B1].shape).astype(np.float32),
+    }
+    both = {
+        A1: rng.standard_normal(state[A1].shape).astype(np.float32),
+        B1: rng.standard_normal(state[B1].shape).astype(np.float32),
+    }
     new = aggregate_layers(state, [PartialUpdate("c1", only | other, 7), PartialUpdate("c2", both, 13)], lora=scheme)
     for key in (A0, B0):
         assert new[key].tobytes() == only[key].tobytes()
@@ -179,10 +188,12 @@ def test_the_schemes_differ_only_on_shared_lora_modules():
     product = aggregate_layers(state, updates, lora="product")
     separate = aggregate_layers(state, updates, lora="separate")
     exact = sum(u.num_examples * u.state[B1].astype(np.float64) @ u.state[A1] for u in updates) / 7
+
     # Two rank-2 products of a 4 x 3 matrix: the mean has rank <= 3 > 2, so neither is exact, but
     # the product scheme is the best rank-2 answer and so never worse than separate.
     def err(s):
         return np.linalg.norm(s[B1].astype(np.float64) @ s[A1] - exact)
+
     assert err(product) <= err(separate) + 1e-6
     assert not np.allclose(product[A1], separate[A1])
 

@@ -11,8 +11,12 @@ DOC = ROOT / "docs" / "architecture.md"
 
 def _modules() -> list[str]:
     """Every non-empty ``.py`` file of the packages (an empty ``__init__.py`` says nothing to document)."""
-    return sorted(str(path.relative_to(ROOT)) for package in PACKAGES for path in (ROOT / package).rglob("*.py")
-                  if path.read_text().strip())
+    return sorted(
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if path.read_text().strip()
+    )
 
 
 def _named() -> set[str]:

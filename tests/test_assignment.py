@@ -38,6 +38,7 @@ def test_a_client_with_invalid_scores_gets_a_fallback_and_the_round_goes_on(smal
                 old = reply.content.metric_records["scores"]
                 reply.content.metric_records["scores"] = MetricRecord({**old, "scores": scores})
             return reply
+
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1, "selection.budget": "2"})

@@ -29,8 +29,11 @@ UNITS = [["a.0", "b.0"], ["a.1", "b.1"]]
 def _checkpoint(server_round: int = 2, fingerprint: dict | None = None) -> Checkpoint:
     rng, torch_rng = capture_rng()
     units = {"a.0": np.arange(6, dtype=np.float32).reshape(2, 3), "b.0": np.full(4, 0.5, dtype=np.float32)}
-    state = {"clients": [{"name": "c/0", "partition_id": 0, "kind": "vqa", "last_valid_scores": [0.25, 0.75]}],
-             "rows": [{"round": 0, "metric": 0.5}], "assignments": []}
+    state = {
+        "clients": [{"name": "c/0", "partition_id": 0, "kind": "vqa", "last_valid_scores": [0.25, 0.75]}],
+        "rows": [{"round": 0, "metric": 0.5}],
+        "assignments": [],
+    }
     return Checkpoint(server_round, units, state, fingerprint or {"seed": 0}, rng, torch_rng)
 
 
@@ -91,8 +94,18 @@ def test_a_different_configuration_is_refused_naming_each_differing_key(shipped_
 def test_where_and_how_long_a_run_goes_may_change_on_resume(shipped_run_config):
     config = dict(shipped_run_config)
     base = config_fingerprint(config, LAYERS, UNITS)
-    config.update({"num-server-rounds": 50, "run-name": "x", "device": "cpu", "resume": "/out/x",
-                   "round-timeout": 10.0, "min-clients": 5, "model.cache-dir": "/cache", "eval.batch-size": 8})
+    config.update(
+        {
+            "num-server-rounds": 50,
+            "run-name": "x",
+            "device": "cpu",
+            "resume": "/out/x",
+            "round-timeout": 10.0,
+            "min-clients": 5,
+            "model.cache-dir": "/cache",
+            "eval.batch-size": 8,
+        }
+    )
     check_fingerprint(base, config_fingerprint(config, LAYERS, UNITS), "run")
     config.update({"seed": 1, "train.lr": 0.1})
     with pytest.raises(ConfigError, match=r"\(seed, train\.lr differ: seed: checkpoint 0, this run 1; train\.lr"):

@@ -59,9 +59,16 @@ def _cell(method, seed, final, upload=1.0):
 
 
 def test_table_compares_with_lntk_alone_and_the_best_other_selector():
-    cells = [_cell("f3ocus-nsga2", 0, 0.70), _cell("f3ocus-nsga2", 1, 0.80),
-             _cell("lntk-alone", 0, 0.60), _cell("lntk-alone", 1, 0.75),
-             _cell("fd", 0, 0.50), _cell("fd", 1, 0.52), _cell("last", 0, 0.65), _cell("last", 1, 0.66)]
+    cells = [
+        _cell("f3ocus-nsga2", 0, 0.70),
+        _cell("f3ocus-nsga2", 1, 0.80),
+        _cell("lntk-alone", 0, 0.60),
+        _cell("lntk-alone", 1, 0.75),
+        _cell("fd", 0, 0.50),
+        _cell("fd", 1, 0.52),
+        _cell("last", 0, 0.65),
+        _cell("last", 1, 0.66),
+    ]
     rows = {row.method: row for row in build_table(cells, ["f3ocus-nsga2", "lntk-alone", "fd", "last"])}
     f3 = rows["f3ocus-nsga2"]
     assert f3.mean == pytest.approx(0.75) and f3.std == pytest.approx(np.std([0.7, 0.8], ddof=1))
@@ -77,10 +84,27 @@ def test_upload_counts_every_client_sent_a_train_message():
 
 
 def _grid_args(tmp_path, model_cache):
-    overrides = (f"model.cache-dir='{model_cache}' model.pretrain-steps=30 data.max-train-per-client=24 "
-                 "data.max-test-per-client=16 train.batch-size=8")
-    return ["--plain", "--methods", "f3ocus-nsga2,lntk-alone", "--seeds", "0,1", "--rounds", "1", "--clients", "2",
-            "--output", str(tmp_path / "results"), "--name", "t", "--run-config", overrides]
+    overrides = (
+        f"model.cache-dir='{model_cache}' model.pretrain-steps=30 data.max-train-per-client=24 "
+        "data.max-test-per-client=16 train.batch-size=8"
+    )
+    return [
+        "--plain",
+        "--methods",
+        "f3ocus-nsga2,lntk-alone",
+        "--seeds",
+        "0,1",
+        "--rounds",
+        "1",
+        "--clients",
+        "2",
+        "--output",
+        str(tmp_path / "results"),
+        "--name",
+        "t",
+        "--run-config",
+        overrides,
+    ]
 
 
 def test_a_grid_runs_resumes_and_its_table_is_what_the_cells_measured(tmp_path, model_cache, capsys):
@@ -107,8 +131,10 @@ def test_a_grid_runs_resumes_and_its_table_is_what_the_cells_measured(tmp_path, 
         values = list(finals[method].values())
         assert float(table[method]["mean"]) == pytest.approx(np.mean(values))
         assert float(table[method]["std"]) == pytest.approx(np.std(values, ddof=1))
-    assert json.loads((out / "cells/lntk-alone-seed0/config.json").read_text())["run_config"][
-        "selection.algorithm"] == "local"
+    assert (
+        json.loads((out / "cells/lntk-alone-seed0/config.json").read_text())["run_config"]["selection.algorithm"]
+        == "local"
+    )
     diffs = [finals["f3ocus-nsga2"][s] - finals["lntk-alone"][s] for s in (0, 1)]
     assert float(table["f3ocus-nsga2"]["diff_lntk_alone"]) == pytest.approx(np.mean(diffs))
     assert float(table["f3ocus-nsga2"]["diff_lntk_alone_low"]) == pytest.approx(min(diffs))
@@ -133,7 +159,9 @@ def _spy(seen, kind):
             reply = handler(msg, context)
             seen.append((msg.metadata.dst_node_id, msg, reply))
             return reply
+
         return wrapped
+
     return {kind: decorate}
 
 
@@ -169,10 +197,10 @@ def test_heads_only_assigns_no_layer_and_uploads_no_unit(small_run_config):
     seen = []
     _, rows = run_server_app(config, num_nodes=2, wrap=_spy(seen, MessageType.TRAIN))
     assert all(layers == [] for layers in rows[1]["assignment"].values())
-    assert all(list(msg.content[CONFIG][LAYERS]) == [] and len(reply.content[ARRAYS]) == 0
-               for _, msg, reply in seen)
-    assert rows[1]["failed"] == [] and all(not reply.has_error() for _, _, reply in seen), \
+    assert all(list(msg.content[CONFIG][LAYERS]) == [] and len(reply.content[ARRAYS]) == 0 for _, msg, reply in seen)
+    assert rows[1]["failed"] == [] and all(not reply.has_error() for _, _, reply in seen), (
         "every client trains its head (it holds the units of the last evaluate, which asked for no scores)"
+    )
 
 
 def test_local_only_evaluates_each_client_on_its_own_updates(small_run_config):
@@ -180,8 +208,9 @@ def test_local_only_evaluates_each_client_on_its_own_updates(small_run_config):
     trained, evaluated = [], []
     wrap = {**_spy(trained, MessageType.TRAIN), **_spy(evaluated, MessageType.EVALUATE)}
     run_server_app(config, num_nodes=2, wrap=wrap)
-    round_one = {node: msg.content[ARRAYS] for node, msg, _ in evaluated
-                 if int(msg.content[CONFIG]["server-round"]) == 1}
+    round_one = {
+        node: msg.content[ARRAYS] for node, msg, _ in evaluated if int(msg.content[CONFIG]["server-round"]) == 1
+    }
     for node, _, reply in trained:
         update = reply.content[ARRAYS]
         assert len(update) > 0

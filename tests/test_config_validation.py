@@ -86,8 +86,11 @@ def test_a_budget_above_the_layer_count_names_the_key():
 
 
 @settings(max_examples=200, deadline=None)
-@given(budget=st.lists(st.integers(-2, 12), min_size=1, max_size=8),
-       ids=st.lists(st.integers(0, 9), max_size=10), num_layers=st.integers(1, 10))
+@given(
+    budget=st.lists(st.integers(-2, 12), min_size=1, max_size=8),
+    ids=st.lists(st.integers(0, 9), max_size=10),
+    num_layers=st.integers(1, 10),
+)
 def test_the_budget_rule_on_generated_settings(budget, ids, num_layers):
     """Either the budgets of the ids (the single value, or each id's entry), or an error naming the key
     that says which of the rule's conditions failed."""
@@ -118,8 +121,11 @@ def test_a_written_budget_list_reads_back(budget):
 
 
 def test_a_typo_in_the_selector_parameters_stops_the_parse_naming_the_key():
-    with pytest.raises(ConfigError, match=r"^selection.params: unknown parameter 'populaton' for selector 'nsga2'; "
-                                          r"did you mean 'population'\?; known: .*generations"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^selection.params: unknown parameter 'populaton' for selector 'nsga2'; "
+        r"did you mean 'population'\?; known: .*generations",
+    ):
         _parse(**{"selection.params": "populaton=40"})
 
 
@@ -129,22 +135,29 @@ def test_the_parameters_are_checked_against_the_chosen_selector():
     with pytest.raises(ConfigError, match=r"^selection.params: unknown parameter 'population' for selector 'mopso'"):
         _parse(**{"selection.algorithm": "mopso", "selection.params": "population=40"})
     assert _parse(**{"selection.algorithm": "mopso", "selection.params": "particles=6"}).selection.params == {
-        "particles": 6}
-    with pytest.raises(ConfigError, match=r"^selection.params: unknown parameter 'steps' for selector 'local'; "
-                                          "it takes no parameters"):
+        "particles": 6
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"^selection.params: unknown parameter 'steps' for selector 'local'; "
+        "it takes no parameters",
+    ):
         _parse(**{"selection.algorithm": "local", "selection.params": "steps=3"})
 
 
-@pytest.mark.parametrize("params, message", [
-    ("generations=2.5", "'generations' of selector 'nsga2' must be a whole number"),
-    ("crossover=1.5", "'crossover' of selector 'nsga2' must lie in"),
-    ("population=2", "'population' of selector 'nsga2' must be at least 4"),
-    ("local_search=-1", "'local_search' of selector 'nsga2' must be >= 0"),
-    ("polish=2", "'polish' of selector 'nsga2' must be 0/1"),
-    ("population=8,population=9", "'population' is given twice"),
-    ("population", "'population' is not key=value"),
-    ("population=many", "value of 'population' is not a number"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ("generations=2.5", "'generations' of selector 'nsga2' must be a whole number"),
+        ("crossover=1.5", "'crossover' of selector 'nsga2' must lie in"),
+        ("population=2", "'population' of selector 'nsga2' must be at least 4"),
+        ("local_search=-1", "'local_search' of selector 'nsga2' must be >= 0"),
+        ("polish=2", "'polish' of selector 'nsga2' must be 0/1"),
+        ("population=8,population=9", "'population' is given twice"),
+        ("population", "'population' is not key=value"),
+        ("population=many", "value of 'population' is not a number"),
+    ],
+)
 def test_a_selector_parameter_of_the_wrong_type_or_range_names_the_key(params, message):
     with pytest.raises(ConfigError, match="^selection.params: .*" + re.escape(message)):
         _parse(**{"selection.params": params})
@@ -170,13 +183,19 @@ def test_fixed_needs_its_layers_at_parse_time_and_takes_them_joined_by_plus():
 
 
 @settings(max_examples=100, deadline=None)
-@given(algorithm=st.sampled_from(METAHEURISTICS + ("exact",)),
-       name=st.from_regex(r"[a-z][a-z_]{0,14}", fullmatch=True), value=st.integers(0, 50))
+@given(
+    algorithm=st.sampled_from(METAHEURISTICS + ("exact",)),
+    name=st.from_regex(r"[a-z][a-z_]{0,14}", fullmatch=True),
+    value=st.integers(0, 50),
+)
 def test_a_generated_unknown_parameter_is_named(algorithm, name, value):
     assume(name not in {f.name for f in fields(selector_params(algorithm, {}))})
     config = {"selection.algorithm": algorithm, "selection.params": f"{name}={value}"}
-    with pytest.raises(ConfigError, match=rf"^selection.params: unknown parameter '{name}' for selector "
-                                          rf"'{algorithm}'"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^selection.params: unknown parameter '{name}' for selector "
+        rf"'{algorithm}'",
+    ):
         parse_run_config(config)
 
 
@@ -210,14 +229,17 @@ def test_every_value_of_the_cores_constant_is_accepted_and_others_are_not(key, c
         _parse(**{key: wrong})
 
 
-@pytest.mark.parametrize("key, wrong, meant", [
-    ("selection.algorithm", "nsg2", "nsga2"),
-    ("scoring.method", "lnkt", "lntk"),
-    ("peft.method", "lroa", "lora"),
-    ("selection.pick", "kne", "knee"),
-    ("tracking.to", "mlfow", "mlflow"),
-    ("model.name", "builtin:tiny-vit-easyvqa", "builtin:tiny-vilt-easyvqa"),
-])
+@pytest.mark.parametrize(
+    "key, wrong, meant",
+    [
+        ("selection.algorithm", "nsg2", "nsga2"),
+        ("scoring.method", "lnkt", "lntk"),
+        ("peft.method", "lroa", "lora"),
+        ("selection.pick", "kne", "knee"),
+        ("tracking.to", "mlfow", "mlflow"),
+        ("model.name", "builtin:tiny-vit-easyvqa", "builtin:tiny-vilt-easyvqa"),
+    ],
+)
 def test_a_mistyped_choice_gets_the_closest_value(key, wrong, meant):
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .*did you mean '{re.escape(meant)}'"):
         _parse(**{key: wrong})
@@ -239,9 +261,14 @@ def test_the_parser_reads_exactly_the_shipped_keys_and_the_docs_list_each():
     assert run_config_keys() <= documented
 
 
-@pytest.mark.parametrize("key, meant", [("scoring.batchsize", "scoring.batch-size"),
-                                        ("selection.algoritm", "selection.algorithm"),
-                                        ("num-rounds", "num-server-rounds")])
+@pytest.mark.parametrize(
+    "key, meant",
+    [
+        ("scoring.batchsize", "scoring.batch-size"),
+        ("selection.algoritm", "selection.algorithm"),
+        ("num-rounds", "num-server-rounds"),
+    ],
+)
 def test_an_unknown_key_stops_the_parse_naming_it(key, meant):
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: not a run-config key; did you mean '{meant}'"):
         _parse(**{key: 1})

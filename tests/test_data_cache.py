@@ -43,9 +43,15 @@ def test_a_second_load_is_a_hit_with_the_same_data(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [cache_key(SETTINGS, 1, 3)], "no scratch folder is left"
 
 
-@pytest.mark.parametrize("change", [
-    {"max_train": 10}, {"seed": 1}, {"partitioning": "dirichlet"}, {"alpha": 0.3},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_train": 10},
+        {"seed": 1},
+        {"partitioning": "dirichlet"},
+        {"alpha": 0.3},
+    ],
+)
 def test_changed_settings_miss(tmp_path, change):
     build = CountingBuild()
     cached_client_data(SETTINGS, 0, 2, tmp_path, build)

@@ -61,8 +61,9 @@ def test_noise_is_seeded_per_client_and_has_the_asked_spread(image):
     assert abs((a - x)[inside].mean()) < 4
 
 
-@pytest.mark.parametrize("value", ["sepia", "invert:2", "rotate:45", "channels:rgb", "channels:rgg",
-                                   "blur:0", "noise:-1", "noise:x"])
+@pytest.mark.parametrize(
+    "value", ["sepia", "invert:2", "rotate:45", "channels:rgb", "channels:rgg", "blur:0", "noise:-1", "noise:x"]
+)
 def test_bad_shifts_name_the_key(value):
     with pytest.raises(ConfigError, match="^data.shift:"):
         parse_shift(value)
@@ -134,13 +135,16 @@ def test_data_questions_keeps_families_per_partition_and_leaves_the_others_alone
     assert easy_vqa.parse_families("colour+shape", "k") == {"colour", "shape"}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"questions": "negations"}, "^data.questions: .*unknown question family"),
-    ({"questions": "all-colour-shape-yesno-negation"}, "^data.questions: .*leaves no question family"),
-    ({"questions": "negation", "task": "task1-domain"}, "^data.questions: question families are easy-vqa's"),
-    ({"shift": "none,,sepia"}, "^data.shift: unknown shift"),
-    ({"shift": ""}, "^data.shift: empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"questions": "negations"}, "^data.questions: .*unknown question family"),
+        ({"questions": "all-colour-shape-yesno-negation"}, "^data.questions: .*leaves no question family"),
+        ({"questions": "negation", "task": "task1-domain"}, "^data.questions: question families are easy-vqa's"),
+        ({"shift": "none,,sepia"}, "^data.shift: unknown shift"),
+        ({"shift": ""}, "^data.shift: empty"),
+    ],
+)
 def test_bad_data_values_name_their_key(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         DataSettings(**kwargs)

@@ -22,11 +22,16 @@ def gen_certs(folder: Path, num_nodes: int) -> Path:
 
 def test_gen_certs_makes_a_ca_a_superlink_certificate_and_ecdsa_node_keys(tmp_path):
     certs = gen_certs(tmp_path / "certs", 2)
-    verify = subprocess.run(["openssl", "verify", "-CAfile", certs / "ca.crt", certs / "superlink.crt"],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", certs / "ca.crt", certs / "superlink.crt"], capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stderr
-    san = subprocess.run(["openssl", "x509", "-in", certs / "superlink.crt", "-noout", "-ext", "subjectAltName"],
-                         capture_output=True, text=True, check=True).stdout
+    san = subprocess.run(
+        ["openssl", "x509", "-in", certs / "superlink.crt", "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     names = {s.strip() for s in san.split("\n")[1].split(",")}
     assert {"DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink"} <= names
     for i in (1, 2):
@@ -46,9 +51,21 @@ def test_tls_federation_admits_registered_nodes_only(tmp_path, small_run_config)
 
     def register_then_start_intruder(topology, flwr_env, started):
         for i in (1, 2):
-            registered.append(subprocess.run(
-                [str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / f"node-{i}.pub"), "f3ocus-docker"],
-                env=flwr_env, capture_output=True, text=True, timeout=120))
+            registered.append(
+                subprocess.run(
+                    [
+                        str(BIN / "flwr"),
+                        "supernode",
+                        "register",
+                        str(certs / "nodes" / f"node-{i}.pub"),
+                        "f3ocus-docker",
+                    ],
+                    env=flwr_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            )
         # A third node: supernode-1's own command, with a key nobody registered and a port of its own.
         command = topology.command("supernode-1")
         key = command.index("--auth-supernode-private-key") + 1
@@ -58,14 +75,24 @@ def test_tls_federation_admits_registered_nodes_only(tmp_path, small_run_config)
         log = topology.work_dir / "logs" / "intruder.log"
         with open(log, "wb") as out:
             started.processes["intruder"] = subprocess.Popen(
-                command, cwd=topology.work_dir, env=flwr_env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                command,
+                cwd=topology.work_dir,
+                env=flwr_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started.logs["intruder"] = log
 
     config = deployment_run_config(small_run_config)
     result, started = run_deployment(
-        tmp_path, [DOCKER / "compose.yml", DOCKER / "compose.tls.yml"], {"F3OCUS_CERTS": str(certs)}, config,
-        connection_certificates=certs / "ca.crt", before_run=register_then_start_intruder)
+        tmp_path,
+        [DOCKER / "compose.yml", DOCKER / "compose.tls.yml"],
+        {"F3OCUS_CERTS": str(certs)},
+        config,
+        connection_certificates=certs / "ca.crt",
+        before_run=register_then_start_intruder,
+    )
     for reply in registered:
         assert reply.returncode == 0 and "registered successfully" in reply.stdout, reply.stdout + reply.stderr
     assert_round_one(result, started, config)

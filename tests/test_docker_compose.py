@@ -30,8 +30,10 @@ def test_every_compose_file_is_valid_compose():
     assert {p.name for p in COMPOSE_FILES} >= {"compose.yml", "compose.tls.yml", "compose.gpu.yml"}
     validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
     for path in COMPOSE_FILES:
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(yaml.safe_load(path.read_text()))
+        ]
         assert not errors, f"{path.name}: {errors}"
 
 
@@ -53,8 +55,9 @@ def test_compose_describes_the_federation_of_the_docs():
     topology = Topology(compose, DOCKER, Path("/nonexistent"), env={})
     services = compose["services"]
     assert services["superlink"]["entrypoint"] == ["flower-superlink"]
-    assert [interpolate(p, {}) for p in services["superlink"]["ports"]] == ["127.0.0.1:8000:8000"], \
+    assert [interpolate(p, {}) for p in services["superlink"]["ports"]] == ["127.0.0.1:8000:8000"], (
         "the insecure federation publishes its port on the host's loopback only"
+    )
     nodes = _supernodes(compose)
     assert len(nodes) == 2
     configs, data_volumes = [], set()
@@ -71,8 +74,11 @@ def test_compose_describes_the_federation_of_the_docs():
     assert sorted(int(c["partition-id"]) for c in configs) == [0, 1]
     assert {c["num-partitions"] for c in configs} == {"2"}
     assert len(data_volumes) == 2, "each node needs a data volume of its own"
-    serverapp = [name for name, spec in services.items()
-                 if spec.get("command", [])[-1:] == ["superlink:8000"] and spec["entrypoint"] == ["flower-superexec"]]
+    serverapp = [
+        name
+        for name, spec in services.items()
+        if spec.get("command", [])[-1:] == ["superlink:8000"] and spec["entrypoint"] == ["flower-superexec"]
+    ]
     assert serverapp == ["superexec-serverapp"]
 
 
@@ -80,9 +86,14 @@ def test_gpu_overlay_reserves_a_gpu_for_each_clientapp_executor_only():
     base = load_compose([DOCKER / "compose.yml"])
     merged = load_compose([DOCKER / "compose.yml", DOCKER / "compose.gpu.yml"])
     executors = {e for node in _supernodes(base) for e in Topology(base, DOCKER, Path("/x"), {}).executors_of(node)}
-    reserved = {name for name, spec in merged["services"].items()
-                if any("gpu" in d.get("capabilities", [])
-                       for d in spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", []))}
+    reserved = {
+        name
+        for name, spec in merged["services"].items()
+        if any(
+            "gpu" in d.get("capabilities", [])
+            for d in spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        )
+    }
     assert reserved == executors
     assert not any("deploy" in spec for spec in base["services"].values()), "GPUs are opt-in"
 
@@ -134,8 +145,11 @@ def test_services_wait_for_what_they_connect_to():
     services = compose["services"]
     for name, spec in services.items():
         command = [str(a) for a in spec.get("command", [])]
-        targets = {command[i + 1].split(":")[0] for i, a in enumerate(command[:-1])
-                   if a in ("--superlink", "--runtime-api-address")}
+        targets = {
+            command[i + 1].split(":")[0]
+            for i, a in enumerate(command[:-1])
+            if a in ("--superlink", "--runtime-api-address")
+        }
         assert set(spec.get("depends_on", {})) == targets, name
 
 
@@ -184,15 +198,18 @@ def test_tls_private_keys_are_secrets_of_their_own_service_and_the_ca_key_is_nev
                 assert volume["read_only"] is True, f"{name}: {source}"
     assert given == {"superlink-key": "superlink", "node-1-key": "supernode-1", "node-2-key": "supernode-2"}
     for path in COMPOSE_FILES:
-        assert "ca.key" not in "".join(line for line in path.read_text().splitlines(True)
-                                       if not line.lstrip().startswith("#")), path.name
+        assert "ca.key" not in "".join(
+            line for line in path.read_text().splitlines(True) if not line.lstrip().startswith("#")
+        ), path.name
 
 
 def test_gpu_overlay_gives_each_node_a_gpu_of_its_own_by_default():
     merged = load_compose([DOCKER / "compose.yml", DOCKER / "compose.gpu.yml"])
-    ids = [interpolate(d["device_ids"][0], {})
-           for spec in merged["services"].values()
-           for d in spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])]
+    ids = [
+        interpolate(d["device_ids"][0], {})
+        for spec in merged["services"].values()
+        for d in spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    ]
     assert len(ids) == 2 and len(set(ids)) == 2, ids
 
 
@@ -205,11 +222,15 @@ def test_dockerfile_base_is_pinnable_needs_buildkit_and_keeps_secrets_out_of_the
         for name, spec in load_compose([DOCKER / f for f in files])["services"].items():
             if "build" in spec:
                 assert "${F3OCUS_BASE_IMAGE:-flwr/superexec:" in spec["build"]["args"]["BASE_IMAGE"], name
-    patterns = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "**", "everything is excluded unless named"
-    assert not any(p.startswith("!") and ("certs" in p or ".venv" in p or p.startswith("!docker/**"))
-                   for p in patterns), patterns
+    assert not any(
+        p.startswith("!") and ("certs" in p or ".venv" in p or p.startswith("!docker/**")) for p in patterns
+    ), patterns
 
 
 def test_translation_to_loopback():

@@ -52,57 +52,91 @@ def project(docker_cli, tmp_path_factory):
     except Unavailable as reason:
         pytest.skip(str(reason))
     started = time.monotonic()
-    build = subprocess.run(["bash", str(ROOT / "scripts" / "docker-local-images.sh"), f"f3ocus-flower:{IMAGE_TAG}"],
-                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
-                           timeout=1800)
+    build = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "docker-local-images.sh"), f"f3ocus-flower:{IMAGE_TAG}"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     print(f"\n[docker] images built in {time.monotonic() - started:.0f} s")
     name = f"f3ocus-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    env = {**os.environ, "F3OCUS_IMAGE_TAG": IMAGE_TAG, "F3OCUS_PORT": str(port),
-           "F3OCUS_EXECUTOR_CPUS": "1", "F3OCUS_EXECUTOR_MEMORY": "4g"}
-    state = {"compose": compose, "name": name, "port": port, "env": env, "docker": docker_cli,
-             "home": tmp_path_factory.mktemp("docker-project")}
+    env = {
+        **os.environ,
+        "F3OCUS_IMAGE_TAG": IMAGE_TAG,
+        "F3OCUS_PORT": str(port),
+        "F3OCUS_EXECUTOR_CPUS": "1",
+        "F3OCUS_EXECUTOR_MEMORY": "4g",
+    }
+    state = {
+        "compose": compose,
+        "name": name,
+        "port": port,
+        "env": env,
+        "docker": docker_cli,
+        "home": tmp_path_factory.mktemp("docker-project"),
+    }
     try:
         yield state
     finally:
-        subprocess.run([*compose, "-p", name, "-f", str(DOCKER / "compose.yml"), "down", "-v", "--remove-orphans"],
-                       env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            [*compose, "-p", name, "-f", str(DOCKER / "compose.yml"), "down", "-v", "--remove-orphans"],
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
 
 
-def _compose(project: dict, files: list[str], *args: str, timeout: int = 600, check: bool = True,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+def _compose(
+    project: dict, files: list[str], *args: str, timeout: int = 600, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     command = [*project["compose"], "-p", project["name"]]
     for file in files:
         command += ["-f", str(DOCKER / file)]
-    reply = subprocess.run([*command, *args], env={**project["env"], **(env or {})}, capture_output=True,
-                           text=True, timeout=timeout)
+    reply = subprocess.run(
+        [*command, *args], env={**project["env"], **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert reply.returncode == 0, f"{' '.join(args)}: {reply.stdout[-3000:]}{reply.stderr[-3000:]}"
     return reply
 
 
 def _logs(project: dict, files: list[str], service: str = "", env: dict | None = None) -> str:
-    return _compose(project, files, "logs", "--no-color", *([service] if service else []), check=False,
-                    env=env).stdout
+    return _compose(project, files, "logs", "--no-color", *([service] if service else []), check=False, env=env).stdout
 
 
-def _run_one_round(project: dict, files: list[str], run_name: str, certificates: Path | None = None,
-                   env: dict | None = None) -> list[dict]:
+def _run_one_round(
+    project: dict, files: list[str], run_name: str, certificates: Path | None = None, env: dict | None = None
+) -> list[dict]:
     """`flwr run` from the host against the published port; the run's metrics.jsonl rows, read
     from the `outputs` volume through the ServerApp executor. The executors build the base
     checkpoint into their shared `model-cache` volume on first use (kept between the two tests)."""
     home = project["home"] / run_name
     write_connection(home, "f3ocus-docker", f"127.0.0.1:{project['port']}", certificates)
-    config = deployment_run_config({"run-name": run_name, "output-dir": "outputs", "model.cache-dir": "",
-                                    "model.pretrain-steps": 30, "train.batch-size": 8})
+    config = deployment_run_config(
+        {
+            "run-name": run_name,
+            "output-dir": "outputs",
+            "model.cache-dir": "",
+            "model.pretrain-steps": 30,
+            "train.batch-size": 8,
+        }
+    )
     started = time.monotonic()
-    result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "f3ocus-docker", "--stream",
-                             "--run-config", run_config_arg(config)],
-                            env=flower_env(home), cwd=home, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [str(BIN / "flwr"), "run", str(ROOT), "f3ocus-docker", "--stream", "--run-config", run_config_arg(config)],
+        env=flower_env(home),
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(f"[docker] {run_name}: flwr run took {time.monotonic() - started:.0f} s")
-    assert result.returncode == 0, (result.stdout[-3000:] + result.stderr[-2000:]
-                                    + _logs(project, files, env=env)[-6000:])
+    assert result.returncode == 0, (
+        result.stdout[-3000:] + result.stderr[-2000:] + _logs(project, files, env=env)[-6000:]
+    )
     copied = project["home"] / f"{run_name}-outputs"
     _compose(project, files, "cp", f"superexec-serverapp:/app/outputs/{run_name}", str(copied), env=env)
     rows = [json.loads(line) for line in (copied / "metrics.jsonl").read_text().splitlines()]
@@ -145,8 +179,9 @@ def test_compose_federation_runs_a_round_in_containers(project):
     assert all(len(found) == 1 and found[0].endswith("head-round-1.npz") for found in heads.values()), heads
     assert heads["superexec-clientapp-1"] != heads["superexec-clientapp-2"]
     before = _inspect(project, "superexec-clientapp-1")["Id"]
-    _compose(project, files, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "--wait",
-             "superexec-clientapp-1")
+    _compose(
+        project, files, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "--wait", "superexec-clientapp-1"
+    )
     assert _inspect(project, "superexec-clientapp-1")["Id"] != before
     assert _heads(project, "superexec-clientapp-1") == heads["superexec-clientapp-1"]
     # Down, keeping the volumes (the model cache) for the TLS test.
@@ -167,8 +202,13 @@ def test_tls_compose_admits_registered_nodes_only(project, tmp_path):
     home = project["home"] / "register"
     write_connection(home, "f3ocus-docker", f"127.0.0.1:{project['port']}", certs / "ca.crt")
     for i in (1, 2):
-        reply = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / f"node-{i}.pub"),
-                                "f3ocus-docker"], env=flower_env(home), capture_output=True, text=True, timeout=120)
+        reply = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / f"node-{i}.pub"), "f3ocus-docker"],
+            env=flower_env(home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert reply.returncode == 0 and "registered successfully" in reply.stdout, reply.stdout + reply.stderr
     _compose(project, files, "up", "-d", "--no-build", "--wait", "--wait-timeout", "300", env=env)
 
@@ -178,12 +218,32 @@ def test_tls_compose_admits_registered_nodes_only(project, tmp_path):
     command = [str(a) for a in spec["command"]]
     command[command.index("--auth-supernode-private-key") + 1] = "/run/secrets/node-3-key"
     intruder = subprocess.run(
-        [project["docker"], "run", "--rm", "--network", f"{project['name']}_default", "--read-only",
-         "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--tmpfs", "/app/.flwr:uid=49999",
-         "-v", f"{certs / 'ca.crt'}:/app/certs/ca.crt:ro",
-         "-v", f"{certs / 'nodes' / 'node-3.key'}:/run/secrets/node-3-key:ro",
-         "--entrypoint", "flower-supernode", f"f3ocus-flower:{IMAGE_TAG}", *command],
-        capture_output=True, text=True, timeout=300)
+        [
+            project["docker"],
+            "run",
+            "--rm",
+            "--network",
+            f"{project['name']}_default",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges:true",
+            "--tmpfs",
+            "/app/.flwr:uid=49999",
+            "-v",
+            f"{certs / 'ca.crt'}:/app/certs/ca.crt:ro",
+            "-v",
+            f"{certs / 'nodes' / 'node-3.key'}:/run/secrets/node-3-key:ro",
+            "--entrypoint",
+            "flower-supernode",
+            f"f3ocus-flower:{IMAGE_TAG}",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     said = intruder.stdout + intruder.stderr
     assert intruder.returncode != 0 and "Failed to activate SuperNode" in said, said[-2000:]
     assert "SuperNode ID" not in said, said[-2000:]

@@ -19,8 +19,9 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
-def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2,
-             timeout: int = 900) -> subprocess.CompletedProcess:
+def run_flwr(
+    tmp_path: Path, run_config: dict, num_supernodes: int = 2, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """`flwr run ROOT --stream` with its own Flower home; stops every process it started."""
     home = tmp_path / "flwr-home"
     home.mkdir()
@@ -30,8 +31,14 @@ def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2,
     )
     overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
     try:
-        return subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", overrides],
-                              env=flower_env(home), cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", overrides],
+            env=flower_env(home),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     finally:
         stop(processes_mentioning(str(home)))
         assert not processes_mentioning(str(home)), "a Flower process outlived the test"
@@ -39,9 +46,19 @@ def run_flwr(tmp_path: Path, run_config: dict, num_supernodes: int = 2,
 
 @pytest.mark.slow
 def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
-    config = {key: small_run_config[key] for key in (
-        "num-server-rounds", "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps",
-        "data.max-train-per-client", "data.max-test-per-client", "train.batch-size")}
+    config = {
+        key: small_run_config[key]
+        for key in (
+            "num-server-rounds",
+            "run-name",
+            "output-dir",
+            "model.cache-dir",
+            "model.pretrain-steps",
+            "data.max-train-per-client",
+            "data.max-test-per-client",
+            "train.batch-size",
+        )
+    }
     result = run_flwr(tmp_path, config)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
@@ -49,8 +66,17 @@ def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [0, 1, 2]
     for row in rows:
-        for key in ("accuracy", "accuracy_per_client", "loss", "bytes_up", "bytes_down",
-                    "seconds_query", "seconds_select", "seconds_train", "mbit_train_per_client"):
+        for key in (
+            "accuracy",
+            "accuracy_per_client",
+            "loss",
+            "bytes_up",
+            "bytes_down",
+            "seconds_query",
+            "seconds_select",
+            "seconds_train",
+            "mbit_train_per_client",
+        ):
             assert key in row, key
         assert len(row["accuracy_per_client"]) == 2
     assert all(sum(row["bytes_up"].values()) > 0 for row in rows[1:])
@@ -69,10 +95,20 @@ def test_flwr_run_on_the_task3_medvqa_fl_fixture(tmp_path, small_run_config):
     from tests.data_fixtures import write_task_fixture
 
     data = write_task_fixture(tmp_path / "data", "task3-medvqa-fl")
-    config = {key: small_run_config[key] for key in (
-        "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps", "train.batch-size")}
-    config.update({"num-server-rounds": 1, "task": "task3-medvqa-fl", "data.path": str(data),
-                   "data.max-train-per-client": 0, "data.max-test-per-client": 0, "min-clients": 9})
+    config = {
+        key: small_run_config[key]
+        for key in ("run-name", "output-dir", "model.cache-dir", "model.pretrain-steps", "train.batch-size")
+    }
+    config.update(
+        {
+            "num-server-rounds": 1,
+            "task": "task3-medvqa-fl",
+            "data.path": str(data),
+            "data.max-train-per-client": 0,
+            "data.max-test-per-client": 0,
+            "min-clients": 9,
+        }
+    )
     result = run_flwr(tmp_path, config, num_supernodes=9)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

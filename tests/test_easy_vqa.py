@@ -19,7 +19,7 @@ def test_clients_are_disjoint_and_never_hold_base_images():
         assert not _keys(client.train) & _keys(client.test)
         assert not (_keys(client.train) | _keys(client.test)) & base
         assert client.labels == easy_vqa.ANSWERS and len(client.labels) == 13
-        for other in clients[i + 1:]:
+        for other in clients[i + 1 :]:
             questions = set(zip(client.train["image_key"], client.train["question"]))
             assert not questions & set(zip(other.train["image_key"], other.train["question"]))
 

@@ -34,8 +34,10 @@ def rows(n: int, seed: int = 0) -> list[dict]:
     """``n`` easy-vqa rows of the base pool, answers mapped into :data:`LABELS` where they are not."""
     pool_ = pool()
     picked = [pool_[int(i)] for i in np.random.default_rng(seed).choice(len(pool_), n, replace=False)]
-    return [dict(row, answers=[row["answers"][0] if row["answers"][0] in LABELS else LABELS[i % 4]])
-            for i, row in enumerate(picked)]
+    return [
+        dict(row, answers=[row["answers"][0] if row["answers"][0] in LABELS else LABELS[i % 4]])
+        for i, row in enumerate(picked)
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,18 +75,25 @@ def test_a_saved_tiny_model_loads_through_the_loader_with_its_family(saved, name
     again, _ = load_vqa_model(saved[name])
     torch.testing.assert_close(logits_of(model, batch), logits_of(again, batch), rtol=0, atol=0)
     layer_map = layer_map_for(model)
-    towers = {"blip": ("vision", "text", "decoder"), "blip2": ("vision", "qformer", "language"),
-              "llava": ("vision", "language"), "paligemma": ("vision", "language")}[name]
+    towers = {
+        "blip": ("vision", "text", "decoder"),
+        "blip2": ("vision", "qformer", "language"),
+        "llava": ("vision", "language"),
+        "paligemma": ("vision", "language"),
+    }[name]
     assert layer_map.names == tuple(f"{tower}.{k}" for tower in towers for k in range(2))
 
 
 def _recording(messages: list):
     """A wrapper of a client handler that records each message it gets (to see who trained)."""
+
     def wrap(handler):
         def wrapped(msg, context):
             messages.append(msg)
             return handler(msg, context)
+
         return wrapped
+
     return wrap
 
 
@@ -120,8 +129,10 @@ def test_a_run_on_a_model_of_no_family_stops_before_any_client_trains(tmp_path, 
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
         tmp_path / "bert"
     )
-    config = dict(shipped_run_config, **{"model.name": str(tmp_path / "bert"), "output-dir": str(tmp_path / "out"),
-                                         "run-name": "bad"})
+    config = dict(
+        shipped_run_config,
+        **{"model.name": str(tmp_path / "bert"), "output-dir": str(tmp_path / "out"), "run-name": "bad"},
+    )
     trained = []
 
     with pytest.raises(ValueError, match=r"model\.name.*paligemma"):
@@ -149,8 +160,10 @@ def test_log_odds_is_stable_and_inverts_the_sigmoid():
 
 
 def test_exact_match_reads_generated_tokens_up_to_eos():
-    batch = {"answer_ids": torch.tensor([[[5, 7, 9, 2], [5, 8, 2, 0]]] * 2),
-             "answer_mask": torch.tensor([[[1, 1, 1, 1], [1, 1, 1, 0]]] * 2)}
+    batch = {
+        "answer_ids": torch.tensor([[[5, 7, 9, 2], [5, 8, 2, 0]]] * 2),
+        "answer_mask": torch.tensor([[[1, 1, 1, 1], [1, 1, 1, 0]]] * 2),
+    }
     decided = matches([[8, 2, 3], [7, 9, 4]], batch, eos=2, skip=1)
     assert decided.tolist() == [[0.0, 1.0], [0.0, 0.0]]
 
@@ -220,7 +233,8 @@ def test_a_tokenizer_without_yes_and_no_cannot_take_a_multi_label_task():
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=word_tokenizer(["what shape"], ("<pad>", "<unk>"), "<unk>", "$A", None),
-        pad_token="<pad>", unk_token="<unk>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     with pytest.raises(ValueError, match="'yes' and 'no'"):
         yes_no_ids(tokenizer)
@@ -259,10 +273,15 @@ def test_full_fine_tuning_raises_the_likelihood_of_right_answers_and_both_answer
 def test_one_federated_round_with_lora(saved, shipped_run_config, tmp_path, no_figures, name):
     from peft import PeftModel
 
-    config = round_config(shipped_run_config, tmp_path, saved[name], **{
-        "selection.algorithm": shipped_run_config["selection.algorithm"],
-        "eval.answer-mode": "generate" if name == "llava" else "rank",
-    })
+    config = round_config(
+        shipped_run_config,
+        tmp_path,
+        saved[name],
+        **{
+            "selection.algorithm": shipped_run_config["selection.algorithm"],
+            "eval.answer-mode": "generate" if name == "llava" else "rank",
+        },
+    )
     _, rows_ = run_server_app(config, num_nodes=2)
     assert [row["round"] for row in rows_] == [0, 1]
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows_)
@@ -297,12 +316,24 @@ def test_one_federated_round_on_a_multi_label_task_asks_each_label_yes_or_no(
 def round_config(shipped_run_config, tmp_path, path: str, **changes: object) -> dict:
     """The shipped run config shrunk to one quick round on the model at ``path``."""
     config = dict(shipped_run_config)
-    config.update({
-        "num-server-rounds": 1, "run-name": "test-run", "output-dir": str(tmp_path / "outputs"),
-        "model.name": path, "data.max-train-per-client": 8, "data.max-test-per-client": 4,
-        "selection.budget": "2", "selection.params": "", "selection.algorithm": "exact", "train.batch-size": 4,
-        "train.max-steps": 2, "scoring.batch-size": 4, "eval.answer-mode": "rank", **changes,
-    })
+    config.update(
+        {
+            "num-server-rounds": 1,
+            "run-name": "test-run",
+            "output-dir": str(tmp_path / "outputs"),
+            "model.name": path,
+            "data.max-train-per-client": 8,
+            "data.max-test-per-client": 4,
+            "selection.budget": "2",
+            "selection.params": "",
+            "selection.algorithm": "exact",
+            "train.batch-size": 4,
+            "train.max-steps": 2,
+            "scoring.batch-size": 4,
+            "eval.answer-mode": "rank",
+            **changes,
+        }
+    )
     return config
 
 
@@ -321,8 +352,11 @@ def test_one_federated_round_with_adapters_moves_the_adapters_of_the_assigned_la
     batch = make_collate(processor, LABELS)(rows(3))
     bare = logits_of(base, batch)
     adapted = load_adapter(base, f"{config['output-dir']}/test-run/adapter")
-    moved = {layer_map.names[layer_map.layer_index(key)] for key, param in adapted.named_parameters()
-             if ".adapter_up." in key and param.abs().sum() > 0}  # W_up starts at zero
+    moved = {
+        layer_map.names[layer_map.layer_index(key)]
+        for key, param in adapted.named_parameters()
+        if ".adapter_up." in key and param.abs().sum() > 0
+    }  # W_up starts at zero
     assert moved == {layer_map.names[layer] if isinstance(layer, int) else layer for layer in assigned}
     assert not torch.allclose(logits_of(adapted, batch), bare)
 
@@ -354,8 +388,10 @@ def test_each_family_trains_the_modes_its_layers_take_and_refuses_the_others_wit
         batch = make_collate(processor, LABELS)(rows(2))
         loss_of(logits_of(model, batch), batch).backward()
         params = dict(model.named_parameters())
-        reached = [any(params[key].grad is not None and params[key].grad.abs().sum() > 0 for key in keys)
-                   for keys in units.names]
+        reached = [
+            any(params[key].grad is not None and params[key].grad.abs().sum() > 0 for key in keys)
+            for keys in units.names
+        ]
         assert all(reached), (method, [layer_map.names[i] for i, ok in enumerate(reached) if not ok])
 
 
@@ -367,7 +403,10 @@ def test_a_mode_the_family_cannot_take_stops_the_run_before_any_client_trains(sa
     trained = []
 
     config = round_config(shipped_run_config, tmp_path, saved["llava"], **{"peft.method": "prompt"})
-    with pytest.raises(ConfigError, match=r"peft\.method: 'prompt' cannot take LlamaDecoderLayer.*"
-                                          r"Use lora, adapter, layernorm, ia3 or full\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"peft\.method: 'prompt' cannot take LlamaDecoderLayer.*"
+        r"Use lora, adapter, layernorm, ia3 or full\.",
+    ):
         run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: _recording(trained)})
     assert trained == []

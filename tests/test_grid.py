@@ -25,8 +25,11 @@ class SlowGrid:
     def pull_messages(self, message_ids):
         self.pulls += 1
         now = time.monotonic() - self.sent
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=f"m{i}"))
-                for i, delay in enumerate(self.delays) if f"m{i}" in set(message_ids) and delay <= now]
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=f"m{i}"))
+            for i, delay in enumerate(self.delays)
+            if f"m{i}" in set(message_ids) and delay <= now
+        ]
 
 
 def test_every_reply_is_collected_soon_after_it_comes():

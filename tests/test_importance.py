@@ -273,8 +273,10 @@ def test_exact_reduction_has_no_row_cap():
 def test_exact_reduction_on_a_head_wider_than_its_input_matches_the_dense_jacobian():
     """κ = 40 answers on a head of width D = 32: the rotation onto the head's D singular directions
     keeps every nonzero eigenvalue of the full (nκ x nκ) NTK."""
+
     def make():
         return tiny_vilt(num_labels=40, num_hidden_layers=2, hidden_size=16, intermediate_size=32, seed=2)
+
     model = make()
     assert model.classifier[-1].in_features < model.config.num_labels
     layer_map = layer_map_for(model)

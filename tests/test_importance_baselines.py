@@ -36,8 +36,18 @@ def snapshot(model):
 
 def test_every_paper_baseline_is_a_scorer():
     assert set(SCORERS) == {
-        "lntk", "fd", "last", "magnitude", "fishmask", "gradflow", "grasp", "snip", "rgn",
-        "synflow", "fedselect", "spt",
+        "lntk",
+        "fd",
+        "last",
+        "magnitude",
+        "fishmask",
+        "gradflow",
+        "grasp",
+        "snip",
+        "rgn",
+        "synflow",
+        "fedselect",
+        "spt",
     }
 
 

@@ -48,7 +48,7 @@ def _imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package[:len(package) - node.level + 1]
+                anchor = package[: len(package) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             found.append((node.lineno, base))
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
@@ -60,8 +60,12 @@ def _files(package: str) -> list[Path]:
 
 
 def _offending(files: list[Path], banned) -> list[str]:
-    return [f"{path.relative_to(ROOT)}:{line}: {module}" for path in files for line, module in _imports(path)
-            if banned(module)]
+    return [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in files
+        for line, module in _imports(path)
+        if banned(module)
+    ]
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -81,8 +85,9 @@ def test_peft_modes_never_import_peft_units():
     """``peft_units`` imports ``peft_modes`` (each method's units); the modes take their settings from
     ``f3ocus_core.peft_settings``, so the two never import each other."""
     units = "f3ocus_core.peft_units"
-    offending = _offending(_files("f3ocus_core/peft_modes"),
-                           lambda module: module == units or module.startswith(units + "."))
+    offending = _offending(
+        _files("f3ocus_core/peft_modes"), lambda module: module == units or module.startswith(units + ".")
+    )
     assert not offending, "f3ocus_core.peft_modes must not import f3ocus_core.peft_units:\n" + "\n".join(offending)
 
 
@@ -90,19 +95,33 @@ def test_every_shared_module_is_used_by_both_apps():
     """What only one app uses lives in that app's package, not in ``f3ocus_flower``."""
     shared = {_module_name(path) for path in _files("f3ocus_flower") if path.name != "__init__.py"}
     used = {app: {module for path in _files(app) for _, module in _imports(path)} for app in APPS}
-    one_app_only = sorted(f"{module}: used by {[app for app in APPS if module in used[app]] or 'neither app'}"
-                          for module in shared
-                          if not all(module in used[app] for app in APPS))
+    one_app_only = sorted(
+        f"{module}: used by {[app for app in APPS if module in used[app]] or 'neither app'}"
+        for module in shared
+        if not all(module in used[app] for app in APPS)
+    )
     assert not one_app_only, "f3ocus_flower must hold only what both apps use:\n" + "\n".join(one_app_only)
 
 
 def test_the_check_sees_every_kind_of_import(tmp_path):
     sample = tmp_path / "f3ocus_core" / "sample.py"
     sample.parent.mkdir()
-    sample.write_text("from typing import TYPE_CHECKING\n"
-                      "if TYPE_CHECKING:\n    from f3ocus_core.peft_units import UnitMap\n"
-                      "def f():\n    from flwr.app import Message\n    import flwr.serverapp\n"
-                      "    from . import peft_units\n")
+    sample.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from f3ocus_core.peft_units import UnitMap\n"
+        "def f():\n    from flwr.app import Message\n    import flwr.serverapp\n"
+        "    from . import peft_units\n"
+    )
     assert sorted(module for _, module in _imports(sample, tmp_path)) == sorted(
-        ["typing", "typing.TYPE_CHECKING", "f3ocus_core.peft_units", "f3ocus_core.peft_units.UnitMap",
-         "flwr.app", "flwr.app.Message", "flwr.serverapp", "f3ocus_core", "f3ocus_core.peft_units"])
+        [
+            "typing",
+            "typing.TYPE_CHECKING",
+            "f3ocus_core.peft_units",
+            "f3ocus_core.peft_units.UnitMap",
+            "flwr.app",
+            "flwr.app.Message",
+            "flwr.serverapp",
+            "f3ocus_core",
+            "f3ocus_core.peft_units",
+        ]
+    )

@@ -10,8 +10,9 @@ from tests.inprocess_grid import run_server_app
 
 
 def test_known_keys_parse_and_empty_optionals_mean_the_run_default():
-    node = parse_node_config({"partition-id": 1, "num-partitions": 3, "data-path": "/data/h1", "device": "cuda:0",
-                              "state-dir": ""})
+    node = parse_node_config(
+        {"partition-id": 1, "num-partitions": 3, "data-path": "/data/h1", "device": "cuda:0", "state-dir": ""}
+    )
     assert node == NodeSettings(1, 3, "/data/h1", "cuda:0", None)
     assert parse_node_config({"partition-id": "0", "num-partitions": "2"}) == NodeSettings(0, 2)
 
@@ -45,6 +46,7 @@ def test_a_node_with_a_bad_node_config_is_logged_as_failed_and_the_run_goes_on(s
             if context.node_config["partition-id"] == 1:
                 context.node_config.update(bad)
             return handler(msg, context)
+
         return wrapped
 
     config = dict(small_run_config, **{"num-server-rounds": 1})

@@ -96,20 +96,32 @@ def test_the_saved_result_reloads_and_reproduces_the_logits(method, tmp_path):
         reloaded = ViltForQuestionAnswering.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     else:
         reloaded = load_adapter(tiny_vilt(num_labels=5, num_hidden_layers=3, seed=1), tmp_path / "out")
-        assert (tmp_path / "out" / ("adapter_config.json" if method in ("lora", "ia3", "layernorm")
-                                    else "f3ocus_peft.json")).exists()
+        assert (
+            tmp_path / "out" / ("adapter_config.json" if method in ("lora", "ia3", "layernorm") else "f3ocus_peft.json")
+        ).exists()
     torch.testing.assert_close(logits_of(reloaded, batch), expected, rtol=0, atol=1e-5)
-    assert not torch.allclose(logits_of(tiny_vilt(num_labels=5, num_hidden_layers=3, seed=1), batch), expected,
-                              atol=1e-5)
+    assert not torch.allclose(
+        logits_of(tiny_vilt(num_labels=5, num_hidden_layers=3, seed=1), batch), expected, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_every_mode_completes_a_federated_round_with_its_accounting(method, small_run_config, no_figures):
-    config = dict(small_run_config, **{"peft.method": method, "num-server-rounds": 1, "selection.budget": "1",
-                                       "data.max-train-per-client": 8, "data.max-test-per-client": 4,
-                                       "train.max-steps": 1, "scoring.batch-size": 2, "eval.batch-size": 8,
-                                       "selection.algorithm": "exact",
-                                       "run-name": f"run-{method}"})
+    config = dict(
+        small_run_config,
+        **{
+            "peft.method": method,
+            "num-server-rounds": 1,
+            "selection.budget": "1",
+            "data.max-train-per-client": 8,
+            "data.max-test-per-client": 4,
+            "train.max-steps": 1,
+            "scoring.batch-size": 2,
+            "eval.batch-size": 8,
+            "selection.algorithm": "exact",
+            "run-name": f"run-{method}",
+        },
+    )
     changed: list[bool] = []
 
     def spy(train):
@@ -119,6 +131,7 @@ def test_every_mode_completes_a_federated_round_with_its_accounting(method, smal
             assert set(back.keys()) == set(sent.keys())
             changed.append(any(not np.array_equal(sent[k].numpy(), back[k].numpy()) for k in sent))
             return reply
+
         return wrapped
 
     _, rows = run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
@@ -138,8 +151,9 @@ def test_gflop_count_follows_what_trains():
     set_trainable(model, units, [2])
     high = training_step_gflop(model, batch)
     assert low > high > 0  # backprop to layer 0 costs more than to layer 2
-    assert trainable_parameters(model) == sum(p.numel() for n, p in model.named_parameters()
-                                              if n in set(units.keys_of([2])) | set(head_names(model)))
+    assert trainable_parameters(model) == sum(
+        p.numel() for n, p in model.named_parameters() if n in set(units.keys_of([2])) | set(head_names(model))
+    )
 
 
 def test_a_target_module_that_no_layer_has_stops_with_the_key_and_what_works():
@@ -154,16 +168,25 @@ def test_a_target_module_missing_from_one_layer_names_that_layer():
     block = model.vilt.encoder.layer[2].attention.attention
     block.extra = torch.nn.Linear(64, 64)
     model.vilt.encoder.layer[0].attention.attention.extra = torch.nn.Linear(64, 64)
-    with pytest.raises(ConfigError, match=r"peft.target-modules: 'extra' matches no linear module in layer\(s\) "
-                                          r"\['layer.1', 'layer.3'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"peft.target-modules: 'extra' matches no linear module in layer\(s\) "
+        r"\['layer.1', 'layer.3'\]",
+    ):
         attach_units(model, layer_map_for(model), PeftSettings(method="lora", target_modules=("extra",)))
 
 
 def test_a_mode_the_family_cannot_take_stops_with_the_key_and_what_works():
     from transformers import LlamaConfig, LlamaModel
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=50)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=50,
+    )
     model = LlamaModel(config)
     layer_map = LayerMap(("layer.0", "layer.1"), (("layer", r"(?:^|\.)layers\.(\d+)\."),))
     with pytest.raises(ConfigError, match=r"peft.method: 'prompt' cannot take LlamaDecoderLayer.*Use lora, adapter"):

@@ -55,21 +55,28 @@ def _parse(shipped_run_config, **overrides):
 
 
 def test_run_config_keys_parse(shipped_run_config):
-    settings = _parse(shipped_run_config, **{"model.pretrain-exclude": "negation, colour",
-                                            "data.shift": "none,invert", "data.questions": "all,negation"})
+    settings = _parse(
+        shipped_run_config,
+        **{"model.pretrain-exclude": "negation, colour", "data.shift": "none,invert", "data.questions": "all,negation"},
+    )
     assert settings.model.pretrain_exclude == ("colour", "negation")
     assert settings.data.shift == ("none", "invert") and settings.data.questions == ("all", "negation")
     assert _parse(shipped_run_config).model.pretrain_exclude == ()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model.pretrain-exclude": "negations"}, "^model.pretrain-exclude: unknown question family"),
-    ({"model.pretrain-exclude": "colour,shape,yesno,negation"}, "^model.pretrain-exclude: leaves no question"),
-    ({"model.pretrain-exclude": "negation", "model.name": "some/hub-model"},
-     "^model.pretrain-exclude: applies to the built-in bases only"),
-    ({"data.shift": "none,sepia"}, "^data.shift: unknown shift"),
-    ({"data.questions": "negation", "task": "task2-modality"}, "^data.questions:"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.pretrain-exclude": "negations"}, "^model.pretrain-exclude: unknown question family"),
+        ({"model.pretrain-exclude": "colour,shape,yesno,negation"}, "^model.pretrain-exclude: leaves no question"),
+        (
+            {"model.pretrain-exclude": "negation", "model.name": "some/hub-model"},
+            "^model.pretrain-exclude: applies to the built-in bases only",
+        ),
+        ({"data.shift": "none,sepia"}, "^data.shift: unknown shift"),
+        ({"data.questions": "negation", "task": "task2-modality"}, "^data.questions:"),
+    ],
+)
 def test_bad_values_name_their_key(shipped_run_config, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _parse(shipped_run_config, **overrides)
@@ -94,13 +101,22 @@ def test_a_run_with_shifted_clients_trains_on_the_excluding_base(small_run_confi
             settings = client.parse_run_config(context.run_config)
             pid = int(context.node_config["partition-id"])
             data = client._data(settings.data, pid, int(context.node_config["num-partitions"]))
-            seen_questions[pid] = {easy_vqa.question_family(q, a[0])
-                                   for q, a in zip(data.train["question"], data.train["answers"])}
+            seen_questions[pid] = {
+                easy_vqa.question_family(q, a[0]) for q, a in zip(data.train["question"], data.train["answers"])
+            }
             return handler(msg, context)
+
         return wrapped
 
-    config = dict(small_run_config, **{"num-server-rounds": 1, "model.pretrain-exclude": "negation",
-                                       "data.shift": "invert,none", "data.questions": "all-negation,negation"})
+    config = dict(
+        small_run_config,
+        **{
+            "num-server-rounds": 1,
+            "model.pretrain-exclude": "negation",
+            "data.shift": "invert,none",
+            "data.questions": "all-negation,negation",
+        },
+    )
     _, rows = run_server_app(config, num_nodes=2, wrap={MessageType.TRAIN: spy})
     record = json.loads((Path(config["output-dir"]) / config["run-name"] / "config.json").read_text())
     assert record["model_path"].endswith("-steps30-seed0-no-negation")

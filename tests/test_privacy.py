@@ -35,8 +35,10 @@ DP_ON = {"dp.clip-norm": 1.0, "aggregation.lora": "separate"}
 
 
 def _random_state(rng, scale: float) -> dict[str, np.ndarray]:
-    return {"a": (scale * rng.normal(size=(3, 4))).astype(np.float32),
-            "b": (scale * rng.normal(size=5)).astype(np.float32)}
+    return {
+        "a": (scale * rng.normal(size=(3, 4))).astype(np.float32),
+        "b": (scale * rng.normal(size=5)).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
@@ -57,8 +59,10 @@ def test_clip_update_bounds_the_whole_change_and_matches_flowers_flatclip(scale)
 
 def test_server_clips_again_and_averages_with_equal_weights():
     old = {"w": np.zeros(4, np.float32)}
-    updates = [PartialUpdate("big", {"w": np.full(4, 10.0, np.float32)}, 1000),  # norm 20: clipped to 1
-               PartialUpdate("small", {"w": np.full(4, 0.1, np.float32)}, 1)]  # norm 0.2: kept
+    updates = [
+        PartialUpdate("big", {"w": np.full(4, 10.0, np.float32)}, 1000),  # norm 20: clipped to 1
+        PartialUpdate("small", {"w": np.full(4, 0.1, np.float32)}, 1),
+    ]  # norm 0.2: kept
     private = equal_weight_clipped(updates, [old, old], 1.0)
 
     assert [u.num_examples for u in private] == [1, 1]
@@ -68,8 +72,9 @@ def test_server_clips_again_and_averages_with_equal_weights():
 
 def test_layer_noise_has_std_sigma_clip_over_count_and_spares_untrained_layers():
     state = {"l0": np.zeros(20000, np.float32), "l1": np.zeros(20000, np.float32), "l2": np.full(5, 7.0, np.float32)}
-    noised = add_layer_noise(state, [("l0",), ("l1",), ("l2",)], [1, 4, 0], noise_multiplier=1.5, clip_norm=2.0,
-                             rng=np.random.default_rng(7))
+    noised = add_layer_noise(
+        state, [("l0",), ("l1",), ("l2",)], [1, 4, 0], noise_multiplier=1.5, clip_norm=2.0, rng=np.random.default_rng(7)
+    )
 
     for key, count in (("l0", 1), ("l1", 4)):
         std = layer_noise_std(1.5, 2.0, count)
@@ -85,8 +90,9 @@ def test_ledger_matches_flowers_rdp_accountant_for_updates_and_scores():
     settings = PrivacySettings(clip_norm=1.0, noise_multiplier=1.1, delta=1e-5, score_noise_multiplier=3.0)
     ledger = PrivacyLedger(settings, population=20)
     updates = RdpAccountant(PrivacyConfig(1e-5, 20, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON))
-    scores = RdpAccountant(PrivacyConfig(1e-5, 20, NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                         SamplingMethod.NO_AMPLIFICATION))
+    scores = RdpAccountant(
+        PrivacyConfig(1e-5, 20, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION)
+    )
     for _ in range(5):
         spent = ledger.record(5)
         updates.compose(GaussianPrivacyEvent(1.1, 5, 20))
@@ -122,16 +128,19 @@ def test_noised_scores_stay_on_the_simplex_and_their_noise_is_calibrated():
     assert np.all(heavy > 0) and heavy.sum() == pytest.approx(1.0)  # never all zero, so always usable
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    ({"dp.clip-norm": 1.0}, "aggregation.lora"),
-    ({**DP_ON, "aggregation.robust": "median"}, "aggregation.robust"),
-    ({"dp.noise-multiplier": 1.0}, "dp.noise-multiplier"),
-    ({"dp.target-epsilon": 4.0}, "dp.target-epsilon"),
-    ({**DP_ON, "dp.score-noise-multiplier": 1.0, "dp.target-epsilon": 4.0}, "dp.target-epsilon"),
-    ({"dp.delta": 1.0}, "dp.delta"),
-    ({**DP_ON, "control": "local-only"}, "control"),
-    ({"dp.clip-norm": -1.0}, "dp.clip-norm"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"dp.clip-norm": 1.0}, "aggregation.lora"),
+        ({**DP_ON, "aggregation.robust": "median"}, "aggregation.robust"),
+        ({"dp.noise-multiplier": 1.0}, "dp.noise-multiplier"),
+        ({"dp.target-epsilon": 4.0}, "dp.target-epsilon"),
+        ({**DP_ON, "dp.score-noise-multiplier": 1.0, "dp.target-epsilon": 4.0}, "dp.target-epsilon"),
+        ({"dp.delta": 1.0}, "dp.delta"),
+        ({**DP_ON, "control": "local-only"}, "control"),
+        ({"dp.clip-norm": -1.0}, "dp.clip-norm"),
+    ],
+)
 def test_bad_privacy_settings_stop_the_run_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}"):
         make_settings(**overrides)
@@ -144,8 +153,7 @@ def test_dp_is_off_by_default():
 
 def test_a_run_stops_cleanly_before_a_round_would_exceed_the_target(tmp_path, caplog):
     # sigma 1.0 with every client sampled: epsilon at delta 1e-5 is 4.73 after one round, 7.08 after two.
-    settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 1.0, "dp.target-epsilon": 6.0,
-                                         "num-server-rounds": 4})
+    settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 1.0, "dp.target-epsilon": 6.0, "num-server-rounds": 4})
     strategy = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]), fingerprint={"test": 1})
     with caplog.at_level(logging.INFO, logger="flwr"):
         strategy.start(InProcessGrid({}, HANDLERS, 3), state_to_record(GLOBAL), 4, timeout=TIMEOUT)
@@ -174,7 +182,8 @@ def test_score_noise_alone_reports_its_epsilon_every_round_and_leaves_updates_un
     assert "epsilon_updates" not in trained[0] and "epsilon_updates" not in strategy.recorder.rows[0]
     expected = PrivacyLedger(PrivacySettings(score_noise_multiplier=2.0), 3)
     assert [row["epsilon_scores"] for row in trained] == pytest.approx(
-        [expected.record(3)["epsilon_scores"] for _ in trained])
+        [expected.record(3)["epsilon_scores"] for _ in trained]
+    )
     assert "epsilon scores" in round_log_line(trained[1], 2) and "epsilon updates" not in round_log_line(trained[1], 2)
 
 
@@ -188,23 +197,37 @@ def test_a_checkpoint_carries_the_ledger_so_a_resumed_run_keeps_counting(tmp_pat
 
     expected = PrivacyLedger(settings.dp, 3)
     assert [row["epsilon_updates"] for row in resumed.recorder.rows if row["round"] > 0] == pytest.approx(
-        [expected.record(3)["epsilon_updates"] for _ in range(2)])
+        [expected.record(3)["epsilon_updates"] for _ in range(2)]
+    )
 
 
 def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_run_config, no_figures):
     from f3ocus_flower.protocol import ARRAYS, SCORES, ScoresReply, record_to_state
     from tests.inprocess_grid import run_server_app
 
-    config = dict(small_run_config, **{**DP_ON, "dp.clip-norm": 0.05, "dp.noise-multiplier": 0.5,
-                                       "dp.score-noise-multiplier": 1.0, "train.max-steps": 2})
+    config = dict(
+        small_run_config,
+        **{
+            **DP_ON,
+            "dp.clip-norm": 0.05,
+            "dp.noise-multiplier": 0.5,
+            "dp.score-noise-multiplier": 1.0,
+            "train.max-steps": 2,
+        },
+    )
     changes, sent_scores = [], []
 
     def spy_train(train):
         def wrapped(msg, context):
             reply = train(msg, context)
-            changes.append(update_norm(record_to_state(reply.content.array_records[ARRAYS]),
-                                       record_to_state(msg.content.array_records[ARRAYS])))
+            changes.append(
+                update_norm(
+                    record_to_state(reply.content.array_records[ARRAYS]),
+                    record_to_state(msg.content.array_records[ARRAYS]),
+                )
+            )
             return reply
+
         return wrapped
 
     def spy_query(query):
@@ -212,6 +235,7 @@ def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_
             reply = query(msg, context)
             sent_scores.append(ScoresReply.from_record(reply.content.metric_records[SCORES]))
             return reply
+
         return wrapped
 
     _, rows = run_server_app(config, num_nodes=2, wrap={"train": spy_train, "query": spy_query})
@@ -223,7 +247,8 @@ def test_the_apps_clip_each_update_and_noise_the_scores_before_they_leave(small_
     trained = [row for row in rows if row["round"] > 0]
     assert [row["epsilon_updates"] for row in trained] == pytest.approx(
         [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2).record(2)["epsilon_updates"]]
-        + [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2, [2]).record(2)["epsilon_updates"]])
+        + [PrivacyLedger(PrivacySettings(clip_norm=0.05, noise_multiplier=0.5), 2, [2]).record(2)["epsilon_updates"]]
+    )
     assert all(row["epsilon_scores"] > 0 and row["dp_delta"] == 1e-5 for row in trained)
 
 
@@ -272,8 +297,15 @@ def test_hiding_participation_noises_every_layer_even_one_nobody_trained(tmp_pat
     from f3ocus_core.recorder import RoundRecord
     from tests.test_strategy import _update
 
-    settings = make_settings(**DP_ON, **{"dp.noise-multiplier": 1.0, "dp.hide-participation": True,
-                                         "aggregation.max-update-norm": 0.0, "clients-per-round": 3})
+    settings = make_settings(
+        **DP_ON,
+        **{
+            "dp.noise-multiplier": 1.0,
+            "dp.hide-participation": True,
+            "aggregation.max-update-norm": 0.0,
+            "clients-per-round": 3,
+        },
+    )
     strategy = F3ocusStrategy(settings, UNITS, _Recorder(tmp_path, ["0", "1", "2"]))
     strategy.state.global_units = dict(GLOBAL)
     strategy.ledger = PrivacyLedger(settings.dp, 3)
@@ -282,6 +314,7 @@ def test_hiding_participation_noises_every_layer_even_one_nobody_trained(tmp_pat
     arrays, _ = strategy.aggregate_train(1, [_update(1, change, 10, 1.0), _update(2, change, 10, 1.0)])
 
     from f3ocus_flower.protocol import record_to_state
+
     state = record_to_state(arrays)
     for key in ("layer.1.a", "layer.2.a"):  # trained by nobody, noised all the same
         assert not np.array_equal(state[key], GLOBAL[key])

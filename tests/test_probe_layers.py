@@ -27,9 +27,12 @@ def test_layer_sets_are_heads_only_each_pair_or_single_and_all(probe_layers):
 
 
 def test_the_table_marks_each_clients_best_fixed_set(probe_layers):
-    cells = [{"client": client, "set": label, "seed": seed, "metric": value + 0.01 * seed}
-             for client, values in (("a", (0.5, 0.7, 0.6, 0.9)), ("b", (0.4, 0.5, 0.8, 0.9)))
-             for label, value in zip(("heads-only", "0", "1", "all-layers"), values) for seed in (0, 1)]
+    cells = [
+        {"client": client, "set": label, "seed": seed, "metric": value + 0.01 * seed}
+        for client, values in (("a", (0.5, 0.7, 0.6, 0.9)), ("b", (0.4, 0.5, 0.8, 0.9)))
+        for label, value in zip(("heads-only", "0", "1", "all-layers"), values)
+        for seed in (0, 1)
+    ]
     result = {"layer_names": ["layer.0", "layer.1"], "sets": ["heads-only", "0", "1", "all-layers"], "cells": cells}
     summary = probe_layers.summarise(result)
     assert summary["a"]["best"] == "0" and summary["b"]["best"] == "1"
@@ -43,9 +46,30 @@ def test_the_table_marks_each_clients_best_fixed_set(probe_layers):
 
 def test_the_probe_runs_on_vilt_with_shifted_clients(probe_layers, model_cache, tmp_path, capsys):
     out = tmp_path / "cells.json"
-    result = probe_layers.main(["--cache-dir", str(model_cache), "--pretrain-steps", "30", "--clients", "2",
-                                "--shift", "none,invert", "--seeds", "0,1", "--sets", "singles",
-                                "--max-train", "16", "--max-test", "8", "--epochs", "1", "--json", str(out)])
+    result = probe_layers.main(
+        [
+            "--cache-dir",
+            str(model_cache),
+            "--pretrain-steps",
+            "30",
+            "--clients",
+            "2",
+            "--shift",
+            "none,invert",
+            "--seeds",
+            "0,1",
+            "--sets",
+            "singles",
+            "--max-train",
+            "16",
+            "--max-test",
+            "8",
+            "--epochs",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert result["layer_names"] == ["layer.0", "layer.1", "layer.2", "layer.3"]
     assert len(result["cells"]) == 2 * 6 * 2
     assert all(0.0 <= cell["metric"] <= 1.0 for cell in result["cells"])
@@ -56,9 +80,30 @@ def test_the_probe_runs_on_vilt_with_shifted_clients(probe_layers, model_cache, 
 
 
 def test_the_probe_runs_on_a_two_tower_family(probe_layers, tmp_path):
-    result = probe_layers.main(["--model", "builtin:tiny-llava-easyvqa", "--cache-dir", str(tmp_path),
-                                "--pretrain-steps", "2", "--clients", "1", "--shift", "grey", "--seeds", "0",
-                                "--sets", "singles", "--max-train", "8", "--max-test", "8", "--epochs", "1"])
+    result = probe_layers.main(
+        [
+            "--model",
+            "builtin:tiny-llava-easyvqa",
+            "--cache-dir",
+            str(tmp_path),
+            "--pretrain-steps",
+            "2",
+            "--clients",
+            "1",
+            "--shift",
+            "grey",
+            "--seeds",
+            "0",
+            "--sets",
+            "singles",
+            "--max-train",
+            "8",
+            "--max-test",
+            "8",
+            "--epochs",
+            "1",
+        ]
+    )
     names = result["layer_names"]
     assert any(n.startswith("vision.") for n in names) and any(n.startswith("language.") for n in names)
     assert len(result["cells"]) == len(names) + 2

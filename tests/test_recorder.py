@@ -5,8 +5,10 @@ import pytest
 
 from f3ocus_core.recorder import RoundRecord, metrics_row, round_log_line
 
-EVALUATIONS = {"a": {"loss": 1.0, "accuracy": 0.5, "metric": 0.5, "num-examples": 10},
-               "b": {"loss": 3.0, "accuracy": 1.0, "metric": 1.0, "num-examples": 30}}
+EVALUATIONS = {
+    "a": {"loss": 1.0, "accuracy": 0.5, "metric": 0.5, "num-examples": 10},
+    "b": {"loss": 3.0, "accuracy": 1.0, "metric": 1.0, "num-examples": 30},
+}
 NAMES = {1: "a", 2: "b"}
 
 
@@ -21,8 +23,11 @@ def test_train_mbit_counts_units_sent_to_train_and_accepted_updates_only():
     row = metrics_row(record, EVALUATIONS, NAMES.get)
 
     assert row["mbit_train_per_client"] == pytest.approx(((1_000 + 1_000) + 3_000) * 8 / 1e6 / 2)
-    assert row["bytes_down"] == {"query": {"a": 100_000, "b": 100_000}, "train": {"a": 1_000, "b": 3_000},
-                                 "evaluate": {"a": 100_000, "b": 100_000}}
+    assert row["bytes_down"] == {
+        "query": {"a": 100_000, "b": 100_000},
+        "train": {"a": 1_000, "b": 3_000},
+        "evaluate": {"a": 100_000, "b": 100_000},
+    }
     assert row["metric_name"] == "accuracy" and row["metric"] == pytest.approx(0.875)
     assert row["assignment"] == {"a": [0], "b": [0, 1]}
     line = round_log_line(row, 3)
@@ -51,8 +56,10 @@ def test_coverage_diagnostics_count_trained_layers_and_each_clients_distance_fro
     from f3ocus_core.selection.diagnostics import coverage_diagnostics
 
     assigned = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [1, 0, 0, 0, 0]], dtype=bool)
-    scores = {"a": ([0.4, 0.3, 0.2, 0.1, 0.0], 2),  # got its top-2 {0, 1}
-              "b": ([0.5, 0.1, 0.3, 0.0, 0.1], 2)}  # top-2 {0, 2}, got {2, 3}: missed 1, share 0.3 / 0.8
+    scores = {
+        "a": ([0.4, 0.3, 0.2, 0.1, 0.0], 2),  # got its top-2 {0, 1}
+        "b": ([0.5, 0.1, 0.3, 0.0, 0.1], 2),
+    }  # top-2 {0, 2}, got {2, 3}: missed 1, share 0.3 / 0.8
     diag = coverage_diagnostics(["a", "b", "c"], assigned, scores)
     assert diag["layers_trained"] == 4 and diag["num_layers"] == 5 and diag["untrained_layers"] == [4]
     assert diag["missed_top_b"] == {"a": 0, "b": 1}  # c sent no usable scores: no entry
@@ -73,8 +80,9 @@ def test_the_recorder_puts_the_diagnostics_into_the_rounds_row_and_draws_them(tm
     scores = np.array([[0.5, 0.3, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
     recorder = RunRecorder(tmp_path, ["l0", "l1", "l2", "l3"])
     result = select(scores, 2, algorithm="exact", seed=0)
-    recorder.record_selection(1, ["a", "b", "c"], {"scores": scores, "budgets": [2, 2, 2], **result.as_dict()},
-                              result, top_b_masks(scores, 2))
+    recorder.record_selection(
+        1, ["a", "b", "c"], {"scores": scores, "budgets": [2, 2, 2], **result.as_dict()}, result, top_b_masks(scores, 2)
+    )
     fallback = np.zeros((4, 4), dtype=bool)
     fallback[:3] = result.masks
     fallback[3, [2, 3]] = True  # d had no usable scores: fall-back layers

@@ -51,8 +51,12 @@ from tests.inprocess_grid import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = UnitMap((("layer.0.a", "layer.0.b"), ("layer.1.a",), ("layer.2.a",)))
-GLOBAL = {"layer.0.a": np.arange(4, dtype=np.float32).reshape(2, 2), "layer.0.b": np.ones(3, np.float32),
-          "layer.1.a": np.full(2, 2.0, np.float32), "layer.2.a": np.linspace(0, 1, 4, dtype=np.float32)}
+GLOBAL = {
+    "layer.0.a": np.arange(4, dtype=np.float32).reshape(2, 2),
+    "layer.0.b": np.ones(3, np.float32),
+    "layer.1.a": np.full(2, 2.0, np.float32),
+    "layer.2.a": np.linspace(0, 1, 4, dtype=np.float32),
+}
 SCORES_OF = {0: [0.5, 0.3, 0.2], 1: [0.2, 0.3, 0.5], 2: [0.1, 0.6, 0.3]}
 NODE = 2  # the tampered client: partition 1, budget 2 of 3 layers, named "client/1"
 NAME = "client/1"
@@ -62,6 +66,7 @@ QUERY, TRAIN, EVALUATE = MessageType.QUERY, MessageType.TRAIN, MessageType.EVALU
 
 
 # ---------------------------------------------------------------- honest mock clients
+
 
 def _partition(context) -> int:
     return int(context.node_config["partition-id"])
@@ -92,11 +97,14 @@ def honest_query(msg: Message, context) -> Message:
 def honest_train(msg: Message, context) -> Message:
     p, r = _partition(context), _round(msg)
     state = record_to_state(msg.content.array_records[ARRAYS])
-    trained = {key: (value * np.float32(1 + 0.01 * (p + 1)) + np.float32(0.1 * (p + r))).astype(value.dtype)
-               for key, value in state.items()}
+    trained = {
+        key: (value * np.float32(1 + 0.01 * (p + 1)) + np.float32(0.1 * (p + r))).astype(value.dtype)
+        for key, value in state.items()
+    }
     metrics = MetricRecord({NUM_EXAMPLES: _examples(context), TRAIN_LOSS: 1.0 / (p + 1), "steps": 1, "seconds": 0.01})
-    return Message(RecordDict({ARRAYS: state_to_record(trained), METRICS: metrics, CLIENT: _info(context, False)}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({ARRAYS: state_to_record(trained), METRICS: metrics, CLIENT: _info(context, False)}), reply_to=msg
+    )
 
 
 def honest_evaluate(msg: Message, context) -> Message:
@@ -147,8 +155,14 @@ class _Withholding(F3ocusStrategy):
 @pytest.fixture(scope="module")
 def settings():
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"selection.budget": "1,2,1", "round-timeout": TIMEOUT, "selection.algorithm": "exact",
-                   "num-server-rounds": ROUNDS})
+    config.update(
+        {
+            "selection.budget": "1,2,1",
+            "round-timeout": TIMEOUT,
+            "selection.algorithm": "exact",
+            "num-server-rounds": ROUNDS,
+        }
+    )
     return parse_run_config(config, SCORERS, ALGORITHMS)
 
 
@@ -163,12 +177,24 @@ class Run:
         return {key: value.tobytes() + str(value.dtype).encode() for key, value in units.items()}
 
     def failed(self) -> list[tuple[int, str, str, str]]:
-        return sorted((row["round"], f["phase"], f["client"], f["reason"].split(":")[0])
-                      for row in self.rows for f in row["failed"])
+        return sorted(
+            (row["round"], f["phase"], f["client"], f["reason"].split(":")[0])
+            for row in self.rows
+            for f in row["failed"]
+        )
 
     def outcome(self) -> list[dict]:
-        keys = ("round", "metric", "metric_per_client", "loss", "accuracy", "train_loss", "assignment", "coverage",
-                "bytes_up")
+        keys = (
+            "round",
+            "metric",
+            "metric_per_client",
+            "loss",
+            "accuracy",
+            "train_loss",
+            "assignment",
+            "coverage",
+            "bytes_up",
+        )
         return [{key: row.get(key) for key in keys} for row in self.rows]
 
 
@@ -349,8 +375,9 @@ def retyped(kind: str) -> Tamper:
 
 def _strings(request: Message, reply: Message) -> Message:
     values = dict(reply.content[SCORES])
-    as_strings = ConfigRecord({key: [str(v) for v in value] if isinstance(value, list) else value
-                               for key, value in values.items()})
+    as_strings = ConfigRecord(
+        {key: [str(v) for v in value] if isinstance(value, list) else value for key, value in values.items()}
+    )
     return Message(_content(reply, scores=as_strings), reply_to=request)
 
 
@@ -372,8 +399,9 @@ CASES = [
     Case("raw-key-missing", EVALUATE, 1, scores(raw=None), "scores-keys", W),
     Case("seconds-key-missing", EVALUATE, 0, scores(seconds=None), "scores-keys", W),
     Case("scores-record-missing", EVALUATE, 0, records(scores=None), "scores-record", W),
-    Case("scores-as-arrays", EVALUATE, 1, records(scores=ArrayRecord({"scores": Array(np.ones(3))})), "scores-record",
-         W),
+    Case(
+        "scores-as-arrays", EVALUATE, 1, records(scores=ArrayRecord({"scores": Array(np.ones(3))})), "scores-record", W
+    ),
     Case("raw-nan", EVALUATE, 0, scores(raw=[float("nan"), 1.0, 1.0]), "raw", W),
     Case("raw-too-few", EVALUATE, 0, scores(raw=[1.0]), "raw", W),
     Case("scores-num-examples-zero", EVALUATE, 0, scores(num_examples=0), "num-examples", W),
@@ -383,8 +411,13 @@ CASES = [
     Case("scores-num-examples-missing", EVALUATE, 1, scores(num_examples=None), "num-examples", W),
     # a scoring evaluation whose sender is in doubt: neither its metrics nor its scores count
     Case("scoring-eval-client-record-missing", EVALUATE, 1, records(client=None), "client-info"),
-    Case("scoring-eval-client-record-metrics", EVALUATE, 1, records(client=MetricRecord({"partition-id": 1})),
-         "client-info"),
+    Case(
+        "scoring-eval-client-record-metrics",
+        EVALUATE,
+        1,
+        records(client=MetricRecord({"partition-id": 1})),
+        "client-info",
+    ),
     Case("scoring-eval-client-name-not-str", EVALUATE, 1, client_info(name=7), "client-info"),
     Case("scoring-eval-partition-id-str", EVALUATE, 1, client_info(partition_id="1"), "client-info"),
     Case("scoring-eval-renamed", EVALUATE, 1, client_info(name="client/9"), "identity"),
@@ -460,6 +493,7 @@ def _tampered_handlers(case: Case) -> dict:
             if msg.metadata.dst_node_id == NODE and _round(msg) == case.round:
                 return case.tamper(msg, reply)
             return reply
+
         return wrapped
 
     return {**HANDLERS, case.phase: wrap(HANDLERS[case.phase])}
@@ -490,8 +524,10 @@ def test_the_table_holds_at_least_50_distinct_malformed_replies():
     ids = [case.id for case in CASES]
     assert len(set(ids)) == len(ids) >= 50
     assert {case.phase for case in CASES} == {TRAIN, EVALUATE}
-    print(f"\n{len(CASES)} malformed-reply cases: "
-          + ", ".join(f"{phase} {sum(c.phase == phase for c in CASES)}" for phase in (TRAIN, EVALUATE)))
+    print(
+        f"\n{len(CASES)} malformed-reply cases: "
+        + ", ".join(f"{phase} {sum(c.phase == phase for c in CASES)}" for phase in (TRAIN, EVALUATE))
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -503,8 +539,9 @@ def test_a_malformed_reply_is_rejected_by_name_and_changes_nothing(case, setting
     # The run went on to the end.
     assert [row["round"] for row in tampered.rows] == list(range(ROUNDS + 1))
     # Rejected with a logged reason naming the client and the check ...
-    logged = [r.getMessage() for r in caplog.records
-              if f"client {case.client} rejected [{case.check}]" in r.getMessage()]
+    logged = [
+        r.getMessage() for r in caplog.records if f"client {case.client} rejected [{case.check}]" in r.getMessage()
+    ]
     assert len(logged) == 1 and f"Round {case.round}, {case.phase}:" in logged[0], caplog.text
     # ... noted in the round's record (metrics.jsonl "failed"), and nothing else changed there.
     expected = list(reference.failed())
@@ -545,6 +582,7 @@ def test_withheld_scores_give_the_fallback_assignment(settings, references):
 
 # ---------------------------------------------------------------- stragglers
 
+
 def test_a_straggler_is_left_out_of_that_rounds_average_and_takes_part_again(settings, tmp_path, caplog):
     def slow(node: int, kind: str, server_round: int) -> float:
         return 2 * TIMEOUT if (node, kind, server_round) == (NODE, TRAIN, 1) else 0.1
@@ -557,14 +595,16 @@ def test_a_straggler_is_left_out_of_that_rounds_average_and_takes_part_again(set
     assert f"Round 1, train: reply of client {NAME} rejected [timeout]: no reply within round-timeout" in caplog.text
     first, second = straggling.rows[1], straggling.rows[2]
     assert [(f["phase"], f["client"], f["reason"]) for f in first["failed"]] == [
-        (TRAIN, NAME, "timeout: no reply within round-timeout")]
+        (TRAIN, NAME, "timeout: no reply within round-timeout")
+    ]
     assert NAME not in first["bytes_up"] and set(first["bytes_up"]) == {"client/0", "client/2"}
     assert NAME in second["bytes_up"] and not second["failed"]
     # Round 1 averages the other two clients only; in round 2 all three count again.
     others = [layers for name, layers in first["assignment"].items() if name != NAME]
     assert first["coverage"] == [sum(layer in layers for layers in others) for layer in range(3)]
-    assert second["coverage"] == [sum(layer in layers for layers in second["assignment"].values())
-                                  for layer in range(3)]
+    assert second["coverage"] == [
+        sum(layer in layers for layers in second["assignment"].values()) for layer in range(3)
+    ]
     assert straggling.state() != honest.state()
 
 
@@ -587,6 +627,7 @@ def test_a_run_stops_only_when_no_client_answers(settings, tmp_path):
 
 # ---------------------------------------------------------------- through the real ServerApp
 
+
 def _bits(state: dict[str, np.ndarray]) -> dict[str, bytes]:
     return {key: value.tobytes() + str(value.dtype).encode() for key, value in state.items()}
 
@@ -602,7 +643,9 @@ def _spy_and_tamper(tampers: dict, seen: dict) -> dict:
                 key = (kind, msg.metadata.dst_node_id, _round(msg))
                 seen[key] = (msg, reply)
                 return tampers[key](msg, reply) if key in tampers else reply
+
             return wrapped
+
         return decorate
 
     return {kind: wrap(kind) for kind in (QUERY, TRAIN, EVALUATE)}
@@ -627,8 +670,7 @@ def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, ca
     from tests.inprocess_grid import run_server_app
 
     tampers = {
-        (EVALUATE, 1, 0): lambda q, r: [*duplicate(scores(scores=[0.0, 0.0, 0.0, 1.0]))(q, r),
-                                        *stranger(99)(q, r)[1:]],
+        (EVALUATE, 1, 0): lambda q, r: [*duplicate(scores(scores=[0.0, 0.0, 0.0, 1.0]))(q, r), *stranger(99)(q, r)[1:]],
         (TRAIN, 1, 1): lambda q, r: [*duplicate(first(lambda a: a + 5))(q, r), *stranger(7)(q, r)[1:]],
         (TRAIN, 2, 1): first(lambda a: _set(a, 0, np.nan)),
         (EVALUATE, 1, 1): lambda q, r: [*duplicate(same)(q, r), *stranger(42)(q, r)[1:]],
@@ -636,15 +678,24 @@ def test_malformed_replies_through_the_server_app(small_run_config, tmp_path, ca
     }
     seen: dict = {}
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        _, rows = run_server_app(dict(_tiny(small_run_config), **{"num-server-rounds": 1}), num_nodes=2,
-                                 wrap=_spy_and_tamper(tampers, seen))
+        _, rows = run_server_app(
+            dict(_tiny(small_run_config), **{"num-server-rounds": 1}), num_nodes=2, wrap=_spy_and_tamper(tampers, seen)
+        )
 
     c0, c1 = "easy-vqa/0", "easy-vqa/1"
-    expected = [(1, EVALUATE, c0, "duplicate"), (1, EVALUATE, c1, "metrics"), (1, EVALUATE, "node-42", "sender"),
-                (0, EVALUATE, "node-1", "duplicate"), (0, EVALUATE, "node-99", "sender"),
-                (1, TRAIN, c0, "duplicate"), (1, TRAIN, c1, "finite"), (1, TRAIN, "node-7", "sender")]
-    assert sorted((row["round"], f["phase"], f["client"], f["reason"].split(":")[0]) for row in rows
-                  for f in row["failed"]) == sorted(expected)
+    expected = [
+        (1, EVALUATE, c0, "duplicate"),
+        (1, EVALUATE, c1, "metrics"),
+        (1, EVALUATE, "node-42", "sender"),
+        (0, EVALUATE, "node-1", "duplicate"),
+        (0, EVALUATE, "node-99", "sender"),
+        (1, TRAIN, c0, "duplicate"),
+        (1, TRAIN, c1, "finite"),
+        (1, TRAIN, "node-7", "sender"),
+    ]
+    assert sorted(
+        (row["round"], f["phase"], f["client"], f["reason"].split(":")[0]) for row in rows for f in row["failed"]
+    ) == sorted(expected)
     for server_round, phase, client, check in expected:
         assert f"Round {server_round}, {phase}: reply of client {client} rejected [{check}]" in caplog.text
     print(f"\n{len(expected)} malformed replies through the ServerApp")
@@ -665,14 +716,14 @@ def test_a_straggler_through_the_server_app(small_run_config, caplog):
 
     seen: dict = {}
     with caplog.at_level(logging.WARNING, logger="flwr"):
-        grid, rows = run_server_app(_tiny(small_run_config), num_nodes=2, delay=late,
-                                    wrap=_spy_and_tamper({}, seen))
+        grid, rows = run_server_app(_tiny(small_run_config), num_nodes=2, delay=late, wrap=_spy_and_tamper({}, seen))
 
     c0, c1 = "easy-vqa/0", "easy-vqa/1"
     assert grid.late == [(2, TRAIN, 1)]
     assert "Round 1, train: reply of client easy-vqa/1 rejected [timeout]: no reply within round-timeout" in caplog.text
     assert [(row["round"], f["phase"], f["client"], f["reason"]) for row in rows for f in row["failed"]] == [
-        (1, TRAIN, c1, "timeout: no reply within round-timeout")]
+        (1, TRAIN, c1, "timeout: no reply within round-timeout")
+    ]
     _only_client_1_counted(seen, 1)
     assert set(rows[1]["bytes_up"]) == {c0} and set(rows[2]["bytes_up"]) == {c0, c1}
     assert set(rows[2]["metric_per_client"]) == {c0, c1}
@@ -680,6 +731,16 @@ def test_a_straggler_through_the_server_app(small_run_config, caplog):
 
 def _tiny(config: dict) -> dict:
     """The small run config, smaller: a step of training, a few examples, the exact selector."""
-    return dict(config, **{"data.max-train-per-client": 8, "data.max-test-per-client": 8, "train.max-steps": 1,
-                           "train.local-epochs": 1, "scoring.batch-size": 4, "eval.batch-size": 8,
-                           "selection.algorithm": "exact", "round-timeout": 60.0})
+    return dict(
+        config,
+        **{
+            "data.max-train-per-client": 8,
+            "data.max-test-per-client": 8,
+            "train.max-steps": 1,
+            "train.local-epochs": 1,
+            "scoring.batch-size": 4,
+            "eval.batch-size": 8,
+            "selection.algorithm": "exact",
+            "round-timeout": 60.0,
+        },
+    )

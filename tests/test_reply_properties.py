@@ -61,15 +61,49 @@ from tests.test_replies import GLOBAL, HANDLERS, NODE, ROOT, TIMEOUT, UNITS, _ro
 from tests.test_robustness import dropped, run
 
 #: Every check a rejection may name (docs/reliability.md's table).
-CHECKS = {"timeout", "sender", "duplicate", "error", "type", "records", "client-info", "identity", "scores-record",
-          "scores-keys", "num-examples", "scores", "raw", "arrays-record", "metrics-record", "train-loss",
-          "train-metrics", "size", "unknown-keys", "unassigned-keys", "missing-keys", "array", "dtype", "shape",
-          "finite", "magnitude", "metrics", "update"}
+CHECKS = {
+    "timeout",
+    "sender",
+    "duplicate",
+    "error",
+    "type",
+    "records",
+    "client-info",
+    "identity",
+    "scores-record",
+    "scores-keys",
+    "num-examples",
+    "scores",
+    "raw",
+    "arrays-record",
+    "metrics-record",
+    "train-loss",
+    "train-metrics",
+    "size",
+    "unknown-keys",
+    "unassigned-keys",
+    "missing-keys",
+    "array",
+    "dtype",
+    "shape",
+    "finite",
+    "magnitude",
+    "metrics",
+    "update",
+}
 
-MANY = settings(max_examples=800, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FEW = settings(max_examples=25, deadline=None, database=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MANY = settings(
+    max_examples=800,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FEW = settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 ASSIGNED = [0, 1]  # the tested client's layers: units layer.0.a, layer.0.b, layer.1.a
 ASSIGNED_KEYS = UNITS.keys_of(ASSIGNED)
@@ -87,8 +121,9 @@ floats = st.one_of(
 )
 ints = st.one_of(st.integers(1, 10**4), st.sampled_from([0, -1, QUERIED, 10**9, 10**9 + 1, 10**15, -(10**18)]))
 numbers = st.one_of(floats, ints)
-texts = st.one_of(st.sampled_from(["client/1", "easy-vqa/1", "", "c" * 129, "a\nb", "x\x00", "ü/ß"]),
-                  st.text(max_size=40))
+texts = st.one_of(
+    st.sampled_from(["client/1", "easy-vqa/1", "", "c" * 129, "a\nb", "x\x00", "ü/ß"]), st.text(max_size=40)
+)
 
 
 def mostly(valid, *others, often: int = 10) -> st.SearchStrategy:
@@ -135,8 +170,11 @@ def client_record(draw):
         return MetricRecord({"partition-id": 1})
     if kind == "valid":
         return ClientInfo("client/1", 1, "vqa").to_record()
-    values = {"name": draw(st.one_of(texts, st.integers())), "partition-id": draw(st.one_of(ints, st.text(max_size=3))),
-              "kind": draw(texts)}
+    values = {
+        "name": draw(st.one_of(texts, st.integers())),
+        "partition-id": draw(st.one_of(ints, st.text(max_size=3))),
+        "kind": draw(texts),
+    }
     if draw(st.booleans()):
         values["labels"] = draw(st.one_of(st.lists(st.text(max_size=5), max_size=3), st.integers()))
     for key in draw(st.lists(st.sampled_from(["name", "partition-id", "kind"]), max_size=1)):
@@ -154,8 +192,7 @@ def array(draw, key: str) -> Array:
     reference = GLOBAL.get(key, np.zeros(3, np.float32))
     kind = draw(mostly("valid", "dtype", "shape", "garbage"))
     if kind == "garbage":
-        return Array(dtype="float32", shape=reference.shape, stype="numpy.ndarray",
-                     data=draw(st.binary(max_size=64)))
+        return Array(dtype="float32", shape=reference.shape, stype="numpy.ndarray", data=draw(st.binary(max_size=64)))
     dtype = draw(st.sampled_from([np.float64, np.float16, np.int32])) if kind == "dtype" else np.float32
     shape = draw(st.sampled_from([(1,), (2, 2), (4,), (3,), (1, 4), ()])) if kind == "shape" else reference.shape
     fill = draw(mostly("honest", "constant", "mixed", often=3))
@@ -183,9 +220,18 @@ def train_reply(draw, assigned_keys: tuple[str, ...] = tuple(ASSIGNED_KEYS)) -> 
         content[ARRAYS] = ArrayRecord({key: draw(array(key)) for key in keys})
     elif arrays_kind == "as-config":
         content[ARRAYS] = ConfigRecord({"layer.0.a": 1.0})
-    metrics = draw(metric_values({NUM_EXAMPLES: st.just(QUERIED), TRAIN_LOSS: st.floats(0, 5), STEPS: ints,
-                                  SECONDS: st.floats(0, 9), TRAINABLE_PARAMS: st.integers(0, 10**6),
-                                  TRAIN_GFLOP: st.floats(0, 100)}))
+    metrics = draw(
+        metric_values(
+            {
+                NUM_EXAMPLES: st.just(QUERIED),
+                TRAIN_LOSS: st.floats(0, 5),
+                STEPS: ints,
+                SECONDS: st.floats(0, 9),
+                TRAINABLE_PARAMS: st.integers(0, 10**6),
+                TRAIN_GFLOP: st.floats(0, 100),
+            }
+        )
+    )
     record = _metric_record(metrics)
     if record is not None and not draw(rarely()):
         content[METRICS] = record
@@ -199,21 +245,30 @@ def train_reply(draw, assigned_keys: tuple[str, ...] = tuple(ASSIGNED_KEYS)) -> 
 
 def _honest_updates() -> list[PartialUpdate]:
     """Two honest clients' updates of layers 0..2 (partitions 0 and 2)."""
-    return [PartialUpdate(f"client/{p}", {key: (value * np.float32(1 + 0.01 * p) + np.float32(0.1 * p))
-                                          for key, value in GLOBAL.items()}, 8 * (p + 1)) for p in (0, 2)]
+    return [
+        PartialUpdate(
+            f"client/{p}",
+            {key: (value * np.float32(1 + 0.01 * p) + np.float32(0.1 * p)) for key, value in GLOBAL.items()},
+            8 * (p + 1),
+        )
+        for p in (0, 2)
+    ]
 
 
 def _checked_train(content: RecordDict) -> PartialUpdate:
     """What the strategy does to a train reply: records, client record, then the reply itself."""
     check_records(content, "train")
-    check_client_info(content, NODE, {NODE: ClientInfo("client/1", 1, "vqa")}, {}, required=False,
-                      num_partitions=3)
+    check_client_info(content, NODE, {NODE: ClientInfo("client/1", 1, "vqa")}, {}, required=False, num_partitions=3)
     return check_train_reply(content, "client/1", ASSIGNED_KEYS, UNITS.all_keys(), GLOBAL, QUERIED)
 
 
 @MANY
-@given(content=train_reply(), share=st.sampled_from([1.0, 0.5]), norm=st.sampled_from([0.0, 4.0]),
-       robust=st.sampled_from(["", "median", "trimmed-mean"]))
+@given(
+    content=train_reply(),
+    share=st.sampled_from([1.0, 0.5]),
+    norm=st.sampled_from([0.0, 4.0]),
+    robust=st.sampled_from(["", "median", "trimmed-mean"]),
+)
 def test_a_train_reply_is_accepted_finite_or_rejected_by_a_named_check(content, share, norm, robust):
     try:
         update = _checked_train(content)
@@ -241,10 +296,15 @@ def query_reply(draw) -> RecordDict:
     kind = draw(mostly("valid", "missing", "as-config", "as-arrays"))
     if kind == "valid":
         length = draw(mostly(3, 0, 2, 4))
-        score_list = st.one_of(*[st.lists(st.floats(0, 1), min_size=length, max_size=length)] * 3,
-                               st.lists(st.one_of(st.floats(0, 1), floats), min_size=length, max_size=length))
-        values = draw(metric_values({NORMALIZED: score_list, RAW: score_list, NUM_EXAMPLES: st.just(QUERIED),
-                                     SECONDS: st.floats(0, 5)}))
+        score_list = st.one_of(
+            *[st.lists(st.floats(0, 1), min_size=length, max_size=length)] * 3,
+            st.lists(st.one_of(st.floats(0, 1), floats), min_size=length, max_size=length),
+        )
+        values = draw(
+            metric_values(
+                {NORMALIZED: score_list, RAW: score_list, NUM_EXAMPLES: st.just(QUERIED), SECONDS: st.floats(0, 5)}
+            )
+        )
         record = _metric_record(values)
         if record is not None:
             content[SCORES] = record
@@ -283,8 +343,11 @@ def test_a_query_reply_is_usable_scores_or_rejected_by_a_named_check(content):
 
 
 @settings(max_examples=40, deadline=None, database=None)
-@given(scores=st.lists(st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1e300, 1e308, 1.7e308, 5e-324])),
-                       min_size=3, max_size=3))
+@given(
+    scores=st.lists(
+        st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1e300, 1e308, 1.7e308, 5e-324])), min_size=3, max_size=3
+    )
+)
 def test_accepted_scores_never_crash_the_default_selector(scores):
     """nsga2 (the default) on any scores the checks let through, including sums that overflow."""
     from f3ocus_flower.protocol import ScoresReply
@@ -304,8 +367,11 @@ def test_accepted_scores_never_crash_the_default_selector(scores):
 def evaluate_reply(draw) -> RecordDict:
     content = {}
     score = st.floats(0, 1)
-    values = draw(metric_values({LOSS: st.floats(0, 10), METRIC: score, "accuracy": score, "f1": score,
-                                 NUM_EXAMPLES: st.integers(1, 10**9)}))
+    values = draw(
+        metric_values(
+            {LOSS: st.floats(0, 10), METRIC: score, "accuracy": score, "f1": score, NUM_EXAMPLES: st.integers(1, 10**9)}
+        )
+    )
     record = _metric_record(values)
     if record is not None and not draw(rarely()):
         content[METRICS] = record
@@ -338,11 +404,13 @@ def test_evaluate_replies_give_finite_averaged_metrics(contents, share):
 
 # ---------------------------------------------------------------- through the strategy
 
+
 @pytest.fixture(scope="module")
 def strategy_settings():
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"selection.budget": "1,2,1", "round-timeout": TIMEOUT, "selection.algorithm": "exact",
-                   "num-server-rounds": 2})
+    config.update(
+        {"selection.budget": "1,2,1", "round-timeout": TIMEOUT, "selection.algorithm": "exact", "num-server-rounds": 2}
+    )
     return parse_run_config(config, SCORERS, ALGORITHMS)
 
 
@@ -360,6 +428,7 @@ def test_a_generated_train_reply_through_the_strategy(data, strategy_settings, t
     assigned = train_reference.rows[1]["assignment"]["client/1"]
     content = data.draw(train_reply(tuple(UNITS.keys_of(assigned))))
     assume(CLIENT not in content or isinstance(content[CLIENT], ConfigRecord))
+
     def train(msg: Message, context):
         reply = HANDLERS[MessageType.TRAIN](msg, context)
         if msg.metadata.dst_node_id == NODE and _round(msg) == 1:

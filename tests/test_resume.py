@@ -45,6 +45,7 @@ def test_a_run_stopped_in_round_2_resumes_to_the_uninterrupted_result(small_run_
                 trained.append(context.node_id)
                 raise ServerCrash
             return reply
+
         return wrapped
 
     with pytest.raises(ServerCrash):
@@ -75,13 +76,17 @@ def test_the_global_units_do_not_depend_on_the_order_replies_arrive(small_run_co
     two_rounds = {"num-server-rounds": 2}
     _, rows = run_server_app(dict(_config(small_run_config, "in-order"), **two_rounds), num_nodes=3)
     deliver = InProcessGrid.send_and_receive
-    monkeypatch.setattr(InProcessGrid, "send_and_receive",
-                        lambda self, messages, **kwargs: list(reversed(list(deliver(self, messages, **kwargs)))))
+    monkeypatch.setattr(
+        InProcessGrid,
+        "send_and_receive",
+        lambda self, messages, **kwargs: list(reversed(list(deliver(self, messages, **kwargs)))),
+    )
     _, reversed_rows = run_server_app(dict(_config(small_run_config, "reversed"), **two_rounds), num_nodes=3)
     out = Path(small_run_config["output-dir"])
     shared = [key for key in ("accuracy", "train_loss") if key in rows[-1]]
-    assert shared and [[row[key] for key in shared] for row in rows] == \
-        [[row[key] for key in shared] for row in reversed_rows]
+    assert shared and [[row[key] for key in shared] for row in rows] == [
+        [row[key] for key in shared] for row in reversed_rows
+    ]
     assert _max_diff(load_checkpoint(out / "reversed").units, load_checkpoint(out / "in-order").units) == 0.0
 
 
@@ -108,13 +113,22 @@ class RestartingGrid(InProcessGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        restarting = any(m.metadata.message_type == MessageType.EVALUATE and m.metadata.dst_node_id == 2
-                         and int(m.content.config_records["config"]["server-round"]) == 1 for m in messages)
+        restarting = any(
+            m.metadata.message_type == MessageType.EVALUATE
+            and m.metadata.dst_node_id == 2
+            and int(m.content.config_records["config"]["server-round"]) == 1
+            for m in messages
+        )
         if restarting:
             old = self.contexts[2]
             self.head_before = {k: a.numpy() for k, a in old.state.array_records["head"].items()}
-            self.contexts[2] = Context(run_id=old.run_id, node_id=2, node_config=dict(old.node_config),
-                                       state=RecordDict(), run_config=dict(old.run_config))
+            self.contexts[2] = Context(
+                run_id=old.run_id,
+                node_id=2,
+                node_config=dict(old.node_config),
+                state=RecordDict(),
+                run_config=dict(old.run_config),
+            )
         replies = super().send_and_receive(messages, timeout=timeout)
         if restarting:
             self.head_after = {k: a.numpy() for k, a in self.contexts[2].state.array_records["head"].items()}
@@ -149,17 +163,24 @@ def test_a_restarted_node_gets_its_head_back_from_disk(small_run_config, tmp_pat
 
 # ---------------------------------------------------------------------- the real thing: `flwr run`
 
+
 def _flower_home(path: Path) -> Path:
     path.mkdir()
     (path / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-        "options.num-supernodes = 2\noptions.backend.client-resources.num-cpus = 1\n")
+        "options.num-supernodes = 2\noptions.backend.client-resources.num-cpus = 1\n"
+    )
     return path
 
 
 def _flwr_run(home: Path, cwd: Path, config: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", run_config_arg(config)],
-                            env=flower_env(home), cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", run_config_arg(config)],
+        env=flower_env(home),
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -178,11 +199,18 @@ def _finish(process: subprocess.Popen, home: Path, log: Path, timeout: float = 9
 
 @pytest.mark.slow
 def test_flwr_run_killed_in_round_2_resumes_to_the_uninterrupted_result(tmp_path, small_run_config):
-    keys = ("output-dir", "model.cache-dir", "model.pretrain-steps", "data.max-train-per-client",
-            "data.max-test-per-client", "train.batch-size")
+    keys = (
+        "output-dir",
+        "model.cache-dir",
+        "model.pretrain-steps",
+        "data.max-train-per-client",
+        "data.max-test-per-client",
+        "train.batch-size",
+    )
     config = {key: small_run_config[key] for key in keys}
-    config.update({"num-server-rounds": 3, "train.max-steps": 2, "data.max-train-per-client": 16,
-                   "data.max-test-per-client": 8})
+    config.update(
+        {"num-server-rounds": 3, "train.max-steps": 2, "data.max-train-per-client": 16, "data.max-test-per-client": 8}
+    )
     outputs = Path(config["output-dir"])
 
     home = _flower_home(tmp_path / "home-reference")
@@ -200,8 +228,11 @@ def test_flwr_run_killed_in_round_2_resumes_to_the_uninterrupted_result(tmp_path
         while not list((home / "f3ocus-state").glob("*/partition-*/head-round-2.npz")):
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
-        superlink = [pid for pid in processes_mentioning(str(home)) if pid != process.pid
-                     and "flower-superlink" in Path(f"/proc/{pid}/cmdline").read_text()]
+        superlink = [
+            pid
+            for pid in processes_mentioning(str(home))
+            if pid != process.pid and "flower-superlink" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
         assert len(superlink) == 1
         server_group = {os.getpgid(pid) for pid in _children(superlink[0])}
         for group in [*server_group, os.getpgid(superlink[0])]:
@@ -214,8 +245,9 @@ def test_flwr_run_killed_in_round_2_resumes_to_the_uninterrupted_result(tmp_path
     assert load_checkpoint(out).server_round == 1 and "Round 2/3" not in text
 
     log = tmp_path / "resumed.log"
-    text = _finish(_flwr_run(home, tmp_path, dict(config, **{"run-name": "crashed", "resume": str(out)}), log),
-                   home, log)
+    text = _finish(
+        _flwr_run(home, tmp_path, dict(config, **{"run-name": "crashed", "resume": str(out)}), log), home, log
+    )
     assert "Resuming after round 1 of 3" in text, text[-3000:]
     redone = max(selection_rounds) - 1
     assert redone <= 1
@@ -224,7 +256,9 @@ def test_flwr_run_killed_in_round_2_resumes_to_the_uninterrupted_result(tmp_path
     final, expected = load_checkpoint(out), load_checkpoint(outputs / "reference")
     assert final.server_round == 3
     diff = _max_diff(final.units, expected.units)
-    print(f"flwr run: killed in round 2, resumed after round 1 ({redone} round redone); "
-          f"max |difference| of the final global units vs the uninterrupted run = {diff:.2e}")
+    print(
+        f"flwr run: killed in round 2, resumed after round 1 ({redone} round redone); "
+        f"max |difference| of the final global units vs the uninterrupted run = {diff:.2e}"
+    )
     assert diff <= 1e-6
     assert not processes_mentioning(str(home))

@@ -53,8 +53,14 @@ ROUNDS = 2
 def make_settings(**overrides):
     """The shipped run config with the mock runs' settings and ``overrides`` (keys with ``_`` for ``-``)."""
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"selection.budget": "1,2,1", "round-timeout": TIMEOUT, "selection.algorithm": "exact",
-                   "num-server-rounds": ROUNDS})
+    config.update(
+        {
+            "selection.budget": "1,2,1",
+            "round-timeout": TIMEOUT,
+            "selection.algorithm": "exact",
+            "num-server-rounds": ROUNDS,
+        }
+    )
     config.update(overrides)
     return parse_run_config(config, SCORERS, ALGORITHMS)
 
@@ -88,8 +94,12 @@ def tampered(phase: str, tamper, rounds=(1,), node: int = NODE) -> dict:
 
 def rejected(result: Run, check: str) -> list[tuple[int, str, str]]:
     """(round, phase, client) of every rejection with ``check``."""
-    return [(row["round"], f["phase"], f["client"]) for row in result.rows for f in row["failed"]
-            if f["reason"].split(":")[0] == check]
+    return [
+        (row["round"], f["phase"], f["client"])
+        for row in result.rows
+        for f in row["failed"]
+        if f["reason"].split(":")[0] == check
+    ]
 
 
 def finite(result: Run) -> bool:
@@ -99,23 +109,31 @@ def finite(result: Run) -> bool:
 # ---------------------------------------------------------------- values that overflow after the checks
 
 LORA = UnitMap(tuple((f"m{i}.lora_A.default.weight", f"m{i}.lora_B.default.weight") for i in range(3)))
-LORA_START = {key: (np.linspace(-0.5, 0.5, 8, dtype=np.float32).reshape(2, 4) if "lora_A" in key
-                    else np.linspace(0.1, 0.2, 8, dtype=np.float32).reshape(4, 2))
-              for layer in LORA.names for key in layer}
+LORA_START = {
+    key: (
+        np.linspace(-0.5, 0.5, 8, dtype=np.float32).reshape(2, 4)
+        if "lora_A" in key
+        else np.linspace(0.1, 0.2, 8, dtype=np.float32).reshape(4, 2)
+    )
+    for layer in LORA.names
+    for key in layer
+}
 
 
 def _fill(value: float):
     def tamper(request: Message, reply: Message) -> Message:
         arrays = {key: Array(np.full(array.shape, value, np.float32)) for key, array in reply.content[ARRAYS].items()}
         return Message(_content(reply, arrays=ArrayRecord(arrays)), reply_to=request)
+
     return tamper
 
 
 def test_finite_float32_factors_that_overflow_in_the_product_mean_are_rejected(tmp_path, caplog):
     """LoRA factors of 1e38 are finite float32; the product mean of two clients holding them has
     singular values near 1e77 and factors near 1e38.5: inf once cast back to float32."""
-    settings = make_settings(**{"selection.budget": "3", "aggregation.max-update-norm": 0.0,
-                                "aggregation.max-client-share": 1.0})
+    settings = make_settings(
+        **{"selection.budget": "3", "aggregation.max-update-norm": 0.0, "aggregation.max-client-share": 1.0}
+    )
     with caplog.at_level(logging.WARNING, logger="flwr"):
         attacked = run(tmp_path / "a", settings, tampered(TRAIN, _fill(1e38)), units=LORA, start=LORA_START)
     reference = dropped(tmp_path / "r", settings, TRAIN, 1, units=LORA, start=LORA_START)
@@ -134,9 +152,16 @@ def test_scores_whose_sum_overflows_do_not_crash_the_default_selector(tmp_path):
     assert attacked.state() == halves.state() and attacked.outcome() == halves.outcome()
 
 
-@pytest.mark.parametrize("key,value", [("trainable_params", float("nan")), ("trainable_params", [1.0, 2.0]),
-                                       ("train_gflop", float("inf")), ("train_gflop", -1.0),
-                                       ("trainable_params", -5)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("trainable_params", float("nan")),
+        ("trainable_params", [1.0, 2.0]),
+        ("train_gflop", float("inf")),
+        ("train_gflop", -1.0),
+        ("trainable_params", -5),
+    ],
+)
 def test_train_metrics_are_checked_before_they_are_recorded(key, value, tmp_path):
     settings = make_settings()
     attacked = run(tmp_path / "a", settings, tampered(TRAIN, metric_values(**{key: value})))
@@ -147,28 +172,36 @@ def test_train_metrics_are_checked_before_they_are_recorded(key, value, tmp_path
 
 def test_a_partition_id_outside_the_budget_list_is_rejected(tmp_path):
     settings = make_settings()  # selection.budget "1,2,1": partition ids 0..2
-    handlers = {phase: tampered(phase, client_info(partition_id=5, name="client/5"), rounds=(0, 1, 2))[phase]
-                for phase in (TRAIN, EVALUATE)}
+    handlers = {
+        phase: tampered(phase, client_info(partition_id=5, name="client/5"), rounds=(0, 1, 2))[phase]
+        for phase in (TRAIN, EVALUATE)
+    }
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert {(r, phase) for r, phase, client in rejected(attacked, "client-info") if client == "node-2"} == {
-        (0, EVALUATE), (1, EVALUATE), (2, EVALUATE)}
+        (0, EVALUATE),
+        (1, EVALUATE),
+        (2, EVALUATE),
+    }
 
 
 def test_a_second_client_with_the_same_partition_id_is_rejected(tmp_path):
     settings = make_settings()
-    handlers = {phase: tampered(phase, client_info(partition_id=0, name="client/x"), rounds=(0, 1, 2))[phase]
-                for phase in (TRAIN, EVALUATE)}
+    handlers = {
+        phase: tampered(phase, client_info(partition_id=0, name="client/x"), rounds=(0, 1, 2))[phase]
+        for phase in (TRAIN, EVALUATE)
+    }
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
-    assert ("node-2" in {client for _, _, client in rejected(attacked, "identity")})
+    assert "node-2" in {client for _, _, client in rejected(attacked, "identity")}
     assert all(set(row["metric_per_client"]) == {"client/0", "client/2"} for row in attacked.rows)
 
 
 def test_a_long_client_name_does_not_stop_the_run(tmp_path):
     settings = make_settings()
-    handlers = {phase: tampered(phase, client_info(name="c" * 250), rounds=(0, 1, 2))[phase]
-                for phase in (TRAIN, EVALUATE)}
+    handlers = {
+        phase: tampered(phase, client_info(name="c" * 250), rounds=(0, 1, 2))[phase] for phase in (TRAIN, EVALUATE)
+    }
     attacked = run(tmp_path, settings, handlers)
     assert [row["round"] for row in attacked.rows] == [0, 1, 2]
     assert (0, EVALUATE, "node-2") in rejected(attacked, "client-info")
@@ -193,6 +226,7 @@ def test_finite_losses_that_would_average_to_inf_never_reach_the_metrics(tmp_pat
 
 # ---------------------------------------------------------------- bounded influence
 
+
 def _inflated(request: Message, reply: Message) -> Message:
     """num-examples 10^9 in every reply (consistent between the scores and train), accuracy 1.0 and an
     update 1000 away from what was sent."""
@@ -211,11 +245,17 @@ def _takeover_handlers() -> dict:
 
 
 def test_a_client_with_a_billion_examples_does_not_take_over_layers_or_metrics(tmp_path):
-    settings = make_settings(**{"selection.budget": "3", "aggregation.max-update-norm": 0.0,
-                                "aggregation.max-client-share": 0.5})
+    settings = make_settings(
+        **{"selection.budget": "3", "aggregation.max-update-norm": 0.0, "aggregation.max-client-share": 0.5}
+    )
     capped = run(tmp_path / "capped", settings, _takeover_handlers())
-    uncapped = run(tmp_path / "open", make_settings(**{"selection.budget": "3", "aggregation.max-update-norm": 0.0,
-                                                      "aggregation.max-client-share": 1.0}), _takeover_handlers())
+    uncapped = run(
+        tmp_path / "open",
+        make_settings(
+            **{"selection.budget": "3", "aggregation.max-update-norm": 0.0, "aggregation.max-client-share": 1.0}
+        ),
+        _takeover_handlers(),
+    )
     for row in capped.rows[1:]:
         others = [m for name, m in row["metric_per_client"].items() if name != NAME]
         assert row["metric"] <= 0.5 * 1.0 + 0.5 * max(others) + 1e-12
@@ -252,14 +292,14 @@ def test_a_record_the_size_check_does_not_count_is_rejected(tmp_path):
 
 # ---------------------------------------------------------------- crash evidence
 
+
 def test_a_round_in_which_no_client_evaluates_still_writes_its_row(tmp_path):
     settings = make_settings()
     quiet = run(tmp_path, settings, delay=lambda node, kind, r: 2 * TIMEOUT if (kind, r) == (EVALUATE, 1) else 0.0)
     assert [row["round"] for row in quiet.rows] == [0, 1, 2]
     row = quiet.rows[1]
     assert row["metric"] is None and row["clients_evaluated"] == 0 and row["assignment"]
-    assert sorted(f["client"] for f in row["failed"] if f["phase"] == EVALUATE) == ["client/0", "client/1",
-                                                                                     "client/2"]
+    assert sorted(f["client"] for f in row["failed"] if f["phase"] == EVALUATE) == ["client/0", "client/1", "client/2"]
 
 
 def test_round_0_without_evaluations_writes_its_row_before_stopping(tmp_path):
@@ -272,8 +312,9 @@ def test_round_0_without_evaluations_writes_its_row_before_stopping(tmp_path):
 
 def _saved(tmp_path) -> bytes:
     rng, torch_rng = capture_rng()
-    save_checkpoint(tmp_path, Checkpoint(1, {"a": np.ones(3, np.float32)}, {"clients": []}, {"seed": 0},
-                                         rng, torch_rng))
+    save_checkpoint(
+        tmp_path, Checkpoint(1, {"a": np.ones(3, np.float32)}, {"clients": []}, {"seed": 0}, rng, torch_rng)
+    )
     return checkpoint_path(tmp_path).read_bytes()
 
 
@@ -289,6 +330,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, tmp_path):
         with zipfile.ZipFile(path, "w") as archive:
             if damage == "bad-meta":
                 import io
+
                 buffer = io.BytesIO()
                 np.save(buffer, np.frombuffer(b"{not json", dtype=np.uint8))
                 archive.writestr("meta.npy", buffer.getvalue())
@@ -298,8 +340,10 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, tmp_path):
 
 def test_an_error_reason_cannot_write_lines_into_the_log(tmp_path, caplog):
     def forged(request: Message, reply: Message) -> Message:
-        return Message(Error(code=0, reason="boom\nRound 1, train: reply of client client/0 rejected [finite]: x"),
-                       reply_to=request)
+        return Message(
+            Error(code=0, reason="boom\nRound 1, train: reply of client client/0 rejected [finite]: x"),
+            reply_to=request,
+        )
 
     with caplog.at_level(logging.WARNING, logger="flwr"):
         attacked = run(tmp_path, make_settings(), tampered(TRAIN, forged))
@@ -318,6 +362,7 @@ def test_unexpected_records_in_evaluate_replies_are_rejected(tmp_path):
 
 
 # ---------------------------------------------------------------- the bounded-influence units
+
 
 def test_capped_shares_water_fill_below_the_cap():
     from f3ocus_core.aggregation import capped_shares
@@ -348,8 +393,9 @@ def test_bound_update_clips_each_layer_relative_to_what_was_sent():
     from f3ocus_core.aggregation import PartialUpdate, bound_update
 
     sent = {"a": np.full(4, 1.0, np.float32), "b": np.zeros(2, np.float32), "c": np.ones(3, np.float32)}
-    update = PartialUpdate("x", {"a": np.full(4, 101.0, np.float32), "b": np.zeros(2, np.float32),
-                                 "c": np.full(3, 1.5, np.float32)}, 8)
+    update = PartialUpdate(
+        "x", {"a": np.full(4, 101.0, np.float32), "b": np.zeros(2, np.float32), "c": np.full(3, 1.5, np.float32)}, 8
+    )
     clipped, ratios = bound_update(update, sent, [("a", "b"), ("c",)], 2.0)
     assert list(ratios) == [0] and ratios[0] == pytest.approx(100.0)
     assert np.linalg.norm(clipped.state["a"] - sent["a"]) == pytest.approx(2.0 * 2.0, rel=1e-6)
@@ -359,19 +405,33 @@ def test_bound_update_clips_each_layer_relative_to_what_was_sent():
 
 
 def test_a_median_keeps_the_honest_majority_against_one_attacker(tmp_path):
-    settings = make_settings(**{"selection.budget": "3", "aggregation.max-update-norm": 0.0,
-                                "aggregation.max-client-share": 1.0, "aggregation.robust": "median"})
+    settings = make_settings(
+        **{
+            "selection.budget": "3",
+            "aggregation.max-update-norm": 0.0,
+            "aggregation.max-client-share": 1.0,
+            "aggregation.robust": "median",
+        }
+    )
     attacked = run(tmp_path / "a", settings, _takeover_handlers())
     honest = run(tmp_path / "h", settings)
-    shift = max(float(np.max(np.abs(attacked.strategy.state.global_units[k] - honest.strategy.state.global_units[k])))
-                for k in GLOBAL)
+    shift = max(
+        float(np.max(np.abs(attacked.strategy.state.global_units[k] - honest.strategy.state.global_units[k])))
+        for k in GLOBAL
+    )
     assert shift < 1.0  # the attacker's +1000 does not get in; the median moves within the honest spread
 
 
-@pytest.mark.parametrize("key,value", [("aggregation.max-update-norm", -1.0), ("aggregation.max-update-norm",
-                                                                              float("nan")),
-                                       ("aggregation.max-client-share", 0.0), ("aggregation.max-client-share", 1.5),
-                                       ("aggregation.robust", "mean")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("aggregation.max-update-norm", -1.0),
+        ("aggregation.max-update-norm", float("nan")),
+        ("aggregation.max-client-share", 0.0),
+        ("aggregation.max-client-share", 1.5),
+        ("aggregation.robust", "mean"),
+    ],
+)
 def test_bad_bounded_influence_settings_stop_the_run_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
         make_settings(**{key: value})

@@ -15,9 +15,14 @@ def run_script(tmp_path, config: dict, num_supernodes: int = 2) -> subprocess.Co
     home.mkdir()
     env = dict(flower_env(home), NUM_SUPERNODES=str(num_supernodes))
     try:
-        return subprocess.run(["bash", str(ROOT / "scripts" / "run-simulation.sh"), "--run-config",
-                               run_config_arg(config)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run(
+            ["bash", str(ROOT / "scripts" / "run-simulation.sh"), "--run-config", run_config_arg(config)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         stop(processes_mentioning(str(home)))
 
@@ -45,8 +50,15 @@ def test_a_run_in_which_every_client_fails_makes_the_script_fail(tmp_path, small
 
 @pytest.mark.slow
 def test_a_completed_run_exits_0(tmp_path, small_run_config):
-    keys = ("output-dir", "model.cache-dir", "model.pretrain-steps", "run-name", "data.max-train-per-client",
-            "data.max-test-per-client", "train.batch-size")
+    keys = (
+        "output-dir",
+        "model.cache-dir",
+        "model.pretrain-steps",
+        "run-name",
+        "data.max-train-per-client",
+        "data.max-test-per-client",
+        "train.batch-size",
+    )
     config = {key: small_run_config[key] for key in keys}
     config["num-server-rounds"] = 1
     result = run_script(tmp_path, config)

@@ -57,8 +57,9 @@ def test_strategy_selects_trains_and_counts_coverage_over_the_sampled_clients(st
     assignment = strategy.state.record.assignment
     assert sorted(assignment) == queried == sorted(m.metadata.dst_node_id for m in messages)
 
-    replies = [_update(node, {key: GLOBAL[key] + 1 for key in UNITS.keys_of(assignment[node])}, 8, 1.0)
-               for node in queried]
+    replies = [
+        _update(node, {key: GLOBAL[key] + 1 for key in UNITS.keys_of(assignment[node])}, 8, 1.0) for node in queried
+    ]
     strategy.aggregate_train(1, replies)
     expected = np.zeros(3, int)
     for node in queried:

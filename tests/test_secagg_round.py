@@ -48,9 +48,18 @@ NUM_NODES = 4
 def _config(small_run_config: dict, secagg: bool, name: str, rounds: int) -> dict:
     """The small run, clipped (equal weights) without noise, on 4 clients; ``max-update-norm`` off in
     both runs, since secagg cannot apply it."""
-    return dict(small_run_config, **{"secagg": secagg, "run-name": name, "num-server-rounds": rounds,
-                                     "train.max-steps": 2, "dp.clip-norm": CLIP, "aggregation.lora": "separate",
-                                     "aggregation.max-update-norm": 0.0})
+    return dict(
+        small_run_config,
+        **{
+            "secagg": secagg,
+            "run-name": name,
+            "num-server-rounds": rounds,
+            "train.max-steps": 2,
+            "dp.clip-norm": CLIP,
+            "aggregation.lora": "separate",
+            "aggregation.max-update-norm": 0.0,
+        },
+    )
 
 
 def _units(config: dict) -> dict[str, np.ndarray]:
@@ -66,8 +75,9 @@ def _largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> f
     return max(float(np.max(np.abs(a[key].astype(np.float64) - b[key]))) for key in a)
 
 
-def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_masked_vectors(small_run_config,
-                                                                                            no_figures):
+def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_masked_vectors(
+    small_run_config, no_figures
+):
     replies: list[tuple[str, Message]] = []
     changes: dict[int, dict[str, np.ndarray]] = {}
 
@@ -78,6 +88,7 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
             reply = train(msg, context)
             replies.append((_stage(msg), reply))
             return reply
+
         return wrapped
 
     clear = _config(small_run_config, False, "clear", 2)
@@ -94,8 +105,10 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
     moved = max(float(np.max(np.abs(value))) for key, value in _units(clear).items() if ".lora_B." in key)
     assert moved > 1e-3  # LoRA's B starts at zero: the rounds moved the units far more than the tolerance
     # Four train exchanges per client per round, and not one float unit leaves a client.
-    assert Counter(kind for _, kind in grid.calls) == {MessageType.TRAIN: 4 * NUM_NODES * 2,
-                                                       MessageType.EVALUATE: NUM_NODES * 3}
+    assert Counter(kind for _, kind in grid.calls) == {
+        MessageType.TRAIN: 4 * NUM_NODES * 2,
+        MessageType.EVALUATE: NUM_NODES * 3,
+    }
     assert Counter(stage for stage, _ in replies) == {"train": 8, "share-keys": 8, MASKED_INPUT: 8, UNMASK: 8}
     for stage, reply in replies:
         arrays = reply.content.array_records.get(ARRAYS)
@@ -114,11 +127,13 @@ def test_a_secagg_run_ends_where_the_clear_run_ends_and_the_server_sees_only_mas
 
 
 @pytest.mark.parametrize(("stage", "counted"), [(MASKED_INPUT, False), (UNMASK, True), ("tampered", False)])
-def test_a_client_that_drops_after_sharing_or_after_its_masked_input_is_recovered(small_run_config, no_figures,
-                                                                                  caplog, stage, counted):
+def test_a_client_that_drops_after_sharing_or_after_its_masked_input_is_recovered(
+    small_run_config, no_figures, caplog, stage, counted
+):
     """Node 2 fails at ``stage`` of round 1 (``tampered``: it sends a float vector, rejected). Dropping
     before its masked input, its pairwise masks are removed with its key shares and its change is left
     out; dropping after, its private mask is removed with its seed shares and its change counts."""
+
     def drop(train):
         def wrapped(msg, context):
             if msg.metadata.dst_node_id == 2 and _stage(msg) == (MASKED_INPUT if stage == "tampered" else stage):
@@ -130,13 +145,15 @@ def test_a_client_that_drops_after_sharing_or_after_its_masked_input_is_recovere
                     arrays[key] = type(arrays[key])(arrays[key].numpy().astype(np.float64))
                 return reply
             return train(msg, context)
+
         return wrapped
 
     secure = _config(small_run_config, True, f"secure-{stage}", 1)
     clear = _config(small_run_config, False, f"clear-{stage}", 1)
     _, rows = run_server_app(secure, NUM_NODES, wrap={MessageType.TRAIN: drop})
-    _, clear_rows = run_server_app(clear, NUM_NODES, fail=None if counted else
-                                   (lambda node, kind, _: node == 2 and kind == MessageType.TRAIN))
+    _, clear_rows = run_server_app(
+        clear, NUM_NODES, fail=None if counted else (lambda node, kind, _: node == 2 and kind == MessageType.TRAIN)
+    )
 
     assert rows[-1]["coverage"] == clear_rows[-1]["coverage"]
     assert [f["client"] for f in rows[-1]["failed"]] == ["easy-vqa/1"]
@@ -145,13 +162,18 @@ def test_a_client_that_drops_after_sharing_or_after_its_masked_input_is_recovere
         assert "[masked-shape]" in caplog.text
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    ({"secagg": True}, "secagg"),
-    ({"secagg": True, "dp.clip-norm": 1.0, "aggregation.lora": "separate", "control": "heads-only"}, "secagg"),
-    ({"secagg": True, "dp.clip-norm": 1.0, "aggregation.lora": "separate", "aggregation.robust": "median"},
-     "aggregation.robust"),
-    ({"secagg": True, "dp.clip-norm": 1.0}, "aggregation.lora"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"secagg": True}, "secagg"),
+        ({"secagg": True, "dp.clip-norm": 1.0, "aggregation.lora": "separate", "control": "heads-only"}, "secagg"),
+        (
+            {"secagg": True, "dp.clip-norm": 1.0, "aggregation.lora": "separate", "aggregation.robust": "median"},
+            "aggregation.robust",
+        ),
+        ({"secagg": True, "dp.clip-norm": 1.0}, "aggregation.lora"),
+    ],
+)
 def test_secagg_refuses_what_needs_a_clients_units(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):
         make_settings(**overrides)
@@ -168,9 +190,19 @@ def test_flwr_run_simulation_with_secagg(tmp_path, small_run_config):
     kept by the simulation between messages), 2 clients."""
     from tests.test_e2e_flwr import run_flwr
 
-    config = {key: small_run_config[key] for key in (
-        "num-server-rounds", "run-name", "output-dir", "model.cache-dir", "model.pretrain-steps",
-        "data.max-train-per-client", "data.max-test-per-client", "train.batch-size")}
+    config = {
+        key: small_run_config[key]
+        for key in (
+            "num-server-rounds",
+            "run-name",
+            "output-dir",
+            "model.cache-dir",
+            "model.pretrain-steps",
+            "data.max-train-per-client",
+            "data.max-test-per-client",
+            "train.batch-size",
+        )
+    }
     config.update({"secagg": True, "dp.clip-norm": CLIP, "aggregation.lora": "separate"})
     result = run_flwr(tmp_path, config)
     log = result.stdout + result.stderr
@@ -182,13 +214,15 @@ def test_flwr_run_simulation_with_secagg(tmp_path, small_run_config):
     assert "Secure aggregation: the server learns each layer's sum only" in log
 
 
-def test_too_many_drops_stop_the_rounds_aggregation_with_a_reason_and_keep_the_model(small_run_config, no_figures,
-                                                                                     caplog):
+def test_too_many_drops_stop_the_rounds_aggregation_with_a_reason_and_keep_the_model(
+    small_run_config, no_figures, caplog
+):
     def drop(train):
         def wrapped(msg, context):
             if msg.metadata.dst_node_id in (2, 3) and _stage(msg) == MASKED_INPUT:
                 raise RuntimeError("lost")
             return train(msg, context)
+
         return wrapped
 
     secure = _config(small_run_config, True, "secure-stopped", 1)
@@ -200,8 +234,9 @@ def test_too_many_drops_stop_the_rounds_aggregation_with_a_reason_and_keep_the_m
 
 
 def _stage_content(stage: str, server_round: int, **record) -> RecordDict:
-    return RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round, SECAGG_STAGE: stage}),
-                       SECAGG: ConfigRecord(record)})
+    return RecordDict(
+        {CONFIG: ConfigRecord({SERVER_ROUND: server_round, SECAGG_STAGE: stage}), SECAGG: ConfigRecord(record)}
+    )
 
 
 def test_a_client_answers_each_stage_once_in_order_and_checks_what_the_server_relays():
@@ -211,8 +246,11 @@ def test_a_client_answers_each_stage_once_in_order_and_checks_what_the_server_re
     keys = keep_change(state, 1, 5, {"a": np.full(3, 0.1, np.float32)}, sent)
     other = SecureSumClient(2)
     publics = {1: (keys[PUBLIC_KEYS[0]], keys[PUBLIC_KEYS[1]]), 2: other.public}
-    relay = {NODES: [1, 2], PUBLIC_KEYS[0]: [publics[1][0], publics[2][0]],
-             PUBLIC_KEYS[1]: [publics[1][1], publics[2][1]]}
+    relay = {
+        NODES: [1, 2],
+        PUBLIC_KEYS[0]: [publics[1][0], publics[2][0]],
+        PUBLIC_KEYS[1]: [publics[1][1], publics[2][1]],
+    }
 
     with pytest.raises(RuntimeError, match="last step was train"):
         answer_stage(_stage_content(MASKED_INPUT, 5), state, CLIP, shapes)
@@ -226,10 +264,18 @@ def test_a_client_answers_each_stage_once_in_order_and_checks_what_the_server_re
     mine = dict(zip(shared[NODES], shared[CIPHERTEXTS]))
     theirs = other.share(publics, threshold_for(2))
     with pytest.raises(RuntimeError, match="layout leaves out"):  # refused before anything leaves: may be retried
-        answer_stage(_stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]],
-                                                        LAYOUT: ["b"]}), state, CLIP, shapes)
-    masked = answer_stage(_stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]],
-                                                             LAYOUT: ["a", "b"]}), state, CLIP, shapes)
+        answer_stage(
+            _stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]], LAYOUT: ["b"]}),
+            state,
+            CLIP,
+            shapes,
+        )
+    masked = answer_stage(
+        _stage_content(MASKED_INPUT, 5, **{NODES: [1, 2], CIPHERTEXTS: [mine[1], theirs[1]], LAYOUT: ["a", "b"]}),
+        state,
+        CLIP,
+        shapes,
+    )
     assert {key: array.numpy().dtype for key, array in masked[ARRAYS].items()} == {"a": np.int64, "b": np.int64}
     with pytest.raises(RuntimeError, match="number at least 2"):
         answer_stage(_stage_content(UNMASK, 5, **{SURVIVORS: [1]}), state, CLIP, shapes)
@@ -255,9 +301,12 @@ def test_the_server_rejects_malformed_secagg_replies_by_name():
     with pytest.raises(Rejected, match="secagg-shares"):
         check_shares(RecordDict({SECAGG: ConfigRecord({NODES: [3], SHARES: [b"x"]})}), [1, 2], SHARES)
     layout = [("a", (3,))]
-    for arrays, check in (({"a": np.zeros(3, np.float64)}, "masked-shape"), ({"a": np.zeros(1000, np.int64)}, "size"),
-                          ({"b": np.zeros(3, np.int64)}, "masked-keys"), ({"a": np.full(3, -1, np.int64)},
-                                                                          "masked-range")):
+    for arrays, check in (
+        ({"a": np.zeros(3, np.float64)}, "masked-shape"),
+        ({"a": np.zeros(1000, np.int64)}, "size"),
+        ({"b": np.zeros(3, np.int64)}, "masked-keys"),
+        ({"a": np.full(3, -1, np.int64)}, "masked-range"),
+    ):
         with pytest.raises(Rejected, match=check):
             check_masked_input(RecordDict({ARRAYS: state_to_record(arrays)}), layout, 1 << 40)
     ok = check_masked_input(RecordDict({ARRAYS: state_to_record({"a": np.arange(3, dtype=np.int64)})}), layout, 1 << 40)

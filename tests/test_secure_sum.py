@@ -17,8 +17,10 @@ PARAMS = SecureSumParams(clipping_range=1.0, threshold=2)
 
 
 def _changes(rng) -> dict[int, dict[str, np.ndarray]]:
-    return {node: {key: rng.uniform(-0.5, 0.5, SHAPES[key]) for layer in layers for key in LAYERS[layer]}
-            for node, layers in ASSIGNMENT.items()}
+    return {
+        node: {key: rng.uniform(-0.5, 0.5, SHAPES[key]) for layer in layers for key in LAYERS[layer]}
+        for node, layers in ASSIGNMENT.items()
+    }
 
 
 def _round(drop: set[int], rng):
@@ -54,8 +56,10 @@ def test_too_many_dropped_clients_stop_the_unmasking_with_a_reason():
 def test_one_clients_masked_reply_is_uniform_whatever_its_change():
     _, masked, _, _ = _round(set(), np.random.default_rng(2))
     values = np.concatenate([v.ravel() for v in masked[1]])
-    big = np.concatenate([values] + [np.concatenate([v.ravel() for v in _round(set(), np.random.default_rng(s))[1][1]])
-                                     for s in range(3, 30)])
+    big = np.concatenate(
+        [values]
+        + [np.concatenate([v.ravel() for v in _round(set(), np.random.default_rng(s))[1][1]]) for s in range(3, 30)]
+    )
     counts, _ = np.histogram(big, bins=8, range=(0, PARAMS.mod_range))
     assert chisquare(counts).pvalue > 1e-3  # no bin stands out: the change (near the middle of the range) is hidden
     assert values.min() >= 0 and values.max() < PARAMS.mod_range

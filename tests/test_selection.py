@@ -143,8 +143,12 @@ def test_nondominated_matches_brute_force():
     variance = rng.integers(0, 8, size=60).astype(float)
     kept = nondominated(importance, variance)
     dominated = [
-        any((importance[j] >= importance[i]) and (variance[j] <= variance[i])
-            and (importance[j] > importance[i] or variance[j] < variance[i]) for j in range(60))
+        any(
+            (importance[j] >= importance[i])
+            and (variance[j] <= variance[i])
+            and (importance[j] > importance[i] or variance[j] < variance[i])
+            for j in range(60)
+        )
         for i in range(60)
     ]
     expected = {(importance[i], variance[i]) for i in range(60) if not dominated[i]}
@@ -207,8 +211,9 @@ def test_hypervolume_matches_manual_area():
     reference = (0.0, 2.5)
     grid_i = np.linspace(0, 3, 601)[:-1] + 0.0025
     grid_v = np.linspace(0, 2.5, 501)[:-1] + 0.0025
-    covered = ((points[:, 0][None, None, :] >= grid_i[:, None, None])
-               & (points[:, 1][None, None, :] <= grid_v[None, :, None])).any(axis=2)
+    covered = (
+        (points[:, 0][None, None, :] >= grid_i[:, None, None]) & (points[:, 1][None, None, :] <= grid_v[None, :, None])
+    ).any(axis=2)
     assert hypervolume(points, reference) == pytest.approx(covered.mean() * 3.0 * 2.5, rel=0.02)
     assert hypervolume(points[:0], reference) == 0.0
     assert hypervolume(np.array([[1.0, 3.0]]), reference) == 0.0
@@ -259,8 +264,10 @@ def test_the_five_metaheuristics_share_one_base_of_settings(scores):
 
 
 def test_a_mistyped_parameter_gets_the_closest_name(scores):
-    with pytest.raises(ValueError, match="unknown parameter 'populaton' for selector 'nsga2'; did you mean "
-                                         "'population'\\?; known: .*generations"):
+    with pytest.raises(
+        ValueError,
+        match="unknown parameter 'populaton' for selector 'nsga2'; did you mean 'population'\\?; known: .*generations",
+    ):
         select(scores, 2, algorithm="nsga2", populaton=10)
 
 
@@ -300,9 +307,15 @@ def test_fixed_gives_every_client_the_given_layers_whatever_the_scores(scores):
     assert np.array_equal(select(scores[::-1], 2, algorithm="fixed", layers=(1, 3)).masks, expected)
 
 
-@pytest.mark.parametrize(("layers", "budget", "message"), [
-    ((), 2, "needs its layers"), ((1, 1), 2, "distinct"), ((0, 99), 2, "does not exist"),
-    ((0, 1), 1, "selection.budget='2'")])
+@pytest.mark.parametrize(
+    ("layers", "budget", "message"),
+    [
+        ((), 2, "needs its layers"),
+        ((1, 1), 2, "distinct"),
+        ((0, 99), 2, "does not exist"),
+        ((0, 1), 1, "selection.budget='2'"),
+    ],
+)
 def test_fixed_refuses_sets_it_cannot_give(scores, layers, budget, message):
     with pytest.raises(ValueError, match=message):
         select(scores, budget, algorithm="fixed", layers=layers)

@@ -39,8 +39,9 @@ def _enumerated_front(scores: np.ndarray, budgets: np.ndarray, exact_budget: boo
     rows = []
     for budget in budgets:
         sizes = [budget] if exact_budget else range(1, budget + 1)
-        options = [np.isin(np.arange(n_layers), combo)
-                   for k in sizes for combo in itertools.combinations(range(n_layers), k)]
+        options = [
+            np.isin(np.arange(n_layers), combo) for k in sizes for combo in itertools.combinations(range(n_layers), k)
+        ]
         rows.append(np.array(options))
     grid = np.array(list(itertools.product(*[range(len(r)) for r in rows])))
     masks = np.stack([rows[i][grid[:, i]] for i in range(n_clients)], axis=1)
@@ -79,9 +80,12 @@ def test_same_seed_same_answer(algorithm):
 def test_different_seeds_explore_differently():
     """Seeds drive the operators (with the memetic step on, small fronts come out exact for every seed)."""
     scores = lntk_like_scores(6, 12, seed=2)
-    fronts = {select(scores, 3, algorithm="nsga2", seed=s, polish=0, local_search=0, hull_walk=0,
-                         **QUICK["nsga2"]).front.tobytes()
-              for s in range(3)}
+    fronts = {
+        select(
+            scores, 3, algorithm="nsga2", seed=s, polish=0, local_search=0, hull_walk=0, **QUICK["nsga2"]
+        ).front.tobytes()
+        for s in range(3)
+    }
     assert len(fronts) > 1
 
 
@@ -191,8 +195,9 @@ def test_the_hull_walk_gives_every_selector_both_ends_of_the_front_at_once(algor
     first_step = {ITERATIONS[algorithm]: 10 if algorithm == "sa" else 1}
     walked = select(scores, 4, algorithm=algorithm, seed=0, **first_step).front
     hull = truth[_upper_hull(truth[:, 0], truth[:, 1])]
-    held = (np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9)
-            & (walked[None, :, 1] == hull[:, None, 1])).any(axis=1)
+    held = (
+        np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9) & (walked[None, :, 1] == hull[:, None, 1])
+    ).any(axis=1)
     assert held.all(), (algorithm, hull[~held])
     unwalked = select(scores, 4, algorithm=algorithm, seed=0, hull_walk=0, **first_step).front
     assert unwalked[:, 0].max() < truth[:, 0].max() - 1e-9 or unwalked[:, 1].min() > truth[:, 1].min()

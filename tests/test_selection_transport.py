@@ -18,8 +18,15 @@ def _all_assignments(problem: Problem) -> np.ndarray:
     rows = []
     for budget in problem.budgets:
         sizes = [budget] if problem.exact_budget else range(1, budget + 1)
-        rows.append(np.array([np.isin(np.arange(n_layers), combo)
-                              for k in sizes for combo in itertools.combinations(range(n_layers), k)]))
+        rows.append(
+            np.array(
+                [
+                    np.isin(np.arange(n_layers), combo)
+                    for k in sizes
+                    for combo in itertools.combinations(range(n_layers), k)
+                ]
+            )
+        )
     grid = np.array(list(itertools.product(*[range(len(r)) for r in rows])))
     return np.stack([rows[i][grid[:, i]] for i in range(problem.n_clients)], axis=1)
 
@@ -107,8 +114,9 @@ def test_the_hull_walk_visits_exactly_the_supported_points_of_the_front(seed, bu
     walked = archive.objectives()
     assert pareto_optimal(walked, truth).all()
     hull = truth[_upper_hull(truth[:, 0], truth[:, 1])]
-    found = (np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9)
-             & (walked[None, :, 1] == hull[:, None, 1])).any(axis=1)
+    found = (
+        np.isclose(walked[None, :, 0], hull[:, None, 0], rtol=0, atol=1e-9) & (walked[None, :, 1] == hull[:, None, 1])
+    ).any(axis=1)
     assert found.all(), hull[~found]
     assert walked[:, 1].min() == truth[:, 1].min() and walked[:, 0].max() == pytest.approx(truth[:, 0].max())
     assert len(walked) < len(truth)

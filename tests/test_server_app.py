@@ -11,8 +11,15 @@ from peft import PeftModel
 from server_app.app import main
 from tests.inprocess_grid import InProcessGrid, client_handlers, run_server_app
 
-OUTPUT_FILES = ("config.json", "metrics.jsonl", "selection.jsonl", "assignments.png", "accuracy.png",
-                "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+OUTPUT_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "selection.jsonl",
+    "assignments.png",
+    "accuracy.png",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+)
 
 
 def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything(small_run_config):
@@ -24,6 +31,7 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
             layers = list(msg.content.config_records["config"]["layers"])
             sent.append((layers, list(reply.content.array_records["arrays"].keys())))
             return reply
+
         return wrapped
 
     config = dict(small_run_config, **{"selection.budget": "1,2,1"})
@@ -50,7 +58,9 @@ def test_a_run_scores_selects_trains_only_assigned_layers_and_records_everything
     assert down["train"]["easy-vqa/0"] < down["evaluate"]["easy-vqa/0"] / 2
     # Two exchanges per client per round (one in round 0), in the order train, evaluate.
     assert [kind for node, kind in grid.calls if node == 1] == [MessageType.EVALUATE] + [
-        MessageType.TRAIN, MessageType.EVALUATE] * 2
+        MessageType.TRAIN,
+        MessageType.EVALUATE,
+    ] * 2
     mbit = np.mean([(down["train"][c] + rows[1]["bytes_up"][c]) * 8 / 1e6 for c in down["train"]])
     assert rows[1]["mbit_train_per_client"] == pytest.approx(mbit, rel=1e-12)
     # Every client got exactly its budget and sent back exactly the units of those layers.
@@ -95,8 +105,9 @@ def test_missing_data_stops_the_run_before_training(small_run_config, tmp_path):
     assert all(kind != MessageType.TRAIN for _, kind in grid.calls)
 
 
-def test_a_typo_in_selection_params_stops_the_server_before_the_model_is_built(shipped_run_config, tmp_path,
-                                                                              monkeypatch):
+def test_a_typo_in_selection_params_stops_the_server_before_the_model_is_built(
+    shipped_run_config, tmp_path, monkeypatch
+):
     import server_app.app as server
     from f3ocus_core.config import ConfigError
 

@@ -35,8 +35,12 @@ from tests.inprocess_grid import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = UnitMap((("layer.0.a", "layer.0.b"), ("layer.1.a",), ("layer.2.a",)))
-GLOBAL = {"layer.0.a": np.zeros((2, 2), np.float32), "layer.0.b": np.ones(3, np.float32),
-          "layer.1.a": np.full(2, 2.0, np.float32), "layer.2.a": np.full(4, 3.0, np.float32)}
+GLOBAL = {
+    "layer.0.a": np.zeros((2, 2), np.float32),
+    "layer.0.b": np.ones(3, np.float32),
+    "layer.1.a": np.full(2, 2.0, np.float32),
+    "layer.2.a": np.full(4, 3.0, np.float32),
+}
 
 
 @pytest.fixture()
@@ -68,8 +72,12 @@ def _grid(scores_by_partition: dict[int, list[float] | None], seen: list[Message
     def evaluate(msg: Message, context) -> Message:
         if seen is not None:
             seen.append(msg)
-        content = RecordDict({METRICS: MetricRecord({"loss": 1.0, "accuracy": 0.5, "metric": 0.5, NUM_EXAMPLES: 4}),
-                              CLIENT: _info(context).to_record()})
+        content = RecordDict(
+            {
+                METRICS: MetricRecord({"loss": 1.0, "accuracy": 0.5, "metric": 0.5, NUM_EXAMPLES: 4}),
+                CLIENT: _info(context).to_record(),
+            }
+        )
         if SCORE_ROUND in msg.content.config_records[CONFIG]:
             content[SCORES] = scores_record(context)
         return Message(content, reply_to=msg)
@@ -208,8 +216,16 @@ def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(st
     strategy.state.record = RoundRecord(1, assignment={1: [0], 2: [0, 1], 3: [2]})
     replies = [
         _update(1, {"layer.0.a": np.full((2, 2), 1.0, np.float32), "layer.0.b": np.full(3, 1.0, np.float32)}, 10, 1.0),
-        _update(2, {"layer.0.a": np.full((2, 2), 4.0, np.float32), "layer.0.b": np.full(3, 4.0, np.float32),
-                    "layer.1.a": np.full(2, 5.0, np.float32)}, 30, 2.0),
+        _update(
+            2,
+            {
+                "layer.0.a": np.full((2, 2), 4.0, np.float32),
+                "layer.0.b": np.full(3, 4.0, np.float32),
+                "layer.1.a": np.full(2, 5.0, np.float32),
+            },
+            30,
+            2.0,
+        ),
         _update(3, {"layer.1.a": np.full(2, 9.0, np.float32)}, 10, 0.5),  # not its layer: rejected
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -222,7 +238,8 @@ def test_aggregate_train_averages_each_layer_over_the_clients_that_trained_it(st
     assert set(strategy.state.record.bytes_up) == {1, 2}
     assert strategy.state.record.coverage == [2, 1, 0]
     assert [(f["phase"], f["client"], f["reason"].split(":")[0]) for f in strategy.state.record.failed] == [
-        ("train", "node-3", "unassigned-keys")]
+        ("train", "node-3", "unassigned-keys")
+    ]
 
 
 def test_aggregate_train_without_a_valid_update_keeps_the_global_model(strategy):
@@ -273,7 +290,10 @@ def test_aggregate_evaluate_without_replies_writes_a_row_without_metrics(strateg
     (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert row["metric"] is None and row["clients_evaluated"] == 0
     assert [(f["client"], f["reason"].split(":")[0]) for f in row["failed"]] == [
-        ("node-1", "error"), ("node-2", "timeout"), ("node-3", "timeout")]
+        ("node-1", "error"),
+        ("node-2", "timeout"),
+        ("node-3", "timeout"),
+    ]
 
 
 def test_a_rounds_row_holds_its_coverage_diagnostics(strategy, tmp_path):
@@ -283,8 +303,10 @@ def test_a_rounds_row_holds_its_coverage_diagnostics(strategy, tmp_path):
     strategy.state.record = RoundRecord(1)
     strategy.state.record.assignment = assignment = strategy.assign(1, [1, 2, 3])
     strategy.configure_evaluate(1, state_to_record(GLOBAL), ConfigRecord(), grid)
-    replies = [_evaluation(node, f"client/{3 - node}", "vqa", {"loss": 1.0, "accuracy": 0.5, "metric": 0.5,
-                                                                NUM_EXAMPLES: 10}) for node in (1, 2, 3)]
+    replies = [
+        _evaluation(node, f"client/{3 - node}", "vqa", {"loss": 1.0, "accuracy": 0.5, "metric": 0.5, NUM_EXAMPLES: 10})
+        for node in (1, 2, 3)
+    ]
     strategy.aggregate_evaluate(1, replies)
 
     diag = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["coverage_diagnostics"]
@@ -294,5 +316,6 @@ def test_a_rounds_row_holds_its_coverage_diagnostics(strategy, tmp_path):
         own = set(np.argsort(-scores, kind="stable")[:budget].tolist())
         assert diag["missed_top_b"][f"client/{partition}"] == len(own - set(assignment[node]))
         assert diag["importance_share"][f"client/{partition}"] == pytest.approx(
-            scores[assignment[node]].sum() / scores[list(own)].sum())
+            scores[assignment[node]].sum() / scores[list(own)].sum()
+        )
     assert diag["layers_trained"] == len({layer for layers in assignment.values() for layer in layers})

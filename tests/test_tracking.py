@@ -42,14 +42,29 @@ def _events(logdir: Path) -> EventAccumulator:
 
 
 def test_round_scalars_flatten_every_number_of_a_row_and_nothing_else():
-    row = {"round": 3, "metric": 0.5, "metric_name": "accuracy", "loss": 1.25, "train_loss": None,
-           "metric_per_client": {"easy-vqa/0": 0.4, "b c": 0.6},
-           "bytes_down": {"query": {}, "train": {"a": 10}}, "bytes_up": {"a": 7},
-           "assignment": {"a": [0, 1]}, "coverage": [1, 0], "failed": [{"phase": "train", "client": "a"}],
-           "dp_epsilon": 3.2}  # a number a later version adds is logged as it is
-    assert round_scalars(row) == {"metric": 0.5, "loss": 1.25, "metric_per_client/easy-vqa_0": 0.4,
-                                  "metric_per_client/b c": 0.6, "bytes_down/train/a": 10.0, "bytes_up/a": 7.0,
-                                  "dp_epsilon": 3.2}
+    row = {
+        "round": 3,
+        "metric": 0.5,
+        "metric_name": "accuracy",
+        "loss": 1.25,
+        "train_loss": None,
+        "metric_per_client": {"easy-vqa/0": 0.4, "b c": 0.6},
+        "bytes_down": {"query": {}, "train": {"a": 10}},
+        "bytes_up": {"a": 7},
+        "assignment": {"a": [0, 1]},
+        "coverage": [1, 0],
+        "failed": [{"phase": "train", "client": "a"}],
+        "dp_epsilon": 3.2,
+    }  # a number a later version adds is logged as it is
+    assert round_scalars(row) == {
+        "metric": 0.5,
+        "loss": 1.25,
+        "metric_per_client/easy-vqa_0": 0.4,
+        "metric_per_client/b c": 0.6,
+        "bytes_down/train/a": 10.0,
+        "bytes_up/a": 7.0,
+        "dp_epsilon": 3.2,
+    }
 
 
 def test_tracking_keys_are_parsed_and_bad_values_name_their_key(shipped_run_config):
@@ -66,8 +81,7 @@ def test_tracking_keys_are_parsed_and_bad_values_name_their_key(shipped_run_conf
 
 
 @pytest.mark.parametrize(("tracker", "module"), [("mlflow", "mlflow"), ("tensorboard", "torch.utils.tensorboard")])
-def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_config, monkeypatch, tracker,
-                                                                       module):
+def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_config, monkeypatch, tracker, module):
     monkeypatch.setitem(sys.modules, module, None)  # what `import mlflow` meets where it is not installed
     calls = []
 
@@ -75,6 +89,7 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_round_0(small_run_
         def wrapped(msg, context):
             calls.append(msg.metadata.message_type)
             return handler(msg, context)
+
         return wrapped
 
     config = {**small_run_config, "tracking.to": tracker}
@@ -97,6 +112,7 @@ def test_mlflow_and_tensorboard_hold_what_metrics_jsonl_has(small_run_config):
                 history = MlflowClient(state["uri"]).get_metric_history(state["run_id"], "metric")
                 seen_at_train[server_round] = sorted(m.step for m in history)
             return handler(msg, context)
+
         return wrapped
 
     _, rows = run_server_app(config, 2, wrap={MessageType.TRAIN: watch})
@@ -120,8 +136,11 @@ def test_mlflow_and_tensorboard_hold_what_metrics_jsonl_has(small_run_config):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "config.json", "metrics.jsonl", "images"} <= artifacts
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run_id, "adapter")}
-    images = {a.path.split("+step+")[0] + "@" + a.path.split("+step+")[1].split("+")[0]
-              for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")}
+    images = {
+        a.path.split("+step+")[0] + "@" + a.path.split("+step+")[1].split("+")[0]
+        for a in client.list_artifacts(run_id, "images")
+        if a.path.endswith(".png")
+    }
     assert images == {f"images/{name}@{step}" for name in ("assignments", "pareto_front") for step in (1, 2)}
 
     events = _events(out / "tensorboard")
@@ -173,8 +192,7 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_drops_the_unfini
     assert [value for _, value in logged] == pytest.approx([0.0, 0.1, 0.9, 1.0])
 
 
-def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_path, model_cache, capsys,
-                                                                           monkeypatch):
+def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_path, model_cache, capsys, monkeypatch):
     import io
 
     import torch
@@ -182,10 +200,29 @@ def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_pa
     from f3ocus_evidence.compare import main
     from f3ocus_evidence.results import read_rows
 
-    overrides = (f"model.cache-dir='{model_cache}' model.pretrain-steps=30 data.max-train-per-client=24 "
-                 "data.max-test-per-client=16 train.batch-size=8")
-    args = ["--plain", "--methods", "f3ocus-nsga2,lntk-alone", "--seeds", "0", "--rounds", "1", "--clients", "2",
-            "--output", str(tmp_path / "results"), "--name", "t", "--run-config", overrides, "--tracking", "mlflow"]
+    overrides = (
+        f"model.cache-dir='{model_cache}' model.pretrain-steps=30 data.max-train-per-client=24 "
+        "data.max-test-per-client=16 train.batch-size=8"
+    )
+    args = [
+        "--plain",
+        "--methods",
+        "f3ocus-nsga2,lntk-alone",
+        "--seeds",
+        "0",
+        "--rounds",
+        "1",
+        "--clients",
+        "2",
+        "--output",
+        str(tmp_path / "results"),
+        "--name",
+        "t",
+        "--run-config",
+        overrides,
+        "--tracking",
+        "mlflow",
+    ]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -211,11 +248,15 @@ def test_compare_logs_every_cell_as_a_run_of_one_experiment_and_the_table(tmp_pa
     cells = client.search_runs([experiment], "tags.`f3ocus.kind` = 'cell'")
     (grid,) = client.search_runs([experiment], "tags.`f3ocus.kind` = 'grid'")
     assert sorted((run.data.tags["method"], run.data.tags["seed"]) for run in cells) == [
-        ("f3ocus-nsga2", "0"), ("lntk-alone", "0")]
+        ("f3ocus-nsga2", "0"),
+        ("lntk-alone", "0"),
+    ]
     for run in cells:
         rows = read_rows(out / "cells" / f"{run.data.tags['method']}-seed0")
         assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "metric")} == pytest.approx(
-            {row["round"]: row["metric"] for row in rows})
+            {row["round"]: row["metric"] for row in rows}
+        )
         assert run.data.tags["mlflow.parentRunId"] == grid.info.run_id and run.info.status == "FINISHED"
     assert {"table.md", "table.csv", "curves.png", "tradeoff.png", "grid.json"} <= {
-        a.path for a in client.list_artifacts(grid.info.run_id)}
+        a.path for a in client.list_artifacts(grid.info.run_id)
+    }

@@ -35,8 +35,10 @@ def browser() -> str:
     for name in BROWSERS:
         if path := shutil.which(name):
             return path
-    pytest.skip(f"no Chromium to drive ({', '.join(BROWSERS)} not on PATH): "
-                "apt-get install chromium, or run `make test` as root")
+    pytest.skip(
+        f"no Chromium to drive ({', '.join(BROWSERS)} not on PATH): "
+        "apt-get install chromium, or run `make test` as root"
+    )
 
 
 def _free_port() -> int:
@@ -47,8 +49,18 @@ def _free_port() -> int:
 
 def _start_mlflow_server(store: str, port: int, log_path: Path) -> subprocess.Popen:
     """``mlflow server`` in a session of its own (stopped with its process group by its PID)."""
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", store, "--workers", "1"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        store,
+        "--workers",
+        "1",
+    ]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with log_path.open("w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -95,8 +107,10 @@ def test_the_mlflow_ui_shows_the_runs_accuracy_series(browser, small_run_config,
             chromium = playwright.chromium.launch(executable_path=browser, args=["--no-sandbox", "--disable-gpu"])
             try:
                 page = chromium.new_page(viewport={"width": 1400, "height": 1150})
-                page.goto(f"http://127.0.0.1:{port}/#/experiments/{state['experiment_id']}/runs/"
-                          f"{state['run_id']}/model-metrics")
+                page.goto(
+                    f"http://127.0.0.1:{port}/#/experiments/{state['experiment_id']}/runs/"
+                    f"{state['run_id']}/model-metrics"
+                )
                 search = page.get_by_placeholder("Search metric charts")
                 search.wait_for(timeout=60_000)
                 assistant = page.get_by_role("button", name="Close", exact=True)  # MLflow's chat panel
@@ -104,11 +118,13 @@ def test_the_mlflow_ui_shows_the_runs_accuracy_series(browser, small_run_config,
                     assistant.first.click()
                 search.fill("accuracy")
                 card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-                    has_text=re.compile(r"\(accuracy\)"))
+                    has_text=re.compile(r"\(accuracy\)")
+                )
                 plot = card.locator(".js-plotly-plot")
                 plot.wait_for(timeout=60_000)
-                traces = plot.evaluate("gd => gd.data.map(t => ({name: t.name, x: Array.from(t.x), "
-                                       "y: Array.from(t.y)}))")
+                traces = plot.evaluate(
+                    "gd => gd.data.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))"
+                )
                 page.wait_for_timeout(1000)  # the other charts finish drawing
                 shot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(shot))

@@ -38,8 +38,9 @@ def test_a_training_step_on_each_device_and_precision(device, precision):
     before = get_state(model, names)
     # fp16's GradScaler starts at 2**16 and skips the first steps that overflow (2 on this model),
     # so train for 6 steps.
-    result = train(model, dataset, collate, TrainSettings(epochs=3, lr=1e-2, batch_size=4, precision=precision),
-                   device=device)
+    result = train(
+        model, dataset, collate, TrainSettings(epochs=3, lr=1e-2, batch_size=4, precision=precision), device=device
+    )
     assert result["steps"] == 6 and np.isfinite(result["loss"])
     assert all(p.device.type == device for p in model.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never changes weights

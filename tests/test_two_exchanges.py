@@ -34,8 +34,15 @@ def test_two_exchanges_give_the_three_exchange_assignments_and_final_units(small
 def _mock_run(tmp_path, control: str = "", **start) -> tuple[F3ocusStrategy, InProcessGrid, list[Message]]:
     """The strategy's whole loop over test_replies.py's three mock clients; returns every message sent."""
     config = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    config.update({"selection.budget": "1,2,1", "round-timeout": 5.0, "selection.algorithm": "exact",
-                   "num-server-rounds": 2, "control": control})
+    config.update(
+        {
+            "selection.budget": "1,2,1",
+            "round-timeout": 5.0,
+            "selection.algorithm": "exact",
+            "num-server-rounds": 2,
+            "control": control,
+        }
+    )
     settings = parse_run_config(config, SCORERS, ALGORITHMS)
     sent: list[Message] = []
 
@@ -43,6 +50,7 @@ def _mock_run(tmp_path, control: str = "", **start) -> tuple[F3ocusStrategy, InP
         def wrapped(msg, context):
             sent.append(msg)
             return handler(msg, context)
+
         return wrapped
 
     grid = InProcessGrid({}, {kind: spy(handler) for kind, handler in HANDLERS.items()}, 3)
@@ -58,8 +66,12 @@ def test_start_honours_train_config_evaluate_config_and_evaluate_fn(tmp_path):
         seen.append((server_round, set(arrays)))
         return MetricRecord({"central": float(server_round)})
 
-    strategy, _, sent = _mock_run(tmp_path, train_config=ConfigRecord({"lr-scale": 0.5}),
-                                  evaluate_config=ConfigRecord({"tta": 1}), evaluate_fn=evaluate_fn)
+    strategy, _, sent = _mock_run(
+        tmp_path,
+        train_config=ConfigRecord({"lr-scale": 0.5}),
+        evaluate_config=ConfigRecord({"tta": 1}),
+        evaluate_fn=evaluate_fn,
+    )
     for msg in sent:
         config = msg.content.config_records[CONFIG]
         own = "lr-scale" if msg.metadata.message_type == MessageType.TRAIN else "tta"
@@ -73,8 +85,11 @@ def test_start_honours_train_config_evaluate_config_and_evaluate_fn(tmp_path):
 
 def test_only_the_evaluations_before_a_training_round_ask_for_scores(tmp_path):
     _, _, sent = _mock_run(tmp_path)
-    asked = [(int(m.content.config_records[CONFIG][SERVER_ROUND]), m.content.config_records[CONFIG].get(SCORE_ROUND))
-             for m in sent if m.metadata.message_type == MessageType.EVALUATE]
+    asked = [
+        (int(m.content.config_records[CONFIG][SERVER_ROUND]), m.content.config_records[CONFIG].get(SCORE_ROUND))
+        for m in sent
+        if m.metadata.message_type == MessageType.EVALUATE
+    ]
     assert asked == [(0, 1)] * 3 + [(1, 2)] * 3 + [(2, None)] * 3
 
 

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from client_app.worker import forward, socket_path
 from tests.conftest import ROOT
 
-FAKE_APP = '''
+FAKE_APP = """
 import os
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -37,7 +37,7 @@ def query(msg, context):
     context.state["seen"] = MetricRecord({"calls": len(CALLS)})
     return Message(RecordDict({"reply": MetricRecord({"pid": os.getpid(), "calls": len(CALLS), "sum": total})}),
                    reply_to=msg)
-'''
+"""
 
 
 @pytest.fixture()
@@ -60,10 +60,20 @@ def app_dir(tmp_path, monkeypatch):
 
 
 def _message(fail: bool = False, value: float = 1.0) -> Message:
-    content = RecordDict({"arrays": ArrayRecord([np.full(4, value, dtype=np.float32)]),
-                          "config": ConfigRecord({"fail": fail})})
-    metadata = Metadata(run_id=1, message_id="", src_node_id=1, dst_node_id=7, reply_to_message_id="",
-                        group_id="1", created_at=time.time(), ttl=600.0, message_type="query")
+    content = RecordDict(
+        {"arrays": ArrayRecord([np.full(4, value, dtype=np.float32)]), "config": ConfigRecord({"fail": fail})}
+    )
+    metadata = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type="query",
+    )
     message = Message(content=content, metadata=metadata)
     message.metadata.__dict__["_message_id"] = message.object_id
     return message
@@ -71,8 +81,7 @@ def _message(fail: bool = False, value: float = 1.0) -> Message:
 
 def _call(app_dir: str, node_id: int, fail: bool = False, value: float = 1.0) -> tuple[Message, Context, Message]:
     message = _message(fail, value)
-    context = Context(run_id=1, node_id=node_id, node_config={"partition-id": 0}, state=RecordDict(),
-                      run_config={})
+    context = Context(run_id=1, node_id=node_id, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     return forward(message, context, app_dir), context, message
 
 

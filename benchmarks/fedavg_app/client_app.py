@@ -49,8 +49,17 @@ def train_fn(msg: Message, context: Context) -> Message:
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the local test part."""
     settings, data, setup, collate = _load(msg, context)
-    metrics = evaluate(setup.model, data.test, collate, data.kind, settings.eval_batch_size,
-                       device=torch.device("cpu"), precision=settings.train.precision,
-                       answer_mode=settings.eval_answer_mode)
-    return Message(RecordDict({"metrics": MetricRecord({"accuracy": float(metrics["metric"]),
-                                                         "num-examples": len(data.test)})}), reply_to=msg)
+    metrics = evaluate(
+        setup.model,
+        data.test,
+        collate,
+        data.kind,
+        settings.eval_batch_size,
+        device=torch.device("cpu"),
+        precision=settings.train.precision,
+        answer_mode=settings.eval_answer_mode,
+    )
+    return Message(
+        RecordDict({"metrics": MetricRecord({"accuracy": float(metrics["metric"]), "num-examples": len(data.test)})}),
+        reply_to=msg,
+    )

@@ -47,9 +47,13 @@ class TimedFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round, replies):
         metrics = super().aggregate_evaluate(server_round, replies)
         ended, t = time.perf_counter(), self.times
-        row = {"round": server_round - 1, "seconds_train": t["trained"] - t["started"],
-               "seconds_eval": ended - t["evaluating"], "seconds_round": ended - t["started"],
-               "accuracy": None if metrics is None else metrics.get("accuracy")}
+        row = {
+            "round": server_round - 1,
+            "seconds_train": t["trained"] - t["started"],
+            "seconds_eval": ended - t["evaluating"],
+            "seconds_round": ended - t["started"],
+            "accuracy": None if metrics is None else metrics.get("accuracy"),
+        }
         with self.rows_file.open("a") as rows:
             rows.write(json.dumps(row) + "\n")
         return metrics
@@ -62,10 +66,15 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(settings.output_dir) / settings.run_name
     out.mkdir(parents=True, exist_ok=True)
     clients = max(2, settings.min_clients)
-    strategy = TimedFedAvg(out / "metrics.jsonl", min_train_nodes=clients, min_evaluate_nodes=clients,
-                           min_available_nodes=clients)
-    strategy.start(grid=grid, initial_arrays=state_to_record(get_state(setup.model, setup.units.all_keys())),
-                   num_rounds=settings.num_rounds + 1, train_config=ConfigRecord({}))
+    strategy = TimedFedAvg(
+        out / "metrics.jsonl", min_train_nodes=clients, min_evaluate_nodes=clients, min_available_nodes=clients
+    )
+    strategy.start(
+        grid=grid,
+        initial_arrays=state_to_record(get_state(setup.model, setup.units.all_keys())),
+        num_rounds=settings.num_rounds + 1,
+        train_config=ConfigRecord({}),
+    )
 
 
 def write_app(folder: Path, root: Path) -> Path:
@@ -87,5 +96,6 @@ def write_app(folder: Path, root: Path) -> Path:
         '[tool.hatch.build.targets.wheel]\npackages = ["fedavg_bench"]\n\n'
         '[tool.flwr.app]\npublisher = "f3ocus"\n\n'
         '[tool.flwr.app.components]\nserverapp = "fedavg_bench.server_app:app"\n'
-        'clientapp = "fedavg_bench.client_app:app"\n\n[tool.flwr.app.config]\n' + "\n".join(lines) + "\n")
+        'clientapp = "fedavg_bench.client_app:app"\n\n[tool.flwr.app.config]\n' + "\n".join(lines) + "\n"
+    )
     return folder

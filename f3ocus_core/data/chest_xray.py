@@ -171,9 +171,7 @@ def read_openi(root: str) -> tuple[dict, ...]:
     projections = _read_csv(base / OPENI_PROJECTIONS, ("uid", "filename", "projection"))
     images = openi_image_dir(base)
     mesh = {}
-    for uid, term, problems in zip(
-        reports["uid"], reports["MeSH"], reports.get("Problems", [""] * len(reports))
-    ):
+    for uid, term, problems in zip(reports["uid"], reports["MeSH"], reports.get("Problems", [""] * len(reports))):
         mesh[uid.strip()] = term if term.strip() else problems
     rows = []
     columns = (projections["uid"], projections["filename"], projections["projection"])
@@ -208,9 +206,7 @@ def read_mimic(root: str) -> tuple[dict, ...]:
         path = base / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
         rows.append(_row(str(path), positive[(subject, study)], "mimic-cxr"))
     if not rows:
-        raise ValueError(
-            f"{base}: no frontal (PA/AP) image of {MIMIC_METADATA} has a study in {MIMIC_LABELS}."
-        )
+        raise ValueError(f"{base}: no frontal (PA/AP) image of {MIMIC_METADATA} has a study in {MIMIC_LABELS}.")
     return tuple(rows)
 
 
@@ -251,12 +247,8 @@ def label_skew(rows: Sequence[dict], parts: Sequence[np.ndarray]) -> float:
     return float(np.mean(distances))
 
 
-def chest_client(
-    name: str, rows: Sequence[dict], *, max_train: int, max_test: int, seed: int
-) -> ClientData:
+def chest_client(name: str, rows: Sequence[dict], *, max_train: int, max_test: int, seed: int) -> ClientData:
     """A multi-label client from ``rows``: seeded 80/20 train/test split, then the caps."""
     mask = holdout_mask(len(rows), np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
     split_rows = [dict(row, split="test" if test else "train") for row, test in zip(rows, mask)]
-    return make_client(
-        name, "multilabel", split_rows, CHEST_LABELS, max_train=max_train, max_test=max_test, seed=seed
-    )
+    return make_client(name, "multilabel", split_rows, CHEST_LABELS, max_train=max_train, max_test=max_test, seed=seed)

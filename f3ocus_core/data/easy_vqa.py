@@ -75,8 +75,10 @@ def parse_families(spec: str, key: str) -> frozenset[str]:
     names = [name.strip() for name in (text[4:].split("-") if dropping else text.split("+"))]
     unknown = [name for name in names if name not in FAMILIES]
     if unknown or not names:
-        raise ConfigError(f"{key}: {spec!r}: unknown question family {unknown}; give 'all', families joined "
-                          f"by '+' (kept) or 'all-' and families joined by '-' (left out), from {list(FAMILIES)}.")
+        raise ConfigError(
+            f"{key}: {spec!r}: unknown question family {unknown}; give 'all', families joined "
+            f"by '+' (kept) or 'all-' and families joined by '-' (left out), from {list(FAMILIES)}."
+        )
     kept = frozenset(FAMILIES) - set(names) if dropping else frozenset(names)
     if not kept:
         raise ConfigError(f"{key}: {spec!r} leaves no question family.")
@@ -85,8 +87,13 @@ def parse_families(spec: str, key: str) -> frozenset[str]:
 
 def family_mask(dataset: datasets.Dataset, families: frozenset[str] | set[str]) -> np.ndarray:
     """Which rows of an easy-vqa ``dataset`` ask a question of one of ``families``."""
-    return np.array([question_family(question, answers[0]) in families
-                     for question, answers in zip(dataset["question"], dataset["answers"])], dtype=bool)
+    return np.array(
+        [
+            question_family(question, answers[0]) in families
+            for question, answers in zip(dataset["question"], dataset["answers"])
+        ],
+        dtype=bool,
+    )
 
 
 #: The question groups of easy-vqa, named by their answers (:func:`answer_type`).
@@ -189,12 +196,9 @@ def load_client(
     is_test = np.array([_in_test(key, seed) for key in part["image_key"]])
     train = cap_dataset(part.select(np.flatnonzero(~is_test)), max_train, seed)
     test = cap_dataset(part.select(np.flatnonzero(is_test)), max_test, seed + 1)
-    return ClientData(
-        name=f"easy-vqa/{partition_id}", kind="vqa", labels=list(ANSWERS), train=train, test=test
-    )
+    return ClientData(name=f"easy-vqa/{partition_id}", kind="vqa", labels=list(ANSWERS), train=train, test=test)
 
 
 def _in_test(image_key: str, seed: int) -> bool:
     """Seeded, stable assignment of an image to the test part (same image, same side, any client)."""
     return (zlib.crc32(f"{seed}:{image_key}".encode()) % 1000) < TEST_SHARE * 1000
-

@@ -76,9 +76,7 @@ def read_labels(path: Path, split: str, spec: MedMNISTSet, expected: int | None 
     if labels.ndim != 2 or labels.shape[1] != width:
         raise ValueError(f"{path}: key {key} has shape {labels.shape}; expected (N, {width}).")
     if expected is not None and labels.shape[0] != expected:
-        raise ValueError(
-            f"{path}: key {key} has {labels.shape[0]} rows but {split}_images has {expected} images."
-        )
+        raise ValueError(f"{path}: key {key} has {labels.shape[0]} rows but {split}_images has {expected} images.")
     high = 2 if spec.multilabel else len(spec.labels)
     if labels.size and (labels.min() < 0 or labels.max() >= high):
         raise ValueError(

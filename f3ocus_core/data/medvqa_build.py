@@ -92,9 +92,7 @@ class _Plan:
     is_test: np.ndarray
 
 
-def _plan_client(
-    index: int, client: MedVQAClient, files: dict[str, Path], seed: int, test_share: float
-) -> _Plan:
+def _plan_client(index: int, client: MedVQAClient, files: dict[str, Path], seed: int, test_share: float) -> _Plan:
     """Question types, questions, answers and train/test side of every image (steps 1-4 above)."""
     type_seed, question_seed, split_seed = np.random.SeedSequence([seed, index]).spawn(3)
     type_rng, question_rng = np.random.default_rng(type_seed), np.random.default_rng(question_seed)
@@ -188,9 +186,7 @@ class BuildReport:
         lines += ["", f"{'question type':<14} {'share':>7} {'full':>7} {'paper':>7}"]
         for qtype, share in self.shares().items():
             lines.append(f"{qtype:<14} {share:>7.1%} {full[qtype]:>7.1%} {PAPER_SHARES[qtype]:>7.1%}")
-        lines.append(
-            "(share: this build; full: these weights on the complete MedMNIST files; paper: Saha et al. 2025)"
-        )
+        lines.append("(share: this build; full: these weights on the complete MedMNIST files; paper: Saha et al. 2025)")
         if self.missing:
             lines += ["", "skipped, files missing: " + ", ".join(self.missing)]
         return "\n".join(lines)
@@ -251,8 +247,9 @@ def build_medvqa_fl(
             for index, client in enumerate(CLIENTS):
                 if client.name in plans:
                     bar.set_postfix_str(client.name)
-                    summaries.append(_write_client(tmp, index, client, plans[client.name], seed, test_share,
-                                                   bar.update))
+                    summaries.append(
+                        _write_client(tmp, index, client, plans[client.name], seed, test_share, bar.update)
+                    )
         manifest = {
             "format": FORMAT,
             "seed": seed,
@@ -275,9 +272,7 @@ def build_medvqa_fl(
     return report
 
 
-def _resolve_files(
-    medmnist_dir: Path, size: int, allow_missing: bool
-) -> tuple[dict[str, dict[str, Path]], list[str]]:
+def _resolve_files(medmnist_dir: Path, size: int, allow_missing: bool) -> tuple[dict[str, dict[str, Path]], list[str]]:
     """Client name -> {flag: file} for the clients that can be built, and the missing files."""
     plans: dict[str, dict[str, Path]] = {}
     missing: list[str] = []
@@ -304,7 +299,12 @@ def _check_not_empty(splits: dict[str, NpzSplit]) -> None:
 
 
 def _write_client(
-    tmp: Path, index: int, client: MedVQAClient, files: dict[str, Path], seed: int, test_share: float,
+    tmp: Path,
+    index: int,
+    client: MedVQAClient,
+    files: dict[str, Path],
+    seed: int,
+    test_share: float,
     part_done: Callable[[], object] = lambda: None,
 ) -> dict:
     """Write one client's train and test datasets under ``tmp`` and return its manifest entry
@@ -358,8 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``f3ocus-build-medvqa``: build MedVQA-FL and print per-client counts and question-type shares."""
     parser = argparse.ArgumentParser(
         prog="f3ocus-build-medvqa",
-        description="Build the nine MedVQA-FL clients (Saha et al., CVPR 2025) from MedMNIST v2 2D .npz "
-        "files.",
+        description="Build the nine MedVQA-FL clients (Saha et al., CVPR 2025) from MedMNIST v2 2D .npz files.",
     )
     add = parser.add_argument
     add("--medmnist-dir", required=True, type=Path, help="folder with pathmnist.npz, chestmnist.npz, ...")
@@ -389,4 +388,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -132,7 +132,7 @@ def _either(first: Ask, second: Ask) -> Ask:
 
 
 def _verify(flag: str, what: str) -> Ask:
-    """"Is this <class>?": the true class half of the time, another class otherwise."""
+    """ "Is this <class>?": the true class half of the time, another class otherwise."""
     n = len(MEDMNIST_2D[flag].labels)
 
     def ask(label: np.ndarray, rng: np.random.Generator) -> tuple[str, str]:
@@ -165,8 +165,6 @@ def _chest_diagnosis(label: np.ndarray, rng: np.random.Generator) -> tuple[str, 
     return _pick(rng, _CHEST_YES_NO).format(x=finding), "yes" if finding in positive else "no"
 
 
-
-
 _MALIGNANT_SKIN = {0, 1, 4}  # actinic keratoses / intraepithelial carcinoma, basal cell carcinoma, melanoma
 
 #: Source flag -> question type -> how to ask it. A source supports exactly the types listed.
@@ -192,9 +190,7 @@ TEMPLATES: dict[str, dict[str, Ask]] = {
     "octmnist": {
         "modality": _fixed(_MODALITY, "optical coherence tomography"),
         "anatomy": _fixed(_ANATOMY, "retina"),
-        "diagnosis": _class_name(
-            "octmnist", (*_DIAGNOSIS_OPEN, "which retinal disease does this oct scan show?")
-        ),
+        "diagnosis": _class_name("octmnist", (*_DIAGNOSIS_OPEN, "which retinal disease does this oct scan show?")),
         "other": _normal("retina", lambda c: c == 3),
     },
     "pathmnist": {

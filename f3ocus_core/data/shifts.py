@@ -66,8 +66,10 @@ def parse_shift(value: str, key: str = "data.shift") -> Shift:
         return Shift(name)
     parameter = parameter or _DEFAULTS[name]
     if name == "channels" and (parameter not in _PERMUTATIONS or parameter == "rgb"):
-        raise ConfigError(f"{key}: {value!r}: the channel order must be a permutation of 'rgb' other than 'rgb', "
-                          f"e.g. {[p for p in _PERMUTATIONS if p != 'rgb']}.")
+        raise ConfigError(
+            f"{key}: {value!r}: the channel order must be a permutation of 'rgb' other than 'rgb', "
+            f"e.g. {[p for p in _PERMUTATIONS if p != 'rgb']}."
+        )
     if name == "rotate" and parameter not in ("90", "180", "270"):
         raise ConfigError(f"{key}: {value!r}: rotate takes 90, 180 or 270 (degrees counter-clockwise).")
     if name in ("blur", "noise"):
@@ -76,8 +78,9 @@ def parse_shift(value: str, key: str = "data.shift") -> Shift:
         except ValueError:
             amount = float("nan")
         if not amount > 0:
-            raise ConfigError(f"{key}: {value!r}: the {name} {'radius' if name == 'blur' else 'std'} must be a "
-                              "number > 0.")
+            raise ConfigError(
+                f"{key}: {value!r}: the {name} {'radius' if name == 'blur' else 'std'} must be a number > 0."
+            )
     return Shift(name, parameter)
 
 
@@ -94,8 +97,9 @@ def shift_image(image: Image.Image, shift: Shift, seed: int = 0) -> Image.Image:
         order = ["rgb".index(channel) for channel in shift.parameter]
         return Image.fromarray(np.ascontiguousarray(np.asarray(rgb)[:, :, order]))
     if shift.name == "rotate":
-        turn = {"90": Image.Transpose.ROTATE_90, "180": Image.Transpose.ROTATE_180,
-                "270": Image.Transpose.ROTATE_270}[shift.parameter]
+        turn = {"90": Image.Transpose.ROTATE_90, "180": Image.Transpose.ROTATE_180, "270": Image.Transpose.ROTATE_270}[
+            shift.parameter
+        ]
         return rgb.transpose(turn)
     if shift.name == "blur":
         return rgb.filter(ImageFilter.GaussianBlur(float(shift.parameter)))
@@ -128,5 +132,6 @@ def shift_client(data: ClientData, shift: Shift, seed: int, partition_id: int) -
     if shift.name == "none":
         return data
     client_seed = (int(seed) * 1_000_003 + int(partition_id)) % 2**32
-    return replace(data, train=shift_dataset(data.train, shift, client_seed),
-                   test=shift_dataset(data.test, shift, client_seed))
+    return replace(
+        data, train=shift_dataset(data.train, shift, client_seed), test=shift_dataset(data.test, shift, client_seed)
+    )

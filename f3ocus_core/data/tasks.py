@@ -103,22 +103,20 @@ class DataSettings:
     def __post_init__(self) -> None:
         for name in ("shift", "questions"):
             value = getattr(self, name)
-            object.__setattr__(self, name, split_values(value, CONFIG_KEYS[name]) if isinstance(value, str)
-                               else tuple(value))
+            object.__setattr__(
+                self, name, split_values(value, CONFIG_KEYS[name]) if isinstance(value, str) else tuple(value)
+            )
             if not getattr(self, name):
                 raise ConfigError(f"{CONFIG_KEYS[name]}: empty.")
         for value in self.shift:
             parse_shift(value, "data.shift")
         kept = [parse_families(value, "data.questions") for value in self.questions]
         if self.task != "easy-vqa" and any(families != set(FAMILIES) for families in kept):
-            raise ConfigError(f"data.questions: question families are easy-vqa's; task {self.task!r} takes only "
-                              "'all'.")
+            raise ConfigError(f"data.questions: question families are easy-vqa's; task {self.task!r} takes only 'all'.")
         if self.task not in TASKS:
             raise ConfigError(f"task: unknown task {self.task!r}; choose one of {sorted(TASKS)}.")
         if self.partitioning not in PARTITIONINGS:
-            raise ConfigError(
-                f"data.partitioning: must be one of {list(PARTITIONINGS)}, got {self.partitioning!r}."
-            )
+            raise ConfigError(f"data.partitioning: must be one of {list(PARTITIONINGS)}, got {self.partitioning!r}.")
         if not self.alpha > 0:
             raise ConfigError(f"data.alpha: must be > 0, got {self.alpha}.")
         for name in ("max_train", "max_test"):
@@ -204,9 +202,7 @@ def _chest_whole(settings: DataSettings, name: str, source: str) -> ClientData:
     return chest_client(name, rows, **caps, seed=settings.seed)
 
 
-def _chest_part(
-    settings: DataSettings, task: str, source: str, partition_id: int, num_partitions: int
-) -> ClientData:
+def _chest_part(settings: DataSettings, task: str, source: str, partition_id: int, num_partitions: int) -> ClientData:
     from f3ocus_core.data.chest_xray import chest_client, partition
 
     rows = _chest_rows(settings, source)
@@ -243,8 +239,9 @@ def _easy_vqa(settings: DataSettings, partition_id: int, num_partitions: int) ->
         seed=settings.seed,
         max_train=settings.max_train,
         max_test=settings.max_test,
-        families=parse_families(values_for(settings.questions, num_partitions, "data.questions")[partition_id],
-                                "data.questions"),
+        families=parse_families(
+            values_for(settings.questions, num_partitions, "data.questions")[partition_id], "data.questions"
+        ),
     )
 
 

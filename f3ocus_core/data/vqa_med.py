@@ -37,7 +37,7 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def _split_of(file: Path, root: Path) -> str | None:
-    """"train", "val" or "test" from the file's name, else from its nearest telling folder."""
+    """ "train", "val" or "test" from the file's name, else from its nearest telling folder."""
     for part in reversed(file.relative_to(root).parts):
         name = part.lower()
         found = [split for split in ("train", "val", "test") if split in name]
@@ -121,16 +121,12 @@ def _pairs(file: Path, kind: str) -> list[tuple[int, tuple[str, str, str, str]]]
         answers = {}
         for _, fields in _lines(references[0]):
             if len(fields) < 2:
-                raise ValueError(
-                    f"{references[0]}: expected image_id|answer lines, found {'|'.join(fields)!r}."
-                )
+                raise ValueError(f"{references[0]}: expected image_id|answer lines, found {'|'.join(fields)!r}.")
             answers[fields[0]] = fields[1:]
         pairs = []
         for line, fields in _lines(file):
             if len(fields) != 2:
-                raise ValueError(
-                    f"{file}, line {line}: expected image_id|question, found {len(fields)} fields."
-                )
+                raise ValueError(f"{file}, line {line}: expected image_id|question, found {len(fields)} fields.")
             image_id, question = fields
             if image_id not in answers:
                 raise ValueError(f"{references[0]}: no reference answer for image {image_id} of {file.name}.")

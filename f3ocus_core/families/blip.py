@@ -25,10 +25,17 @@ def build_processor(questions: list[str], answers: list[str], image_size: int = 
     ``[DEC]`` decoder start token) and the PIL BLIP image processor (no torchvision)."""
     tokenizer = BertTokenizer(  # transformers 5: BertTokenizer is the fast one (BertTokenizerFast an alias)
         tokenizer_object=word_tokenizer(
-            list(questions) + list(answers) + list(generative.QUESTION_WORDS), SPECIAL_TOKENS, "[UNK]",
-            "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]",
+            list(questions) + list(answers) + list(generative.QUESTION_WORDS),
+            SPECIAL_TOKENS,
+            "[UNK]",
+            "[CLS] $A [SEP]",
+            "[CLS] $A [SEP] $B [SEP]",
         ),
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
         bos_token="[DEC]",
     )
     images = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
@@ -41,9 +48,14 @@ def tiny_config(processor: BlipProcessor, labels: list[str]) -> BlipConfig:
     tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config = BlipConfig(
         text_config=dict(
-            **tower, vocab_size=len(tokenizer), encoder_hidden_size=32, max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
-            sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id,
+            **tower,
+            vocab_size=len(tokenizer),
+            encoder_hidden_size=32,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
         ),
         vision_config=dict(**tower, image_size=32, patch_size=8),
     )
@@ -56,8 +68,10 @@ def _question_states(model: BlipForQuestionAnswering, batch: Batch) -> torch.Ten
     image = model.vision_model(pixel_values=batch["pixel_values"])[0]
     image_mask = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
     return model.text_encoder(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        encoder_hidden_states=image, encoder_attention_mask=image_mask,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        encoder_hidden_states=image,
+        encoder_attention_mask=image_mask,
     )[0]
 
 
@@ -67,7 +81,8 @@ def _token_logits(base: BlipForQuestionAnswering, batch: Batch) -> tuple[torch.T
     question = _question_states(base, batch)
     ids, mask = batch["answer_ids"].flatten(0, 1), batch["answer_mask"].flatten(0, 1)
     out = base.text_decoder(
-        input_ids=ids, attention_mask=mask,
+        input_ids=ids,
+        attention_mask=mask,
         encoder_hidden_states=generative.repeat_rows(question, count),
         encoder_attention_mask=generative.repeat_rows(batch["attention_mask"], count),
     )

@@ -41,7 +41,10 @@ def build_processor(questions: list[str], answers: list[str], image_size: int = 
     texts = [prompt(q) for q in questions] + list(answers) + list(generative.QUESTION_WORDS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=word_tokenizer(texts, SPECIAL_TOKENS, "<unk>", "<s> $A", "<s> $A $B"),
-        pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
     )
     images = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
     return Blip2Processor(image_processor=images, tokenizer=tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
@@ -55,9 +58,16 @@ def tiny_config(processor: Blip2Processor, labels: list[str]) -> Blip2Config:
         vision_config=dict(**tower, image_size=32, patch_size=8),
         qformer_config=dict(**tower, encoder_hidden_size=32, vocab_size=len(tokenizer)),
         text_config=OPTConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32,
-            vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         ),
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
@@ -79,8 +89,10 @@ def _token_logits(base: Blip2ForConditionalGeneration, batch: Batch) -> tuple[to
     _check_decoder_only(base)
     image_token = base.config.image_token_index
     if image_token is None:
-        raise ValueError("model.name: the BLIP-2 config sets no image_token_index (where the image features go); "
-                         "use a checkpoint whose config and processor set it.")
+        raise ValueError(
+            "model.name: the BLIP-2 config sets no image_token_index (where the image features go); "
+            "use a checkpoint whose config and processor set it."
+        )
     features = base.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
     return generative.decoder_only_token_logits(
         base.language_model, base.get_input_embeddings(), features, image_token, batch

@@ -96,8 +96,13 @@ def yes_no_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def make_collate(
-    processor: ProcessorMixin, labels: list[str], prompt: Callable[[str], str], prefix: list[int], eos: int,
-    max_text_len: int | None, multi_label: bool = False,
+    processor: ProcessorMixin,
+    labels: list[str],
+    prompt: Callable[[str], str],
+    prefix: list[int],
+    eos: int,
+    max_text_len: int | None,
+    multi_label: bool = False,
 ) -> Collate:
     """Rows -> prompts through ``processor`` (right-padded), the answer set tokenised, multi-hot
     ``labels``; with ``multi_label``, the labels' yes/no rows and ``yes_no`` instead."""
@@ -185,7 +190,11 @@ def join_prompt_answers(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def decoder_only_token_logits(
-    language_model: torch.nn.Module, embed: torch.nn.Module, features: torch.Tensor, image_token: int, batch: Batch,
+    language_model: torch.nn.Module,
+    embed: torch.nn.Module,
+    features: torch.Tensor,
+    image_token: int,
+    batch: Batch,
     prefix_lm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token logits ``(n*A, P+T, V)`` of every (example, answer) sequence of a decoder-only language
@@ -259,7 +268,7 @@ def greedy(step: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, st
         done |= token == eos
         if bool(done.all()):
             break
-    return [row.tolist() for row in ids[:, start.shape[1]:]]
+    return [row.tolist() for row in ids[:, start.shape[1] :]]
 
 
 #: A family's teacher-forced pass: ``(token logits, ids, scored mask)`` of the answer (or yes/no) rows.

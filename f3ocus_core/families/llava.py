@@ -44,14 +44,21 @@ def build_processor(
     texts = [prompt(q) for q in questions] + list(answers) + list(generative.QUESTION_WORDS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=word_tokenizer(texts, SPECIAL_TOKENS, "<unk>", "<s> $A", "<s> $A $B"),
-        pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
     )
     images = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return LlavaProcessor(
-        image_processor=images, tokenizer=tokenizer, patch_size=patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>",
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
     )
 
 
@@ -66,8 +73,12 @@ def tiny_config(processor: LlavaProcessor, labels: list[str]) -> LlavaConfig:
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**tower, image_size=32, patch_size=8),
         text_config=LlamaConfig(
-            **tower, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            **tower,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),

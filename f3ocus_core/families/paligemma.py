@@ -43,7 +43,10 @@ def build_processor(
         tokenizer_object=word_tokenizer(
             list(questions) + list(answers) + list(generative.QUESTION_WORDS), SPECIAL_TOKENS, "<unk>", "$A", "$A $B"
         ),
-        pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
     )
     images = SiglipImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_seq_length=(image_size // patch_size) ** 2
@@ -56,13 +59,25 @@ def tiny_config(processor: PaliGemmaProcessor, labels: list[str]) -> PaliGemmaCo
     tokenizer = processor.tokenizer
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-            patch_size=8, vision_use_head=False,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            vision_use_head=False,
         ),
         text_config=GemmaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-            intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=64,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),

@@ -48,7 +48,8 @@ def loss_gradients(ctx: ScoringContext, create_graph: bool = False) -> list[list
 
 
 def _per_layer(
-    ctx: ScoringContext, grads: list[list[torch.Tensor]],
+    ctx: ScoringContext,
+    grads: list[list[torch.Tensor]],
     fn: Callable[[list[torch.Tensor], list[torch.Tensor]], torch.Tensor | float],
 ) -> np.ndarray:
     return np.array(
@@ -106,9 +107,7 @@ def fedselect_scores(ctx: ScoringContext) -> np.ndarray:
     approximation ``Δθ = -η g``; η cancels in the normalisation, leaving ``mean |g|`` per layer.
     """
     grads = loss_gradients(ctx)
-    return _per_layer(
-        ctx, grads, lambda ps, gs: sum(g.abs().sum() for g in gs) / sum(g.numel() for g in gs)
-    )
+    return _per_layer(ctx, grads, lambda ps, gs: sum(g.abs().sum() for g in gs) / sum(g.numel() for g in gs))
 
 
 def spt_scores(ctx: ScoringContext) -> np.ndarray:

@@ -133,9 +133,10 @@ def layer_grams(
     n, kappa = outputs.shape
     rows = n * kappa
     for cap in captures:
-        cap.valid = cap.valid and bool(cap.outputs) and all(
-            x.shape[0] == n and y.shape[0] == n and y.requires_grad
-            for x, y in zip(cap.inputs, cap.outputs)
+        cap.valid = (
+            cap.valid
+            and bool(cap.outputs)
+            and all(x.shape[0] == n and y.shape[0] == n and y.requires_grad for x, y in zip(cap.inputs, cap.outputs))
         )
         if not cap.valid:
             generic[cap.layer].extend(cap.params.values())
@@ -150,9 +151,7 @@ def layer_grams(
     return grams
 
 
-def _output_gradients(
-    outputs: torch.Tensor, targets: list[torch.Tensor], keep_graph: bool
-) -> list[torch.Tensor]:
+def _output_gradients(outputs: torch.Tensor, targets: list[torch.Tensor], keep_graph: bool) -> list[torch.Tensor]:
     """For every target, the gradients of ``Σ_s f_{s,o}`` for each output o: ``(κ, *target.shape)``."""
     n, kappa = outputs.shape
     cotangents = torch.zeros(kappa, n, kappa, dtype=outputs.dtype, device=outputs.device)
@@ -291,10 +290,7 @@ def _layernorm_gram(
     n = inputs[0].shape[0]
     width = math.prod(module.normalized_shape)
     normed = torch.cat(
-        [
-            F.layer_norm(xi, module.normalized_shape, eps=module.eps).reshape(n, -1, width)
-            for xi in inputs
-        ],
+        [F.layer_norm(xi, module.normalized_shape, eps=module.eps).reshape(n, -1, width) for xi in inputs],
         dim=1,
     )
     g = g.reshape(rows, -1, width)

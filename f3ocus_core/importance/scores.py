@@ -56,9 +56,7 @@ def layer_scores_from_raw(method: str, raw: np.ndarray, layer_names: tuple[str, 
     """
     raw = np.asarray(raw, dtype=np.float64).reshape(-1)
     if raw.shape[0] != len(layer_names):
-        raise ValueError(
-            f"Scorer {method!r} returned {raw.shape[0]} values for {len(layer_names)} layers."
-        )
+        raise ValueError(f"Scorer {method!r} returned {raw.shape[0]} values for {len(layer_names)} layers.")
     for name, value in zip(layer_names, raw):
         if not np.isfinite(value):
             raise ValueError(
@@ -67,8 +65,7 @@ def layer_scores_from_raw(method: str, raw: np.ndarray, layer_names: tuple[str, 
             )
         if value < 0:
             raise ValueError(
-                f"Scorer {method!r} gave a negative score ({value}) for layer {name!r}; "
-                "scores must be non-negative."
+                f"Scorer {method!r} gave a negative score ({value}) for layer {name!r}; scores must be non-negative."
             )
     total = raw.sum()
     if total <= 0:

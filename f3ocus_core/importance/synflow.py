@@ -17,10 +17,7 @@ def all_ones_input(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     example's token ids and masks, never through its image or labels.
     """
     single = {key: value[:1] for key, value in model_inputs(batch).items()}
-    return {
-        key: torch.ones_like(value) if value.is_floating_point() else value
-        for key, value in single.items()
-    }
+    return {key: torch.ones_like(value) if value.is_floating_point() else value for key, value in single.items()}
 
 
 def synflow_scores(ctx: ScoringContext) -> np.ndarray:

@@ -30,8 +30,15 @@ if TYPE_CHECKING:
     from f3ocus_core.layers import LayerMap
     from f3ocus_core.peft_settings import PeftSettings
 
-MODES: dict[str, ModuleType] = {"lora": lora, "adapter": adapter, "layernorm": layernorm, "bias": bias,
-                                "prompt": prompt, "ia3": ia3, "full": full}
+MODES: dict[str, ModuleType] = {
+    "lora": lora,
+    "adapter": adapter,
+    "layernorm": layernorm,
+    "bias": bias,
+    "prompt": prompt,
+    "ia3": ia3,
+    "full": full,
+}
 #: The values of ``peft.method``.
 PEFT_METHODS: tuple[str, ...] = tuple(MODES)
 

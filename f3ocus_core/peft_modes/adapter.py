@@ -47,16 +47,20 @@ class BottleneckAdapter(nn.Module):
 
 def feedforward_outputs(model: nn.Module, layer_map: LayerMap) -> list[list[str]]:
     """Per layer, the names of its feed-forward down-projections (linear, input wider than output)."""
-    return [[name for name, module in layer if type(module) is nn.Linear and module.in_features > module.out_features]
-            for layer in layer_modules(model, layer_map)]
+    return [
+        [name for name, module in layer if type(module) is nn.Linear and module.in_features > module.out_features]
+        for layer in layer_modules(model, layer_map)
+    ]
 
 
 def unfit(model: nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
     """Why some layer cannot take an adapter (it has no feed-forward down-projection), or ``None``."""
     empty = [layer_map.names[i] for i, names in enumerate(feedforward_outputs(model, layer_map)) if not names]
     if empty:
-        return (f"'adapter' needs a feed-forward output (a linear module narrowing its input) in every layer; "
-                f"{empty[:4]} have none")
+        return (
+            f"'adapter' needs a feed-forward output (a linear module narrowing its input) in every layer; "
+            f"{empty[:4]} have none"
+        )
     return None
 
 

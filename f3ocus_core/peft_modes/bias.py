@@ -20,8 +20,11 @@ PEFT_FORMAT = False
 def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:
     """Why some layer cannot take BitFit (none of its own modules has a bias, as in Llama and Gemma
     decoder layers), or ``None``."""
-    empty = [layer_map.names[i] for i, params in enumerate(layer_map.own_parameters(model))
-             if not any(is_unit(name) for name, _ in params)]
+    empty = [
+        layer_map.names[i]
+        for i, params in enumerate(layer_map.own_parameters(model))
+        if not any(is_unit(name) for name, _ in params)
+    ]
     if empty:
         return f"'bias' needs bias terms in every layer; {empty[:4]}{' ...' if len(empty) > 4 else ''} have none"
     return None

@@ -29,8 +29,10 @@ def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) 
 
     matched = check_targets(model, layer_map, settings.target_modules)
     feedforward = [name for layer in matched for name, module in layer if module.in_features > module.out_features]
-    config = IA3Config(target_modules=target_regex(layer_map, settings.target_modules),
-                       feedforward_modules="|".join(re.escape(name) for name in feedforward) or [])
+    config = IA3Config(
+        target_modules=target_regex(layer_map, settings.target_modules),
+        feedforward_modules="|".join(re.escape(name) for name in feedforward) or [],
+    )
     return get_peft_model(model, config)
 
 

@@ -24,9 +24,14 @@ PEFT_FORMAT = True
 
 def norm_modules(model: torch.nn.Module, layer_map: LayerMap) -> list[list[str]]:
     """Per layer, the names of its normalisation modules (with parameters)."""
-    return [[name for name, module in layer if type(module).__name__.endswith("Norm")
-             and any(True for _ in module.parameters(recurse=False))]
-            for layer in layer_modules(model, layer_map)]
+    return [
+        [
+            name
+            for name, module in layer
+            if type(module).__name__.endswith("Norm") and any(True for _ in module.parameters(recurse=False))
+        ]
+        for layer in layer_modules(model, layer_map)
+    ]
 
 
 def unfit(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) -> str | None:

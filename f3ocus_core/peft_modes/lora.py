@@ -21,8 +21,12 @@ def attach(model: torch.nn.Module, layer_map: LayerMap, settings: PeftSettings) 
     from peft import LoraConfig, get_peft_model
 
     check_targets(model, layer_map, settings.target_modules)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=target_regex(layer_map, settings.target_modules))
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=target_regex(layer_map, settings.target_modules),
+    )
     return get_peft_model(model, config)
 
 

@@ -30,8 +30,14 @@ if TYPE_CHECKING:
 PEFT_FORMAT = False
 PARAMETER = "prompt_tokens"
 #: Block arguments that tie tokens to positions; a block taking one of them cannot take prompts.
-POSITIONAL = ("position_ids", "position_embeddings", "cache_position", "past_key_value", "past_key_values",
-              "rotary_pos_emb")
+POSITIONAL = (
+    "position_ids",
+    "position_embeddings",
+    "cache_position",
+    "past_key_value",
+    "past_key_values",
+    "rotary_pos_emb",
+)
 MASK = "attention_mask"
 
 

@@ -48,8 +48,14 @@ def block_of(modules: NamedModules) -> tuple[str, torch.nn.Module]:
 
 def linear_names(model: torch.nn.Module, layer_map: LayerMap) -> list[str]:
     """The last name part of every ``nn.Linear`` inside the layers: what ``peft.target-modules`` can name."""
-    return sorted({name.rpartition(".")[2] for modules in layer_modules(model, layer_map)
-                   for name, module in modules if isinstance(module, torch.nn.Linear)})
+    return sorted(
+        {
+            name.rpartition(".")[2]
+            for modules in layer_modules(model, layer_map)
+            for name, module in modules
+            if isinstance(module, torch.nn.Linear)
+        }
+    )
 
 
 def check_targets(
@@ -63,8 +69,10 @@ def check_targets(
         Naming ``peft.target-modules``, the first layers without a match and the names that would work.
     """
     pattern = re.compile(target_regex(layer_map, modules))
-    matched = [[(name, module) for name, module in layer if isinstance(module, torch.nn.Linear)
-                and pattern.fullmatch(name)] for layer in layer_modules(model, layer_map)]
+    matched = [
+        [(name, module) for name, module in layer if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name)]
+        for layer in layer_modules(model, layer_map)
+    ]
     empty = [layer_map.names[i] for i, found in enumerate(matched) if not found]
     if empty:
         raise ConfigError(

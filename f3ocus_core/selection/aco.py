@@ -90,11 +90,13 @@ class ACOParams(MetaheuristicParams):
         positive("daemon", self.daemon, "aco", allow_zero=True)
         positive("stages", self.stages, "aco")
         if self.iterations == 0 and self.lagrangian_start == 0:
-            raise ValueError("selector 'aco' with iterations=0 and lagrangian_start=0 builds no assignment; "
-                             "set one of them above 0.")
+            raise ValueError(
+                "selector 'aco' with iterations=0 and lagrangian_start=0 builds no assignment; set one of them above 0."
+            )
         if self.tau_max < self.tau_min:
-            raise ValueError(f"parameter 'tau_max' of selector 'aco' must be >= tau_min ({self.tau_min}); "
-                             f"got {self.tau_max}.")
+            raise ValueError(
+                f"parameter 'tau_max' of selector 'aco' must be >= tau_min ({self.tau_min}); got {self.tau_max}."
+            )
 
 
 def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[Archive, dict]:
@@ -116,8 +118,9 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     top = problem.scores.max(axis=1, keepdims=True)
     desirability = np.log(np.where(top > 0, problem.scores / np.where(top > 0, top, 1.0), 0.0) + 1e-3)
     for _ in range(params.iterations):
-        masks = polish_if(problem, _construct(problem, rng, tau_imp, tau_bal, tau_count, desirability, weights, params),
-                          params.polish)
+        masks = polish_if(
+            problem, _construct(problem, rng, tau_imp, tau_bal, tau_count, desirability, weights, params), params.polish
+        )
         importance, variance = problem.evaluate(masks)
         evaluations += len(masks)
         archive.update(masks, importance, variance)
@@ -133,9 +136,16 @@ def run(problem: Problem, rng: np.random.Generator, params: ACOParams) -> tuple[
     return archive, {"evaluations": evaluations}
 
 
-def _construct(problem: Problem, rng: np.random.Generator, tau_imp: np.ndarray, tau_bal: np.ndarray,
-               tau_count: np.ndarray, desirability: np.ndarray, weights: np.ndarray,
-               params: ACOParams) -> np.ndarray:
+def _construct(
+    problem: Problem,
+    rng: np.random.Generator,
+    tau_imp: np.ndarray,
+    tau_bal: np.ndarray,
+    tau_count: np.ndarray,
+    desirability: np.ndarray,
+    weights: np.ndarray,
+    params: ACOParams,
+) -> np.ndarray:
     """One colony: every ant builds a full assignment, its clients in ``stages`` groups in its own order."""
     ants = len(weights)
     n_clients, n_layers = problem.n_clients, problem.n_layers
@@ -167,11 +177,20 @@ def _kth_largest(keys: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.take_along_axis(top, (k - 1)[..., None], axis=-1)[..., 0]
 
 
-def _deposit(tau_imp: np.ndarray, tau_bal: np.ndarray, tau_count: np.ndarray, masks: np.ndarray,
-             importance: np.ndarray, variance: np.ndarray, params: ACOParams) -> None:
+def _deposit(
+    tau_imp: np.ndarray,
+    tau_bal: np.ndarray,
+    tau_count: np.ndarray,
+    masks: np.ndarray,
+    importance: np.ndarray,
+    variance: np.ndarray,
+    params: ACOParams,
+) -> None:
     """Best and second-best ant per objective reinforce that objective's trail; clip to the bounds."""
-    for trail, ranking in ((tau_imp, np.argsort(-importance, kind="stable")),
-                           (tau_bal, np.lexsort((-importance, variance)))):
+    for trail, ranking in (
+        (tau_imp, np.argsort(-importance, kind="stable")),
+        (tau_bal, np.lexsort((-importance, variance))),
+    ):
         for amount, index in zip((1.0, 0.5), ranking[:2]):
             trail += amount * masks[index]
             sizes = masks[index].sum(axis=1)

@@ -136,8 +136,9 @@ _EDIT_VALUES = np.array([False, True, True, False])
 _EDIT_SIGN = np.where(_EDIT_VALUES, 1, -1)
 
 
-def _propose(problem: Problem, masks: np.ndarray, rng: np.random.Generator,
-             exchange: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _propose(
+    problem: Problem, masks: np.ndarray, rng: np.random.Generator, exchange: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One random move per chain as up to four edits ``masks[k, client, layer] = value``.
 
     Returns ``(clients, layers, values, valid)``, each ``(K, 4)``; invalid edits are no-ops.
@@ -175,8 +176,9 @@ def _propose(problem: Problem, masks: np.ndarray, rng: np.random.Generator,
     return clients, layers, np.broadcast_to(_EDIT_VALUES, (chains, 4)), valid
 
 
-def _apply(masks: np.ndarray, index: np.ndarray, clients: np.ndarray, layers: np.ndarray, values: np.ndarray,
-           valid: np.ndarray) -> None:
+def _apply(
+    masks: np.ndarray, index: np.ndarray, clients: np.ndarray, layers: np.ndarray, values: np.ndarray, valid: np.ndarray
+) -> None:
     """Apply edits to ``masks[index]`` in place."""
     k, e = np.nonzero(valid)
     masks[index[k], clients[k, e], layers[k, e]] = values[k, e]

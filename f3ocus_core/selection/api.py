@@ -35,8 +35,10 @@ class FixedParams:
         if not self.layers:
             raise ValueError("selector 'fixed' needs its layers, e.g. selection.params='layers=0+1'.")
         if min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"parameter 'layers' of selector 'fixed' must be distinct layer ids >= 0; "
-                             f"got {'+'.join(map(str, self.layers))}.")
+            raise ValueError(
+                f"parameter 'layers' of selector 'fixed' must be distinct layer ids >= 0; "
+                f"got {'+'.join(map(str, self.layers))}."
+            )
 
 
 def _fixed(problem: Problem, rng: np.random.Generator, params: FixedParams) -> tuple[np.ndarray, dict]:
@@ -45,12 +47,15 @@ def _fixed(problem: Problem, rng: np.random.Generator, params: FixedParams) -> t
     del rng
     layers = list(params.layers)
     if max(layers) >= problem.n_layers:
-        raise ValueError(f"selector 'fixed': layer {max(layers)} does not exist; the model has layers "
-                         f"0..{problem.n_layers - 1}.")
+        raise ValueError(
+            f"selector 'fixed': layer {max(layers)} does not exist; the model has layers 0..{problem.n_layers - 1}."
+        )
     short = [int(b) for b in problem.budgets if (len(layers) != b if problem.exact_budget else len(layers) > b)]
     if short:
-        raise ValueError(f"selector 'fixed': {len(layers)} layers, but the budgets are {short}; set "
-                         f"selection.budget='{len(layers)}'.")
+        raise ValueError(
+            f"selector 'fixed': {len(layers)} layers, but the budgets are {short}; set "
+            f"selection.budget='{len(layers)}'."
+        )
     masks = np.zeros((problem.n_clients, problem.n_layers), dtype=bool)
     masks[:, layers] = True
     return masks[None], {}
@@ -80,19 +85,29 @@ def selector_params(algorithm: str, params: Mapping[str, Any]) -> Any:
     algorithm or parameter (with the closest known name) or a value out of range.
     """
     if algorithm not in _SELECTORS:
-        raise ValueError(f"unknown selection algorithm {algorithm!r}{did_you_mean(algorithm, ALGORITHMS)}; "
-                         f"choose one of {', '.join(ALGORITHMS)}.")
+        raise ValueError(
+            f"unknown selection algorithm {algorithm!r}{did_you_mean(algorithm, ALGORITHMS)}; "
+            f"choose one of {', '.join(ALGORITHMS)}."
+        )
     defaults = _SELECTORS[algorithm][1]
     if defaults is None:
         if params:
-            raise ValueError(f"unknown parameter {next(iter(params))!r} for selector {algorithm!r}; "
-                             "it takes no parameters.")
+            raise ValueError(
+                f"unknown parameter {next(iter(params))!r} for selector {algorithm!r}; it takes no parameters."
+            )
         return None
     return resolve_params(defaults, algorithm, dict(params))
 
 
-def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "nsga2", seed: int = 0,
-           pick: str = "knee", exact_budget: bool = True, **params: Any) -> SelectionResult:
+def select(
+    scores: np.ndarray,
+    budgets: int | Sequence[int],
+    algorithm: str = "nsga2",
+    seed: int = 0,
+    pick: str = "knee",
+    exact_budget: bool = True,
+    **params: Any,
+) -> SelectionResult:
     """Assign layers to clients: run a selector on the F3OCUS server problem and pick one point.
 
     Parameters
@@ -138,5 +153,13 @@ def select(scores: np.ndarray, budgets: int | Sequence[int], algorithm: str = "n
     chosen = pick_point(front, pick)
     if settings is not None:
         info = {**info, "params": {f.name: getattr(settings, f.name) for f in fields(settings)}}
-    return SelectionResult(masks=front_masks[chosen].copy(), front=front, front_masks=front_masks, chosen=chosen,
-                           algorithm=algorithm, seconds=time.perf_counter() - started, pick=pick, info=info)
+    return SelectionResult(
+        masks=front_masks[chosen].copy(),
+        front=front,
+        front_masks=front_masks,
+        chosen=chosen,
+        algorithm=algorithm,
+        seconds=time.perf_counter() - started,
+        pick=pick,
+        info=info,
+    )

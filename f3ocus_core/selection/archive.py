@@ -52,8 +52,9 @@ class Archive:
         if candidates.size == 0:
             return 0
         best = candidates[nondominated(importance[candidates], variance[candidates])]
-        beaten = ((importance[best][None, :] >= self._imp[:, None])
-                  & (variance[best][None, :] <= self._var[:, None])).any(1)
+        beaten = (
+            (importance[best][None, :] >= self._imp[:, None]) & (variance[best][None, :] <= self._var[:, None])
+        ).any(1)
         for index in np.flatnonzero(beaten)[::-1]:
             self.front.remove(int(index))
         for ind in make_individuals(masks[best], importance[best], variance[best]):

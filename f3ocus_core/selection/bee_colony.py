@@ -79,16 +79,18 @@ class ABCParams(MetaheuristicParams):
 def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[Archive, dict]:
     """Run the colony and return the archive of non-dominated assignments."""
     size = params.sources
-    food, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
-                                                                        params.polish)
+    food, importance, variance, archive, evaluations = first_population(
+        problem, rng, size, params.lagrangian_start, params.polish
+    )
     local = ParetoLocalSearch(problem, params.hull_walk)
     trials = np.zeros(size, dtype=int)
     for _ in range(params.cycles):
         candidate = polish_if(problem, _neighbours(problem, food, food, rng, params.mutation), params.polish)
         cand_imp, cand_var = problem.evaluate(candidate)
         archive.update(candidate, cand_imp, cand_var)
-        dominates = ((cand_imp >= importance) & (cand_var <= variance)
-                     & ((cand_imp > importance) | (cand_var < variance)))
+        dominates = (
+            (cand_imp >= importance) & (cand_var <= variance) & ((cand_imp > importance) | (cand_var < variance))
+        )
         dominated = (cand_imp <= importance) & (cand_var >= variance)
         better = dominates | (~dominated & (rng.random(size) < 0.5))
         food[better], importance[better], variance[better] = candidate[better], cand_imp[better], cand_var[better]
@@ -110,8 +112,9 @@ def run(problem: Problem, rng: np.random.Generator, params: ABCParams) -> tuple[
     return archive, {"evaluations": evaluations}
 
 
-def _neighbours(problem: Problem, bases: np.ndarray, food: np.ndarray, rng: np.random.Generator,
-                mutation: float) -> np.ndarray:
+def _neighbours(
+    problem: Problem, bases: np.ndarray, food: np.ndarray, rng: np.random.Generator, mutation: float
+) -> np.ndarray:
     """One neighbour per base: one client moves toward or away from a random food source, or (with
     probability ``mutation``, and when the rows leave no such move) a random budget-keeping move."""
     count, n_clients, n_layers = len(bases), problem.n_clients, problem.n_layers

@@ -45,8 +45,12 @@ def parse_budget(value: object) -> tuple[int, ...]:
     return budgets
 
 
-def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int], num_partitions: int | None = None,
-                   num_layers: int | None = None) -> list[int]:
+def client_budgets(
+    budget_setting: Sequence[int],
+    partition_ids: Sequence[int],
+    num_partitions: int | None = None,
+    num_layers: int | None = None,
+) -> list[int]:
     """The layer budget of each client, in the order of ``partition_ids``: the rule of ``selection.budget``.
 
     ``budget_setting`` is the parsed ``selection.budget`` (:func:`parse_budget`): one number for every
@@ -65,8 +69,9 @@ def client_budgets(budget_setting: Sequence[int], partition_ids: Sequence[int], 
         raise ConfigError(f"{BUDGET_KEY}: every budget must be >= 1, got {budgets}.")
     too_big = [b for b in budgets if num_layers is not None and b > num_layers]
     if too_big:
-        raise ConfigError(f"{BUDGET_KEY}: {too_big} exceed the model's {num_layers} layers; budgets must be "
-                          f"1..{num_layers}.")
+        raise ConfigError(
+            f"{BUDGET_KEY}: {too_big} exceed the model's {num_layers} layers; budgets must be 1..{num_layers}."
+        )
     if num_partitions is not None:
         values_for(budgets, num_partitions, BUDGET_KEY, "budgets", "number")
     return values_of(budgets, partition_ids, BUDGET_KEY, "budgets", "number")
@@ -100,8 +105,9 @@ def check_scores(scores: np.ndarray | Sequence[float], num_layers: int, budget: 
     return array
 
 
-def fallback_assignment(last_valid_scores: np.ndarray | None, budget: int, num_layers: int,
-                        rng: np.random.Generator) -> list[int]:
+def fallback_assignment(
+    last_valid_scores: np.ndarray | None, budget: int, num_layers: int, rng: np.random.Generator
+) -> list[int]:
     """Layers for a client whose scores this round are unusable, sorted.
 
     Its own top-``budget`` layers of the last valid scores it sent (ties to the lower layer), or, if

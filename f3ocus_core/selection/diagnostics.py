@@ -25,8 +25,9 @@ import numpy as np
 from f3ocus_core.selection.problem import top_b_masks
 
 
-def coverage_diagnostics(clients: Sequence[str], assigned: np.ndarray,
-                         scores: Mapping[str, tuple[Sequence[float], int]]) -> dict:
+def coverage_diagnostics(
+    clients: Sequence[str], assigned: np.ndarray, scores: Mapping[str, tuple[Sequence[float], int]]
+) -> dict:
     """The diagnostics of one round (see the module docstring).
 
     Parameters

@@ -149,8 +149,15 @@ class _Sweep:
         best = float(scores[incumbent].sum()) if incumbent is not None else -np.inf
         a_ub = sparse.vstack([self.a_ub_fixed, self.q_row]).tocsr()
         b_ub = np.concatenate([self.b_ub_fixed, [float(q)]])
-        lp = linprog(self.cost, A_ub=a_ub, b_ub=b_ub, A_eq=self.a_eq, b_eq=self.b_eq,
-                     bounds=np.column_stack([self.lower, self.upper]), method="highs")
+        lp = linprog(
+            self.cost,
+            A_ub=a_ub,
+            b_ub=b_ub,
+            A_eq=self.a_eq,
+            b_eq=self.b_eq,
+            bounds=np.column_stack([self.lower, self.upper]),
+            method="highs",
+        )
         stats["lp_solves"] += 1
         if lp.status == 2:
             return None
@@ -169,8 +176,13 @@ class _Sweep:
         options = {"mip_rel_gap": 1e-9}
         if seconds is not None:
             options["time_limit"] = max(seconds, 1e-3)
-        res = milp(self.cost, integrality=self.integrality, bounds=Bounds(lower, upper),
-                   constraints=constraints, options=options)
+        res = milp(
+            self.cost,
+            integrality=self.integrality,
+            bounds=Bounds(lower, upper),
+            constraints=constraints,
+            options=options,
+        )
         stats["milp_solves"] += 1
         if res.status == 1:
             raise _OutOfTime
@@ -181,16 +193,23 @@ class _Sweep:
     def _integral(self, solution: np.ndarray) -> np.ndarray:
         """The 0/1 assignment of a MILP solution; re-solved as a transportation LP if x is fractional."""
         x = solution[: self.nx].reshape(self.n, self.l)
-        counts = np.round(solution[self.nx: self.nx + self.l]).astype(int)
+        counts = np.round(solution[self.nx : self.nx + self.l]).astype(int)
         masks = x > 0.5
         if np.abs(x - masks).max() < 1e-6 and (masks.sum(0) == counts).all():
             return masks
         lower, upper = self.lower.copy(), self.upper.copy()
-        lower[self.nx: self.nx + self.l] = upper[self.nx: self.nx + self.l] = counts
+        lower[self.nx : self.nx + self.l] = upper[self.nx : self.nx + self.l] = counts
         a_ub = sparse.vstack([self.a_ub_fixed, self.q_row]).tocsr()
         b_ub = np.concatenate([self.b_ub_fixed, [np.inf]])
-        lp = linprog(self.cost, A_ub=a_ub, b_ub=b_ub, A_eq=self.a_eq, b_eq=self.b_eq,
-                     bounds=np.column_stack([lower, upper]), method="highs-ds")
+        lp = linprog(
+            self.cost,
+            A_ub=a_ub,
+            b_ub=b_ub,
+            A_eq=self.a_eq,
+            b_eq=self.b_eq,
+            bounds=np.column_stack([lower, upper]),
+            method="highs-ds",
+        )
         return lp.x[: self.nx].reshape(self.n, self.l) > 0.5
 
 
@@ -286,10 +305,10 @@ def _transfer_gains(scores: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, 
     np.fill_diagonal(gains, -np.inf)
     hop = np.tile(np.arange(n_layers), (n_layers, 1))
     for k in range(n_layers):
-        through = gains[:, k: k + 1] + gains[k: k + 1, :]
+        through = gains[:, k : k + 1] + gains[k : k + 1, :]
         better = through > gains + 1e-15
         gains = np.where(better, through, gains)
-        hop = np.where(better, hop[:, k: k + 1], hop)
+        hop = np.where(better, hop[:, k : k + 1], hop)
     return gains, hop, who
 
 

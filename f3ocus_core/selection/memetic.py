@@ -76,8 +76,9 @@ class ParetoLocalSearch:
         if member.size == 0:
             return walked + len(members)
         best = nondominated(imp, var)
-        moved = np.stack([apply_move(problem, members[member[k]], int(start[k]), int(end[k]), hop[member[k]])
-                          for k in best])
+        moved = np.stack(
+            [apply_move(problem, members[member[k]], int(start[k]), int(end[k]), hop[member[k]]) for k in best]
+        )
         archive.update(moved, *problem.evaluate(moved))
         return walked + len(members) + len(moved)
 
@@ -154,8 +155,9 @@ def polish_if(problem: Problem, masks: np.ndarray, enabled: bool) -> np.ndarray:
     return polish(problem, masks) if enabled and len(masks) else masks
 
 
-def vary(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float, polished: bool,
-         guided: float = 0.5) -> np.ndarray:
+def vary(
+    problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float, polished: bool, guided: float = 0.5
+) -> np.ndarray:
     """Mutation of a selector: exact coverage moves with ``polished``, else budget-keeping swaps."""
     if not len(masks):
         return masks
@@ -164,8 +166,9 @@ def vary(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: fl
     return mutate(problem, masks, rng, rate, guided)
 
 
-def coverage_mutation(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float,
-                      guided: float = 0.5) -> np.ndarray:
+def coverage_mutation(
+    problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float, guided: float = 0.5
+) -> np.ndarray:
     """Assignments polished, then each moved by ``1 + Poisson(rate - 1)`` exact unit moves of coverage.
 
     A move shifts one unit of coverage from one layer to another (with ``exact_budget=False`` also

@@ -73,8 +73,9 @@ class MOPSOParams(MetaheuristicParams):
 def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tuple[Archive, dict]:
     """Fly the swarm and return the repository of non-dominated assignments."""
     size = params.particles
-    position, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
-                                                                         params.polish)
+    position, importance, variance, archive, evaluations = first_population(
+        problem, rng, size, params.lagrangian_start, params.polish
+    )
     local = ParetoLocalSearch(problem, params.hull_walk)
     best, best_imp, best_var = position.copy(), importance.copy(), variance.copy()
     weights = np.array([params.inertia, params.cognitive, params.social], dtype=float)
@@ -83,8 +84,9 @@ def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tupl
         leaders = archive.masks(archive.sample(rng, size))
         source = np.searchsorted(cumulative, rng.random((size, problem.n_clients)), side="right")
         source = np.minimum(source, 2)[..., None]
-        position = polish_if(problem, np.where(source == 0, position, np.where(source == 1, best, leaders)),
-                             params.polish)
+        position = polish_if(
+            problem, np.where(source == 0, position, np.where(source == 1, best, leaders)), params.polish
+        )
         fading = 1.0 - 0.75 * step / max(params.iterations - 1, 1)
         shaken = rng.random(size) < params.turbulence * fading
         if shaken.any():
@@ -93,8 +95,9 @@ def run(problem: Problem, rng: np.random.Generator, params: MOPSOParams) -> tupl
         evaluations += size
         archive.update(position, importance, variance)
         evaluations += local.step(archive, rng, params.local_search)
-        dominates = ((importance >= best_imp) & (variance <= best_var)
-                     & ((importance > best_imp) | (variance < best_var)))
+        dominates = (
+            (importance >= best_imp) & (variance <= best_var) & ((importance > best_imp) | (variance < best_var))
+        )
         dominated = (importance <= best_imp) & (variance >= best_var)
         replace = dominates | (~dominated & (rng.random(size) < 0.5))
         best[replace] = position[replace]

@@ -70,8 +70,9 @@ def _first_multiplier(scores: np.ndarray, masks: np.ndarray) -> float:
     return float(np.quantile(ratio, _LAM_QUANTILE))
 
 
-def initial_population(problem: Problem, rng: np.random.Generator, size: int,
-                       lagrangian_start: int) -> tuple[np.ndarray, np.ndarray]:
+def initial_population(
+    problem: Problem, rng: np.random.Generator, size: int, lagrangian_start: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The first ``size`` assignments, and all ``lagrangian_start`` Lagrangian assignments.
 
     With at least as many Lagrangian assignments as places, the population takes them evenly spread
@@ -84,8 +85,9 @@ def initial_population(problem: Problem, rng: np.random.Generator, size: int,
     return np.concatenate([start, problem.random_masks(rng, size - lagrangian_start)]), start
 
 
-def first_population(problem: Problem, rng: np.random.Generator, size: int, lagrangian_start: int,
-                     polished: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
+def first_population(
+    problem: Problem, rng: np.random.Generator, size: int, lagrangian_start: int, polished: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Archive, int]:
     """The first population of a population-based selector, ready to iterate.
 
     Returns the ``size`` starting assignments (with ``polished``, each made the most important one of
@@ -103,8 +105,14 @@ def first_population(problem: Problem, rng: np.random.Generator, size: int, lagr
     return masks, importance, variance, archive, size + len(start)
 
 
-def mutate(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: float,
-           guided: float = 0.5, exchange: float = 0.3) -> np.ndarray:
+def mutate(
+    problem: Problem,
+    masks: np.ndarray,
+    rng: np.random.Generator,
+    rate: float,
+    guided: float = 0.5,
+    exchange: float = 0.3,
+) -> np.ndarray:
     """A mutated copy of a population made of budget-keeping moves.
 
     Each assignment gets ``1 + Poisson(rate - 1)`` moves (``rate`` is the mean number of moves). A
@@ -133,8 +141,9 @@ def mutate(problem: Problem, masks: np.ndarray, rng: np.random.Generator, rate: 
     return masks
 
 
-def _random_single(problem: Problem, masks: np.ndarray, active: np.ndarray, guide: np.ndarray,
-                   rng: np.random.Generator) -> None:
+def _random_single(
+    problem: Problem, masks: np.ndarray, active: np.ndarray, guide: np.ndarray, rng: np.random.Generator
+) -> None:
     """One swap (or drop/add) of a random client in each assignment ``active``, in place."""
     n_layers = problem.n_layers
     client = rng.integers(problem.n_clients, size=active.size)
@@ -159,8 +168,9 @@ def _random_single(problem: Problem, masks: np.ndarray, active: np.ndarray, guid
     masks[active[do_add], client[do_add], add[do_add]] = True
 
 
-def _random_exchange(problem: Problem, masks: np.ndarray, active: np.ndarray, guide: np.ndarray,
-                     rng: np.random.Generator) -> np.ndarray:
+def _random_exchange(
+    problem: Problem, masks: np.ndarray, active: np.ndarray, guide: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """One exchange between two random clients of each assignment ``active``, in place.
 
     Returns which assignments were changed (two clients with identical rows cannot trade).
@@ -209,8 +219,10 @@ def _single_client_descent(problem: Problem, masks: np.ndarray, lams: np.ndarray
                 size = row.sum(axis=1)
                 only_drop = -scores[i][drop] + lams * (2 * counts[rows, drop] - 1 - (2 * total - 1) / n_layers)
                 only_add = scores[i][add] - lams * (2 * counts[rows, add] + 1 - (2 * total + 1) / n_layers)
-                gains += [np.where(size > 1, only_drop, -np.inf),
-                          np.where(size < problem.budgets[i], only_add, -np.inf)]
+                gains += [
+                    np.where(size > 1, only_drop, -np.inf),
+                    np.where(size < problem.budgets[i], only_add, -np.inf),
+                ]
             stacked = np.stack(gains)
             move, best = stacked.argmax(axis=0), stacked.max(axis=0)
             act = best > 1e-12

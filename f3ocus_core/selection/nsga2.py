@@ -61,8 +61,9 @@ class NSGA2Params(MetaheuristicParams):
 def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tuple[Archive, dict]:
     """Evolve a population and return the archive of every non-dominated assignment seen."""
     size = params.population + params.population % 2
-    masks, importance, variance, archive, evaluations = first_population(problem, rng, size, params.lagrangian_start,
-                                                                         params.polish)
+    masks, importance, variance, archive, evaluations = first_population(
+        problem, rng, size, params.lagrangian_start, params.polish
+    )
     local = ParetoLocalSearch(problem, params.hull_walk)
     population = tools.selNSGA2(make_individuals(masks, importance, variance), size, nd="log")
     for _ in range(params.generations):
@@ -71,8 +72,7 @@ def run(problem: Problem, rng: np.random.Generator, params: NSGA2Params) -> tupl
         child_a, child_b = row_crossover(first, second, rng)
         keep = rng.random(len(first)) >= params.crossover
         child_a[keep], child_b[keep] = first[keep], second[keep]
-        children = vary(problem, np.concatenate([child_a, child_b]), rng, params.mutation, params.polish,
-                        params.guided)
+        children = vary(problem, np.concatenate([child_a, child_b]), rng, params.mutation, params.polish, params.guided)
         importance, variance = problem.evaluate(children)
         evaluations += len(children)
         archive.update(children, importance, variance)

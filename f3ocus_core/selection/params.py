@@ -64,8 +64,10 @@ def resolve_params(defaults: T, algorithm: str, params: dict[str, Any]) -> T:
     changes = {}
     for key, value in params.items():
         if key not in known:
-            raise ValueError(f"unknown parameter {key!r} for selector {algorithm!r}{did_you_mean(key, known)}; "
-                             f"known: {', '.join(sorted(known)) or 'none'}.")
+            raise ValueError(
+                f"unknown parameter {key!r} for selector {algorithm!r}{did_you_mean(key, known)}; "
+                f"known: {', '.join(sorted(known)) or 'none'}."
+            )
         current = getattr(defaults, key)
         changes[key] = _coerce(algorithm, key, value, current)
     result = replace(defaults, **changes)

@@ -50,8 +50,9 @@ def validate_problem(scores: np.ndarray, budgets: int | Sequence[int] | np.ndarr
     bad = ~np.isfinite(array)
     if bad.any():
         rows = sorted(set(np.nonzero(bad)[0].tolist()))
-        raise ValueError(f"scores contain NaN or inf (client rows {rows}); send finite scores or leave "
-                         "those clients out.")
+        raise ValueError(
+            f"scores contain NaN or inf (client rows {rows}); send finite scores or leave those clients out."
+        )
     if (array < 0).any():
         rows = sorted(set(np.nonzero(array < 0)[0].tolist()))
         raise ValueError(f"scores must be non-negative; negative values in client rows {rows}.")
@@ -60,8 +61,9 @@ def validate_problem(scores: np.ndarray, budgets: int | Sequence[int] | np.ndarr
     if raw.ndim == 0:
         raw = np.full(n_clients, raw)
     if raw.ndim != 1 or raw.shape[0] != n_clients:
-        raise ValueError(f"budgets must be one integer or a list of {n_clients} integers (one per client); "
-                         f"got shape {raw.shape}.")
+        raise ValueError(
+            f"budgets must be one integer or a list of {n_clients} integers (one per client); got shape {raw.shape}."
+        )
     if raw.dtype == bool or not np.issubdtype(raw.dtype, np.number):
         raise ValueError(f"budgets must be integers; got dtype {raw.dtype}.")
     if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
@@ -69,8 +71,10 @@ def validate_problem(scores: np.ndarray, budgets: int | Sequence[int] | np.ndarr
     budget_array = raw.astype(np.int64)
     outside = (budget_array < 1) | (budget_array > n_layers)
     if outside.any():
-        raise ValueError(f"every budget must lie in 1..{n_layers} (the number of layers); got "
-                         f"{budget_array[outside].tolist()} for client rows {np.flatnonzero(outside).tolist()}.")
+        raise ValueError(
+            f"every budget must lie in 1..{n_layers} (the number of layers); got "
+            f"{budget_array[outside].tolist()} for client rows {np.flatnonzero(outside).tolist()}."
+        )
     return array, budget_array
 
 

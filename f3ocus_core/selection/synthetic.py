@@ -23,8 +23,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def lntk_like_scores(n_clients: int, n_layers: int, seed: int | np.random.Generator = 0,
-                     shared_scale: float = 1.5, client_scale: float = 1.0) -> np.ndarray:
+def lntk_like_scores(
+    n_clients: int,
+    n_layers: int,
+    seed: int | np.random.Generator = 0,
+    shared_scale: float = 1.5,
+    client_scale: float = 1.0,
+) -> np.ndarray:
     """An ``(n_clients, n_layers)`` matrix of positive, row-normalised, heavy-tailed scores."""
     rng = np.random.default_rng(seed)
     shared = rng.normal(0.0, shared_scale, size=n_layers)

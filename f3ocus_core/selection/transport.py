@@ -68,8 +68,9 @@ def transfer_graph(problem: Problem, masks: np.ndarray) -> np.ndarray:
     return gain
 
 
-def arc_clients(problem: Problem, masks: np.ndarray, member: np.ndarray, start: np.ndarray,
-                end: np.ndarray) -> np.ndarray:
+def arc_clients(
+    problem: Problem, masks: np.ndarray, member: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
     """The client that gives each transfer arc ``start[k] -> end[k]`` of ``masks[member[k]]`` its weight.
 
     Arc ``a -> c`` (layers): the client training ``a`` and not ``c`` with the largest
@@ -118,8 +119,10 @@ def polish(problem: Problem, masks: np.ndarray, max_rounds: int = 10_000) -> np.
         traded = np.isin(active, pairs[:, 0])
         longer = np.flatnonzero(~traded)
         for k, cycles in zip(longer, _positive_cycles(gain[longer])):
-            arcs += [np.array([(active[k], a, c) for a, c in zip(cycle[:-1].tolist(), cycle[1:].tolist())],
-                              dtype=np.int64) for cycle in cycles]
+            arcs += [
+                np.array([(active[k], a, c) for a, c in zip(cycle[:-1].tolist(), cycle[1:].tolist())], dtype=np.int64)
+                for cycle in cycles
+            ]
             traded[k] = bool(cycles)
         arcs = np.concatenate(arcs).reshape(-1, 3)
         _apply_arcs(masks, arcs, arc_clients(problem, masks, *arcs.T))
@@ -183,17 +186,18 @@ def transfer_moves(problem: Problem, masks: np.ndarray) -> tuple[np.ndarray, np.
     nodes = gain.shape[1]
     hop = np.broadcast_to(np.arange(nodes), gain.shape).copy()
     for k in range(nodes):
-        through = gain[:, :, k: k + 1] + gain[:, k: k + 1, :]
+        through = gain[:, :, k : k + 1] + gain[:, k : k + 1, :]
         better = through > gain + _TOL
         np.copyto(gain, through, where=better)
-        np.copyto(hop, np.broadcast_to(hop[:, :, k: k + 1], hop.shape), where=better)
+        np.copyto(hop, np.broadcast_to(hop[:, :, k : k + 1], hop.shape), where=better)
     diagonal = np.arange(nodes)
     gain[:, diagonal, diagonal] = -np.inf
     return gain, hop
 
 
-def moved_objectives(problem: Problem, masks: np.ndarray, importance: np.ndarray,
-                     gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def moved_objectives(
+    problem: Problem, masks: np.ndarray, importance: np.ndarray, gain: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Importance and variance ``(P, K, K)`` after each unit move ``a -> c`` of :func:`transfer_moves`.
 
     The variance comes from integers: moving a unit from layer ``a`` to ``c`` changes ``sum n**2`` by
