@@ -177,7 +177,12 @@ def table(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=BUILTIN_MODEL, help="model.name (a built-in base is built once, cached)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="model.pretrain-steps")
+    parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=3000,
+        help="model.pretrain-steps (default: the shipped 3000, the base every run loads)",
+    )
     parser.add_argument("--pretrain-exclude", default="", help="model.pretrain-exclude, e.g. negation")
     parser.add_argument("--cache-dir", default="", help="model.cache-dir (default $F3OCUS_CACHE or ~/.cache/f3ocus)")
     parser.add_argument("--base-seed", type=int, default=0, help="seed of the base checkpoint (as f3ocus-compare)")
