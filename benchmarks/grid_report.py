@@ -7,9 +7,10 @@ Reads the cells of ``RESULTS/NAME/cells`` and prints:
   present, ``all-layers - heads-only`` and the best minus the worst fixed row of that seed, then the
   pair best and worst on the mean and their difference seed by seed (issue 18 asks for >= 0.05 and
   >= 0.03 on every seed);
-* **kinds**: per method the final accuracy of each kind of client of the default shifted setting
-  (plain 0, 4; inverted images 1, 5; negated questions 2, 6; both 3, 7), mean over clients and seeds,
-  and round 0 (the base with a fresh head);
+* **kinds**: per method the final accuracy of each kind of client, mean over clients and seeds, and
+  round 0 (the base with a fresh head); a kind is the clients with the same ``data.shift`` and
+  ``data.questions`` in the grid's ``grid.json`` (in the default shifted setting: plain 0, 4; inverted
+  images 1, 5; negated questions 2, 6; both 3, 7);
 * **coverage**: per method, mean over rounds and seeds, the layers trained by at least one client, the
   own top-b layers each client missed and the share of its own best importance it kept
   (``coverage_diagnostics`` of ``metrics.jsonl``).
@@ -20,14 +21,27 @@ Reads the cells of ``RESULTS/NAME/cells`` and prints:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
+from f3ocus_core.per_client import split_values, values_for
 from f3ocus_evidence.results import cell_result, read_rows
 
-#: The kinds of client of the default shifted setting (f3ocus_evidence.compare.SETTING), by partition.
-KINDS = {"plain": (0, 4), "inverted": (1, 5), "negation": (2, 6), "both": (3, 7)}
+
+def kinds_of(grid: dict) -> dict[str, tuple[int, ...]]:
+    """The grid's kinds of client (``grid.json``): partition ids grouped by their ``data.shift`` and
+    ``data.questions`` (by the run config's one-or-one-per-client rule), named ``shift/questions``."""
+    config, clients = grid["base_run_config"], int(grid["clients"])
+    shifts = values_for(split_values(config.get("data.shift", "none"), "data.shift"), clients, "data.shift")
+    questions = values_for(
+        split_values(config.get("data.questions", "all"), "data.questions"), clients, "data.questions"
+    )
+    found: dict[str, tuple[int, ...]] = {}
+    for client, kind in enumerate(f"{shift}/{asked}" for shift, asked in zip(shifts, questions)):
+        found[kind] = (*found.get(kind, ()), client)
+    return found
 
 
 def cells_of(folder: Path) -> dict[str, dict[int, Path]]:
@@ -66,26 +80,28 @@ def gates(cells: dict[str, dict[int, Path]]) -> None:
         print(f"best fixed row on the mean {best}, worst {worst}: per seed {diffs}")
 
 
-def kinds(cells: dict[str, dict[int, Path]]) -> None:
-    """Per method, the final accuracy of each kind of client (and round 0 of the first cell)."""
-    print(f"{'method':16s}" + "".join(f"{kind:>10s}" for kind in KINDS))
+def kinds(cells: dict[str, dict[int, Path]], groups: dict[str, tuple[int, ...]]) -> None:
+    """Per method, the final accuracy of each kind of client in ``groups`` (and round 0 of the first
+    cell)."""
+    width = max(10, *(len(kind) + 1 for kind in groups))
+    print(f"{'method':16s}" + "".join(f"{kind:>{width}s}" for kind in groups))
     first: list[dict] = []
     for method, seeds in cells.items():
-        values: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        values: dict[str, list[float]] = {kind: [] for kind in groups}
         for cell in seeds.values():
             rows = sorted(read_rows(cell), key=lambda row: row["round"])
             first = first or rows
             per_client = rows[-1]["accuracy_per_client"]
-            for kind, ids in KINDS.items():
+            for kind, ids in groups.items():
                 values[kind] += [per_client[name] for name in per_client if int(name.rpartition("/")[2]) in ids]
-        print(f"{method:16s}" + "".join(f"{np.mean(values[k]) if values[k] else float('nan'):10.4f}" for k in KINDS))
+        print(f"{method:16s}" + "".join(f"{np.mean(v) if v else float('nan'):{width}.4f}" for v in values.values()))
     if first:
         start = first[0]["accuracy_per_client"]
         print(
             f"{'round 0':16s}"
             + "".join(
-                f"{np.mean([v for n, v in start.items() if int(n.rpartition('/')[2]) in ids]):10.4f}"
-                for ids in KINDS.values()
+                f"{np.mean([v for n, v in start.items() if int(n.rpartition('/')[2]) in ids]):{width}.4f}"
+                for ids in groups.values()
             )
         )
 
@@ -115,13 +131,14 @@ def main() -> None:
     parser.add_argument("--results", default="results", help="the folder holding the grids")
     parser.add_argument("--name", default="default", help="the grid's name")
     args = parser.parse_args()
-    cells = cells_of(Path(args.results) / args.name / "cells")
+    folder = Path(args.results) / args.name
+    cells = cells_of(folder / "cells")
     if not cells:
-        raise SystemExit(f"No finished cell under {Path(args.results) / args.name / 'cells'}.")
+        raise SystemExit(f"No finished cell under {folder / 'cells'}.")
     print("## gates")
     gates(cells)
     print("\n## kinds of client (final accuracy)")
-    kinds(cells)
+    kinds(cells, kinds_of(json.loads((folder / "grid.json").read_text())))
     print("\n## coverage (mean over rounds and seeds)")
     coverage(cells)
 

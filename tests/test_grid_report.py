@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.grid_report import cells_of, coverage, gates, kinds
+from benchmarks.grid_report import cells_of, coverage, gates, kinds, kinds_of
 
 
 def _cell(root: Path, method: str, seed: int, final: float, per_client: dict[int, float]) -> None:
@@ -40,9 +40,13 @@ def test_the_gates_are_the_differences_seed_by_seed(tmp_path, capsys):
     assert "+0.1000  +0.0500 (fixed-0+1 / fixed-2+3)" in out[1]
     assert "-0.0100  +0.0100 (fixed-0+1 / fixed-2+3)" in out[2]
     assert out[-1] == "best fixed row on the mean fixed-0+1, worst fixed-2+3: per seed +0.0500, +0.0100"
-    kinds(cells)
+    grid = {"clients": 5, "base_run_config": {"data.shift": "none,invert,none,invert,none", "data.questions": "all"}}
+    groups = kinds_of(grid)
+    assert groups == {"none/all": (0, 2, 4), "invert/all": (1, 3)}
+    kinds(cells, groups)
     table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["method", "none/all", "invert/all"]
     plain = next(line for line in table if line.startswith("heads-only")).split()
-    assert plain[1:3] == ["0.7500", "0.6000"]  # plain: clients 0 and 4; inverted: client 1
+    assert plain[1:3] == ["0.7500", "0.6000"]  # none/all: clients 0 and 4 (2 holds no test); invert/all: client 1
     coverage(cells)
     assert "layers trained 2.00, own top-b missed per client 1.00, own importance kept 0.500" in capsys.readouterr().out
