@@ -470,9 +470,9 @@ def check_against_model(settings: RunSettings, num_layers: int) -> None:
     :func:`~f3ocus_core.selection.client_budgets`)."""
     budget = settings.selection.budget
     client_budgets(budget, range(len(budget)), num_layers=num_layers)
-    given = settings.selection.params.get("layers", ()) if settings.selection.algorithm == "fixed" else ()
-    layers = given if isinstance(given, tuple) else (given,)
-    if layers and max(layers) >= num_layers:
-        raise ConfigError(
-            f"selection.params: layer {int(max(layers))} does not exist; the model has layers 0..{num_layers - 1}."
-        )
+    if settings.selection.algorithm == "fixed":
+        layers = selector_params("fixed", settings.selection.params).layers
+        if max(layers) >= num_layers:
+            raise ConfigError(
+                f"selection.params: layer {max(layers)} does not exist; the model has layers 0..{num_layers - 1}."
+            )

@@ -180,6 +180,9 @@ def test_fixed_needs_its_layers_at_parse_time_and_takes_them_joined_by_plus():
     parsed = _parse(**{"selection.algorithm": "fixed", "selection.params": "layers=1+3"})
     assert selector_params("fixed", parsed.selection.params).layers == (1, 3)
     assert selector_params("fixed", {"layers": 2}).layers == (2,)
+    check_against_model(_parse(**{"selection.algorithm": "fixed", "selection.params": "layers=1+3"}), num_layers=4)
+    with pytest.raises(ConfigError, match=r"^selection.params: layer 4 does not exist; the model has layers 0..3"):
+        check_against_model(_parse(**{"selection.algorithm": "fixed", "selection.params": "layers=0+4"}), num_layers=4)
 
 
 @settings(max_examples=100, deadline=None)
