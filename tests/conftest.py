@@ -52,25 +52,28 @@ def shipped_run_config() -> Mapping[str, object]:
     return MappingProxyType(pyproject["tool"]["flwr"]["app"]["config"])
 
 
+def small_overrides(root: Path, cache: Path) -> dict:
+    """What shrinks the shipped run config to seconds: 2 rounds, tiny data, quick base checkpoint
+    (outputs under ``root``, the base in ``cache``). Also what tests/protocol_run.py regenerates the
+    two-exchange fixture with, so that the fixture and the test run the same config."""
+    return {
+        "num-server-rounds": 2,
+        "run-name": "test-run",
+        "output-dir": str(root / "outputs"),
+        "model.cache-dir": str(cache),
+        "model.pretrain-steps": 30,
+        "data.max-train-per-client": 24,
+        "data.max-test-per-client": 16,
+        "selection.budget": "2",
+        "selection.params": "",
+        "train.batch-size": 8,
+    }
+
+
 @pytest.fixture()
 def small_run_config(shipped_run_config, model_cache, tmp_path) -> dict:
-    """The shipped run config, shrunk to seconds: 2 rounds, tiny data, quick base checkpoint."""
-    config = dict(shipped_run_config)
-    config.update(
-        {
-            "num-server-rounds": 2,
-            "run-name": "test-run",
-            "output-dir": str(tmp_path / "outputs"),
-            "model.cache-dir": str(model_cache),
-            "model.pretrain-steps": 30,
-            "data.max-train-per-client": 24,
-            "data.max-test-per-client": 16,
-            "selection.budget": "2",
-            "selection.params": "",
-            "train.batch-size": 8,
-        }
-    )
-    return config
+    """The shipped run config, shrunk to seconds (:func:`small_overrides`)."""
+    return {**shipped_run_config, **small_overrides(tmp_path, model_cache)}
 
 
 @pytest.fixture()

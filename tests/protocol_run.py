@@ -53,6 +53,7 @@ if __name__ == "__main__":  # python -m tests.protocol_run OUT_DIR: write the fi
     import tomllib
 
     from f3ocus_core.pretrain import ensure_base_checkpoint
+    from tests.conftest import small_overrides
 
     root = Path(sys.argv[1])
     cache = root / "model-cache"
@@ -62,20 +63,7 @@ if __name__ == "__main__":  # python -m tests.protocol_run OUT_DIR: write the fi
             "config"
         ]
     )
-    base.update(
-        {
-            "num-server-rounds": 2,
-            "run-name": "test-run",
-            "output-dir": str(root / "outputs"),
-            "model.cache-dir": str(cache),
-            "model.pretrain-steps": 30,
-            "data.max-train-per-client": 24,
-            "data.max-test-per-client": 16,
-            "selection.budget": "2",
-            "selection.params": "",
-            "train.batch-size": 8,
-        }
-    )
+    base.update(small_overrides(root, cache))
     assignments, units, _ = protocol_run(protocol_config(base))
     np.savez_compressed(FIXTURE, assignments=json.dumps(assignments), **{f"unit/{k}": v for k, v in units.items()})
     print(json.dumps(assignments), sum(v.size for v in units.values()), "unit values")

@@ -44,21 +44,25 @@ def run_flwr(
         assert not processes_mentioning(str(home)), "a Flower process outlived the test"
 
 
+def flwr_run_config(small_run_config: dict) -> dict:
+    """The keys of ``small_run_config`` a ``flwr run`` test passes as ``--run-config`` (the others stay
+    as shipped)."""
+    keys = (
+        "num-server-rounds",
+        "run-name",
+        "output-dir",
+        "model.cache-dir",
+        "model.pretrain-steps",
+        "data.max-train-per-client",
+        "data.max-test-per-client",
+        "train.batch-size",
+    )
+    return {key: small_run_config[key] for key in keys}
+
+
 @pytest.mark.slow
 def test_flwr_run_simulation_writes_every_output(tmp_path, small_run_config):
-    config = {
-        key: small_run_config[key]
-        for key in (
-            "num-server-rounds",
-            "run-name",
-            "output-dir",
-            "model.cache-dir",
-            "model.pretrain-steps",
-            "data.max-train-per-client",
-            "data.max-test-per-client",
-            "train.batch-size",
-        )
-    }
+    config = flwr_run_config(small_run_config)
     result = run_flwr(tmp_path, config)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

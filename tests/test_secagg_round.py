@@ -188,21 +188,9 @@ def test_secagg_is_off_by_default():
 def test_flwr_run_simulation_with_secagg(tmp_path, small_run_config):
     """The stages through Flower's own runtime (messages serialised, each client's ``context.state``
     kept by the simulation between messages), 2 clients."""
-    from tests.test_e2e_flwr import run_flwr
+    from tests.test_e2e_flwr import flwr_run_config, run_flwr
 
-    config = {
-        key: small_run_config[key]
-        for key in (
-            "num-server-rounds",
-            "run-name",
-            "output-dir",
-            "model.cache-dir",
-            "model.pretrain-steps",
-            "data.max-train-per-client",
-            "data.max-test-per-client",
-            "train.batch-size",
-        )
-    }
+    config = flwr_run_config(small_run_config)
     config.update({"secagg": True, "dp.clip-norm": CLIP, "aggregation.lora": "separate"})
     result = run_flwr(tmp_path, config)
     log = result.stdout + result.stderr
