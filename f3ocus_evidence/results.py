@@ -140,14 +140,11 @@ def _methods() -> dict[str, Method]:
 #: Every method by name, in table order.
 METHODS: dict[str, Method] = _methods()
 
-#: ``fixed-<layers>`` (``fixed-0+1``): every client trains the same given layers; not in
-#: :data:`METHODS` (one row per layer set), named by :func:`method_named`.
-FIXED_PREFIX = "fixed-"
-
 
 def method_named(name: str) -> Method:
     """The method called ``name``: one of :data:`METHODS`, or ``fixed-<i>+<j>...`` (every client trains
-    layers i, j, ...; the rows that show how much the choice of layers matters in a setting).
+    layers i, j, ...; the rows that show how much the choice of layers matters in a setting, one per
+    layer set, so not listed in :data:`METHODS`).
     Raises ``KeyError`` for any other name."""
     if name in METHODS:
         return METHODS[name]
